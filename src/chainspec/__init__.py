@@ -1,0 +1,74 @@
+"""chainspec: declarative, growable PyTorch models built from YAML specs.
+
+A spec names node types and the stage at which each node joins; ``load``
+validates it and ``Spec.build`` turns it into a :class:`Chain`, a doubly
+linked list of ``nn.Module`` nodes that can be spliced while training.
+
+Names that need torch (``Chain``, ``Node``) are imported on first use, so that
+``chainspec validate`` runs without importing torch.
+
+Example:
+    >>> import chainspec
+    >>> spec = chainspec.load("specs/blog.yaml")  # doctest: +SKIP
+    >>> net = spec.build(stage=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ChainspecError, CheckpointError, PlanError, Problem, SpecError
+from ._registry import NodeType, get_type, is_registered, list_types, register_type
+from ._spec import Spec, load, loads
+
+if TYPE_CHECKING:
+    from ._chain import Chain, Node, NodeNotFoundError
+    from ._compile import ChainSummary, NodeSummary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "ChainSummary",
+    "ChainspecError",
+    "CheckpointError",
+    "Node",
+    "NodeNotFoundError",
+    "NodeSummary",
+    "NodeType",
+    "PlanError",
+    "Problem",
+    "Spec",
+    "SpecError",
+    "__version__",
+    "get_type",
+    "is_registered",
+    "list_types",
+    "load",
+    "loads",
+    "register_type",
+]
+
+#: Public names that live in modules importing torch, loaded on first access.
+_LAZY = {
+    "Chain": "._chain",
+    "Node": "._chain",
+    "NodeNotFoundError": "._chain",
+    "ChainSummary": "._compile",
+    "NodeSummary": "._compile",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chainspec' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,268 @@
+"""The built-in node types: torch layers under spec-friendly names.
+
+Each function's keyword arguments are the type's argument schema. torch is
+imported inside the functions, so registering (and validating specs against)
+these types costs no torch import.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+from ._registry import builtin
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Size2 = int | tuple[int, int]
+#: PG-GAN's default gain for equalized learning rate: He initialisation for leaky ReLU-ish activations.
+SQRT2 = math.sqrt(2.0)
+
+
+@builtin("conv1d")
+def conv1d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | str = 0,
+           dilation: int = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros") -> nn.Module:
+    """1-D convolution (``torch.nn.Conv1d``)."""
+    from torch import nn
+
+    return nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+
+
+@builtin("conv2d")
+def conv2d(in_channels: int, out_channels: int, kernel_size: Size2 = 3, stride: Size2 = 1,
+           padding: Size2 | str = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True,
+           padding_mode: str = "zeros") -> nn.Module:
+    """2-D convolution (``torch.nn.Conv2d``)."""
+    from torch import nn
+
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+
+
+@builtin("conv_transpose2d")
+def conv_transpose2d(in_channels: int, out_channels: int, kernel_size: Size2 = 4, stride: Size2 = 2,
+                     padding: Size2 = 1, output_padding: Size2 = 0, groups: int = 1, bias: bool = True,
+                     dilation: Size2 = 1) -> nn.Module:
+    """2-D transposed convolution (``torch.nn.ConvTranspose2d``)."""
+    from torch import nn
+
+    return nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
+                              bias, dilation)
+
+
+@builtin("linear")
+def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+    """Fully connected layer (``torch.nn.Linear``) on the last dimension."""
+    from torch import nn
+
+    return nn.Linear(in_features, out_features, bias)
+
+
+@builtin("batchnorm1d")
+def batchnorm1d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                track_running_stats: bool = True) -> nn.Module:
+    """Batch normalisation over ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``)."""
+    from torch import nn
+
+    return nn.BatchNorm1d(num_features, eps, momentum, affine, track_running_stats)
+
+
+@builtin("batchnorm2d")
+def batchnorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                track_running_stats: bool = True) -> nn.Module:
+    """Batch normalisation over ``(N, C, H, W)`` (``torch.nn.BatchNorm2d``)."""
+    from torch import nn
+
+    return nn.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats)
+
+
+@builtin("layernorm")
+def layernorm(normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+              bias: bool = True) -> nn.Module:
+    """Layer normalisation over the trailing dimensions (``torch.nn.LayerNorm``)."""
+    from torch import nn
+
+    return nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)
+
+
+@builtin("groupnorm")
+def groupnorm(num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    """Group normalisation (``torch.nn.GroupNorm``)."""
+    from torch import nn
+
+    return nn.GroupNorm(num_groups, num_channels, eps, affine)
+
+
+@builtin("instancenorm2d")
+def instancenorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
+                   track_running_stats: bool = False) -> nn.Module:
+    """Instance normalisation over ``(N, C, H, W)`` (``torch.nn.InstanceNorm2d``)."""
+    from torch import nn
+
+    return nn.InstanceNorm2d(num_features, eps, momentum, affine, track_running_stats)
+
+
+@builtin("dropout")
+def dropout(p: float = 0.5) -> nn.Module:
+    """Dropout (``torch.nn.Dropout``)."""
+    from torch import nn
+
+    return nn.Dropout(p)
+
+
+@builtin("relu")
+def relu() -> nn.Module:
+    """Rectified linear unit (``torch.nn.ReLU``)."""
+    from torch import nn
+
+    return nn.ReLU()
+
+
+@builtin("leaky_relu")
+def leaky_relu(negative_slope: float = 0.01) -> nn.Module:
+    """Leaky ReLU (``torch.nn.LeakyReLU``); PG-GAN uses a slope of 0.2."""
+    from torch import nn
+
+    return nn.LeakyReLU(negative_slope)
+
+
+@builtin("gelu")
+def gelu(approximate: Literal["none", "tanh"] = "none") -> nn.Module:
+    """Gaussian error linear unit (``torch.nn.GELU``)."""
+    from torch import nn
+
+    return nn.GELU(approximate)
+
+
+@builtin("silu")
+def silu() -> nn.Module:
+    """Sigmoid linear unit, a.k.a. swish (``torch.nn.SiLU``)."""
+    from torch import nn
+
+    return nn.SiLU()
+
+
+@builtin("tanh")
+def tanh() -> nn.Module:
+    """Hyperbolic tangent (``torch.nn.Tanh``)."""
+    from torch import nn
+
+    return nn.Tanh()
+
+
+@builtin("sigmoid")
+def sigmoid() -> nn.Module:
+    """Logistic sigmoid (``torch.nn.Sigmoid``)."""
+    from torch import nn
+
+    return nn.Sigmoid()
+
+
+@builtin("identity")
+def identity() -> nn.Module:
+    """Passes its input through unchanged (``torch.nn.Identity``)."""
+    from torch import nn
+
+    return nn.Identity()
+
+
+@builtin("flatten")
+def flatten(start_dim: int = 1, end_dim: int = -1) -> nn.Module:
+    """Flatten dimensions ``start_dim..end_dim`` (counted with the batch dimension at 0)."""
+    from torch import nn
+
+    return nn.Flatten(start_dim, end_dim)
+
+
+@builtin("reshape")
+def reshape(shape: tuple[int, ...]) -> nn.Module:
+    """Reshape each sample to ``shape`` (without the batch dimension; one entry may be -1).
+
+    Args:
+        shape: the per-sample shape, e.g. ``[512, 4, 4]``.
+    """
+    from ._layers import Reshape
+
+    return Reshape(shape)
+
+
+@builtin("upsample")
+def upsample(scale_factor: float = 2.0, mode: Literal["nearest", "bilinear"] = "nearest") -> nn.Module:
+    """Upsample by ``scale_factor`` with nearest or bilinear interpolation (``torch.nn.Upsample``)."""
+    from torch import nn
+
+    return nn.Upsample(scale_factor=scale_factor, mode=mode, align_corners=False if mode == "bilinear" else None)
+
+
+@builtin("avgpool2d")
+def avgpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Size2 = 0) -> nn.Module:
+    """2-D average pooling (``torch.nn.AvgPool2d``); stride defaults to the kernel size."""
+    from torch import nn
+
+    return nn.AvgPool2d(kernel_size, stride, padding)
+
+
+@builtin("maxpool2d")
+def maxpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Size2 = 0) -> nn.Module:
+    """2-D max pooling (``torch.nn.MaxPool2d``); stride defaults to the kernel size."""
+    from torch import nn
+
+    return nn.MaxPool2d(kernel_size, stride, padding)
+
+
+@builtin("adaptive_avgpool2d")
+def adaptive_avgpool2d(output_size: Size2 = 1) -> nn.Module:
+    """2-D adaptive average pooling to a fixed output size (``torch.nn.AdaptiveAvgPool2d``)."""
+    from torch import nn
+
+    return nn.AdaptiveAvgPool2d(output_size)
+
+
+@builtin("eq_conv2d")
+def eq_conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 0,
+              bias: bool = True, gain: float = SQRT2) -> nn.Module:
+    """2-D convolution with equalized learning rate (Karras et al. 2018, section 4.1).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size.
+        stride: stride.
+        padding: zero padding on each side.
+        bias: add a learned bias (not scaled).
+        gain: the He gain; weights are scaled by ``gain / sqrt(fan_in)`` at run time.
+    """
+    from ._layers import EqualizedConv2d
+
+    return EqualizedConv2d(in_channels, out_channels, kernel_size, stride, padding, bias, gain)
+
+
+@builtin("eq_linear")
+def eq_linear(in_features: int, out_features: int, bias: bool = True, gain: float = SQRT2) -> nn.Module:
+    """Fully connected layer with equalized learning rate (Karras et al. 2018, section 4.1).
+
+    Args:
+        in_features: input features.
+        out_features: output features.
+        bias: add a learned bias (not scaled).
+        gain: the He gain; weights are scaled by ``gain / sqrt(fan_in)`` at run time.
+    """
+    from ._layers import EqualizedLinear
+
+    return EqualizedLinear(in_features, out_features, bias, gain)
+
+
+@builtin("pixel_norm")
+def pixel_norm(eps: float = 1e-8) -> nn.Module:
+    """Pixelwise feature-vector normalisation (Karras et al. 2018, section 4.2)."""
+    from ._layers import PixelNorm
+
+    return PixelNorm(eps)
+
+
+@builtin("minibatch_stddev")
+def minibatch_stddev(group_size: int = 4) -> nn.Module:
+    """Appends the minibatch standard deviation as one extra channel (Karras et al. 2018, section 3)."""
+    from ._layers import MinibatchStddev
+
+    return MinibatchStddev(group_size)

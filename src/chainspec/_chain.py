@@ -1,0 +1,315 @@
+"""``Chain``: an ``nn.Module`` that is a doubly linked list of nodes.
+
+Unlike ``nn.Sequential``, a chain's members are addressed by stable ids rather
+than positions, and it can be spliced in O(1) anywhere (``insert_after``,
+``remove``, ``replace``, ...) while its state_dict keys stay the same. The
+``prev``/``next`` links live on plain :class:`Node` objects, never as module
+attributes, so the module tree stays one level deep and acyclic: ``state_dict``,
+``repr``, ``.to()``, ``.train()``, ``deepcopy`` and pickling never recurse
+along the chain, and ``forward`` is a loop, not a recursion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from torch import Tensor, nn
+
+from ._errors import ChainspecError
+from ._reserved import id_problem
+
+
+class NodeNotFoundError(ChainspecError, KeyError):
+    """No node with that id (or that node object) is in the chain.
+
+    Example:
+        >>> issubclass(NodeNotFoundError, KeyError)
+        True
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Node:
+    """One link of a :class:`Chain`: an id, a module, and the neighbours.
+
+    Nodes are created by the chain; treat ``prev`` and ``next`` as read-only.
+
+    Example:
+        >>> chain = Chain([("a", nn.ReLU()), ("b", nn.Tanh())])
+        >>> chain.head.id, chain.head.next.id, chain.tail.prev.id
+        ('a', 'b', 'a')
+    """
+
+    __slots__ = ("id", "module", "type", "prev", "next", "_owner")
+
+    def __init__(self, node_id: str, module: nn.Module, node_type: str | None = None) -> None:
+        self.id = node_id
+        self.module = module
+        self.type = node_type or type(module).__name__
+        self.prev: Node | None = None
+        self.next: Node | None = None
+        self._owner: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Node({self.id!r}, type={self.type!r})"
+
+
+NodeRef = str | Node
+
+
+class Chain(nn.Module):
+    """A doubly linked chain of modules, applied head to tail.
+
+    Args:
+        nodes: ``(id, module)`` pairs, head first, or a mapping of id to module.
+        name: the chain's name (the spec's chain name when built from a spec).
+
+    Example:
+        >>> import torch
+        >>> chain = Chain([("fc", nn.Linear(4, 8)), ("act", nn.ReLU())])
+        >>> node = chain.insert_after("fc", "drop", nn.Dropout(0.1))
+        >>> [n.id for n in chain], chain(torch.zeros(2, 4)).shape
+        (['fc', 'drop', 'act'], torch.Size([2, 8]))
+        >>> sorted(chain.state_dict())
+        ['fc.bias', 'fc.weight']
+    """
+
+    def __init__(self, nodes: Iterable[tuple[str, nn.Module]] | dict[str, nn.Module] = (), *,
+                 name: str = "chain") -> None:
+        super().__init__()
+        self.name = name
+        self._reset_links()
+        items = nodes.items() if isinstance(nodes, dict) else nodes
+        for node_id, module in items:
+            self.append(node_id, module)
+
+    def _reset_links(self) -> None:
+        self._links: dict[str, Node] = {}
+        self._head: Node | None = None
+        self._tail: Node | None = None
+
+    # -- sequence protocol -------------------------------------------------------
+    @property
+    def head(self) -> Node | None:
+        """The first node, or None for an empty chain."""
+        return self._head
+
+    @property
+    def tail(self) -> Node | None:
+        """The last node, or None for an empty chain."""
+        return self._tail
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def __iter__(self) -> Iterator[Node]:
+        node = self._head
+        while node is not None:
+            yield node
+            node = node.next
+
+    def __reversed__(self) -> Iterator[Node]:
+        node = self._tail
+        while node is not None:
+            yield node
+            node = node.prev
+
+    def __contains__(self, ref: object) -> bool:
+        if isinstance(ref, Node):
+            return ref._owner == id(self) and self._links.get(ref.id) is ref
+        return isinstance(ref, str) and ref in self._links
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self._node(node_id)
+
+    def ids(self) -> list[str]:
+        """The node ids, head to tail.
+
+        Example:
+            >>> Chain([("a", nn.ReLU()), ("b", nn.ReLU())]).ids()
+            ['a', 'b']
+        """
+        return [n.id for n in self]
+
+    # -- running -----------------------------------------------------------------
+    def forward(self, x: Any) -> Any:
+        """Apply every node's module in turn, head to tail (a loop: no recursion depth limit)."""
+        node = self._head
+        while node is not None:
+            x = node.module(x)
+            node = node.next
+        return x
+
+    def capture(self, x: Any, ids: Iterable[str]) -> tuple[Any, dict[str, Any]]:
+        """Run forward and also return the outputs of the nodes named in ``ids``.
+
+        Example:
+            >>> import torch
+            >>> chain = Chain([("fc", nn.Linear(4, 8)), ("act", nn.ReLU())])
+            >>> out, feats = chain.capture(torch.zeros(1, 4), ["fc"])
+            >>> feats["fc"].shape
+            torch.Size([1, 8])
+        """
+        wanted = set(ids)
+        for node_id in wanted:
+            self._node(node_id)
+        features: dict[str, Any] = {}
+        node = self._head
+        while node is not None:
+            x = node.module(x)
+            if node.id in wanted:
+                features[node.id] = x
+            node = node.next
+        return x, features
+
+    # -- splicing (each O(1)) ----------------------------------------------------
+    def append(self, node_id: str, module: nn.Module, *, node_type: str | None = None) -> Node:
+        """Add a node at the tail and return it."""
+        return self._link(self._new(node_id, module, node_type), self._tail, None)
+
+    def prepend(self, node_id: str, module: nn.Module, *, node_type: str | None = None) -> Node:
+        """Add a node at the head and return it."""
+        return self._link(self._new(node_id, module, node_type), None, self._head)
+
+    def insert_after(self, ref: NodeRef, node_id: str, module: nn.Module, *, node_type: str | None = None) -> Node:
+        """Insert a new node right after ``ref`` (an id or a node) and return it.
+
+        Raises:
+            NodeNotFoundError: ``ref`` is not in the chain.
+            ChainspecError: ``node_id`` is taken or not a valid id.
+        """
+        anchor = self._node(ref)
+        return self._link(self._new(node_id, module, node_type), anchor, anchor.next)
+
+    def insert_before(self, ref: NodeRef, node_id: str, module: nn.Module, *, node_type: str | None = None) -> Node:
+        """Insert a new node right before ``ref`` (an id or a node) and return it."""
+        anchor = self._node(ref)
+        return self._link(self._new(node_id, module, node_type), anchor.prev, anchor)
+
+    def remove(self, ref: NodeRef) -> Node:
+        """Unlink a node and drop its module from the chain; return the detached node."""
+        node = self._node(ref)
+        self._unlink(node)
+        del self._links[node.id]
+        del self._modules[node.id]
+        node._owner = None
+        return node
+
+    def replace(self, ref: NodeRef, module: nn.Module, *, node_type: str | None = None) -> nn.Module:
+        """Put ``module`` in place of a node's module, keeping the id and position; return the old module."""
+        node = self._node(ref)
+        old = node.module
+        node.module = module
+        if node_type is not None:
+            node.type = node_type
+        self._modules[node.id] = module
+        return old
+
+    def move_after(self, ref: NodeRef, anchor: NodeRef | None) -> Node:
+        """Move a node (module and all) right after ``anchor``, or to the head if ``anchor`` is None."""
+        node = self._node(ref)
+        target = None if anchor is None else self._node(anchor)
+        if target is node:
+            raise ChainspecError(f"cannot move node {node.id!r} after itself")
+        self._unlink(node)
+        return self._link(node, target, target.next if target is not None else self._head)
+
+    def move_before(self, ref: NodeRef, anchor: NodeRef | None) -> Node:
+        """Move a node right before ``anchor``, or to the tail if ``anchor`` is None."""
+        node = self._node(ref)
+        target = None if anchor is None else self._node(anchor)
+        if target is node:
+            raise ChainspecError(f"cannot move node {node.id!r} before itself")
+        self._unlink(node)
+        return self._link(node, target.prev if target is not None else self._tail, target)
+
+    # -- internals -----------------------------------------------------------------
+    def _node(self, ref: NodeRef) -> Node:
+        if isinstance(ref, Node):
+            if ref in self:
+                return ref
+            raise NodeNotFoundError(f"node {ref.id!r} is not in chain {self.name!r}")
+        node = self._links.get(ref)
+        if node is None:
+            import difflib
+
+            close = difflib.get_close_matches(str(ref), list(self._links), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise NodeNotFoundError(f"no node {ref!r} in chain {self.name!r}{hint}")
+        return node
+
+    def _new(self, node_id: str, module: nn.Module, node_type: str | None) -> Node:
+        why = id_problem(node_id) if isinstance(node_id, str) else f"{node_id!r} is not a string"
+        if why:
+            raise ChainspecError(f"cannot add node: {why}")
+        if node_id in self._links:
+            raise ChainspecError(f"cannot add node: chain {self.name!r} already has a node {node_id!r}")
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"node {node_id!r}: expected an nn.Module, got {type(module).__name__}")
+        return Node(node_id, module, node_type)
+
+    def _link(self, node: Node, prev: Node | None, nxt: Node | None) -> Node:
+        node.prev, node.next = prev, nxt
+        if prev is None:
+            self._head = node
+        else:
+            prev.next = node
+        if nxt is None:
+            self._tail = node
+        else:
+            nxt.prev = node
+        if node.id not in self._links:
+            self._links[node.id] = node
+            self._modules[node.id] = node.module
+        node._owner = id(self)
+        return node
+
+    def _unlink(self, node: Node) -> None:
+        if node.prev is None:
+            self._head = node.next
+        else:
+            node.prev.next = node.next
+        if node.next is None:
+            self._tail = node.prev
+        else:
+            node.next.prev = node.prev
+        node.prev = node.next = None
+
+    # -- module plumbing -------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle (and deepcopy) the order as a flat list, not the links: following
+        # ``next`` pointers recursively would hit the recursion limit on long chains.
+        state = self.__dict__.copy()
+        state["_chain_order"] = [(n.id, n.type) for n in self]
+        for key in ("_links", "_head", "_tail"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        order = state.pop("_chain_order")
+        super().__setstate__(state)
+        self._reset_links()
+        for node_id, node_type in order:
+            node = Node(node_id, self._modules[node_id], node_type)  # type: ignore[arg-type]
+            self._links[node_id] = node
+            prev = self._tail
+            node.prev = prev
+            if prev is None:
+                self._head = node
+            else:
+                prev.next = node
+            self._tail = node
+            node._owner = id(self)
+
+    def __repr__(self) -> str:
+        lines = [f"Chain(name={self.name!r}, {len(self)} nodes"]
+        for node in self:
+            text = repr(node.module).replace("\n", "\n  ")
+            lines.append(f"  ({node.id}): {text}")
+        return "\n".join(lines) + "\n)" if len(lines) > 1 else lines[0] + ")"
+
+    def __dir__(self) -> list[str]:
+        return list(super().__dir__())

@@ -1,0 +1,75 @@
+"""The exception hierarchy and the problem records every error carries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where it is, and what to do about it.
+
+    Example:
+        >>> Problem("net.yaml", 3, 5, "chains.net.nodes[0].type", "unknown node type 'conv3'",
+        ...         hint="did you mean 'conv2d'?").format()
+        "net.yaml:3:5: chains.net.nodes[0].type: unknown node type 'conv3'; did you mean 'conv2d'?"
+    """
+
+    source: str
+    line: int | None
+    col: int | None
+    path: str
+    message: str
+    hint: str | None = None
+
+    def format(self) -> str:
+        """Render as ``file:line:col: path: message; hint``."""
+        where = self.source
+        if self.line is not None:
+            where += f":{self.line}:{self.col if self.col is not None else 1}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        if self.hint:
+            text += f"; {self.hint}"
+        return text
+
+
+class ChainspecError(Exception):
+    """Root of every error chainspec raises on purpose.
+
+    Example:
+        >>> issubclass(SpecError, ChainspecError)
+        True
+    """
+
+
+class SpecError(ChainspecError, ValueError):
+    """A spec is invalid. Carries every problem found, not just the first.
+
+    Example:
+        >>> err = SpecError([Problem("x.yaml", 1, 1, "chains", "must not be empty")])
+        >>> str(err)
+        'x.yaml:1:1: chains: must not be empty'
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(p.format() for p in self.problems))
+
+
+class PlanError(ChainspecError):
+    """A plan cannot be applied to the chain it was given.
+
+    Example:
+        >>> issubclass(PlanError, ChainspecError)
+        True
+    """
+
+
+class CheckpointError(ChainspecError):
+    """A checkpoint is missing, truncated, foreign, or does not match its chain.
+
+    Example:
+        >>> issubclass(CheckpointError, ChainspecError)
+        True
+    """

@@ -1,0 +1,146 @@
+"""The torch modules behind chainspec's own node types (PG-GAN primitives, reshape, composites)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class EqualizedLinear(nn.Module):
+    """Linear layer whose weights are stored as N(0, 1) and scaled by ``gain / sqrt(fan_in)`` at run time.
+
+    Example:
+        >>> layer = EqualizedLinear(512, 8192)
+        >>> layer(torch.zeros(2, 512)).shape
+        torch.Size([2, 8192])
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gain: float = math.sqrt(2.0)) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.gain = in_features, out_features, gain
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, *, in) -> (N, *, out)
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, gain={self.gain:.4g}"
+
+
+class EqualizedConv2d(nn.Module):
+    """2-D convolution with equalized learning rate: weights N(0, 1), scaled at run time, bias unscaled.
+
+    Example:
+        >>> conv = EqualizedConv2d(3, 16, 3, padding=1)
+        >>> conv(torch.zeros(1, 3, 8, 8)).shape
+        torch.Size([1, 16, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True, gain: float = math.sqrt(2.0)) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.gain = kernel_size, stride, padding, gain
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C_in, H, W) -> (N, C_out, H', W')
+        return F.conv2d(x, self.weight * self.scale, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, gain={self.gain:.4g}")
+
+
+class PixelNorm(nn.Module):
+    """Normalises each pixel's feature vector to unit length: ``x / sqrt(mean(x², dim=1) + eps)``.
+
+    Example:
+        >>> PixelNorm()(torch.ones(1, 4, 2, 2)).mean().item()
+        1.0
+    """
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, ...) -> same
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class MinibatchStddev(nn.Module):
+    """Appends the average feature standard deviation over minibatch groups as one more channel.
+
+    Follows the official implementation: groups of ``min(group_size, N)``
+    samples (``N`` must be divisible by it), the standard deviation of each
+    feature and pixel over the group, averaged, broadcast as a new channel.
+
+    Example:
+        >>> MinibatchStddev()(torch.randn(8, 512, 4, 4)).shape
+        torch.Size([8, 513, 4, 4])
+    """
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C + 1, H, W)
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g:
+            raise ValueError(f"minibatch_stddev: batch size {n} is not divisible by group size {g}")
+        y = x.reshape(g, -1, c, h, w)  # (G, M, C, H, W)
+        y = y - y.mean(dim=0, keepdim=True)
+        y = (y.pow(2).mean(dim=0) + 1e-8).sqrt()  # (M, C, H, W)
+        y = y.mean(dim=(1, 2, 3), keepdim=True)  # (M, 1, 1, 1)
+        y = y.repeat(g, 1, h, w)  # (N, 1, H, W)
+        return torch.cat([x, y], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"
+
+
+class Reshape(nn.Module):
+    """Reshapes each sample, keeping the batch dimension.
+
+    Example:
+        >>> Reshape((512, 4, 4))(torch.zeros(2, 8192)).shape
+        torch.Size([2, 512, 4, 4])
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, *) -> (N, *shape)
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={list(self.shape)}"
+
+
+class Composite(nn.Sequential):
+    """The module of a composite node type: its parts in order, named by their ids.
+
+    Example:
+        >>> block = Composite("conv_block", [("conv", nn.Conv2d(3, 8, 3)), ("act", nn.ReLU())])
+        >>> list(block.state_dict())
+        ['conv.weight', 'conv.bias']
+    """
+
+    def __init__(self, type_name: str, parts: list[tuple[str, nn.Module]]) -> None:
+        super().__init__(OrderedDict(parts))
+        self.type_name = type_name
+
+    def _get_name(self) -> str:
+        return self.type_name

@@ -1,0 +1,89 @@
+"""The pydantic models of spec format version 1: the single source of truth for its structure.
+
+The JSON Schema in ``schemas/`` and the reference in ``docs/spec-format.md``
+are generated from, or checked against, these models. They describe structure
+only; what needs the registry (type names, argument names and types) or the
+whole document (ids, stages, cycles) is checked in ``_resolve``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: The format version this release writes and reads natively.
+FORMAT_VERSION = 1
+#: Largest size accepted for a dimension or a stage index: far beyond any real
+#: model, small enough that arithmetic on it cannot overflow a tensor size.
+MAX_DIM = 2**31 - 1
+
+IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Identifier = Annotated[str, Field(pattern=IDENT, max_length=100)]
+ArgValue = Any
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PartSpec(_Strict):
+    """One part inside a composite type: an id, a type and its args."""
+
+    id: Identifier = Field(description="Name of the part inside the composite; its state_dict keys start with it.",
+                           examples=["conv"])
+    type: str = Field(min_length=1, description="A built-in, registered or composite node type.",
+                      examples=["conv2d"])
+    args: dict[str, ArgValue] = Field(default_factory=dict,
+                                      description="Arguments of the type; strings may hold ${...} expressions.",
+                                      examples=[{"in_channels": "${in_ch}", "out_channels": "${out_ch}"}])
+
+
+class NodeSpec(PartSpec):
+    """One node of a chain: a part plus when it joins and leaves the chain."""
+
+    id: Identifier = Field(description="Stable id, unique in its chain; state_dict keys start with it.",
+                           examples=["b1"])
+    stage: Annotated[int, Field(ge=0, le=MAX_DIM)] = Field(
+        0, description="The growth stage at which the node joins the chain (0 = from the start).")
+    until: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+        None, description="The stage at which the node leaves the chain (it is active for stage <= s < until).")
+
+
+class TypeDef(_Strict):
+    """A composite node type defined in the spec from other types."""
+
+    description: str = Field("", description="What the type is for (shown by `chainspec build`).")
+    params: dict[Identifier, ArgValue] = Field(
+        default_factory=dict,
+        description="Parameters and their defaults; a parameter whose default is null is required.",
+        examples=[{"in_ch": None, "out_ch": None, "slope": 0.2}])
+    nodes: list[PartSpec] = Field(min_length=1, description="The parts, in order.")
+
+
+class ChainSpec(_Strict):
+    """One chain: its input shape and its nodes in order."""
+
+    description: str = Field("", description="What the chain is.")
+    input_shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(
+        min_length=1, description="Shape of one input sample, without the batch dimension.", examples=[[3, 32, 32]])
+    nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, head to tail.")
+
+
+class SpecModel(_Strict):
+    """A chainspec file, format version 1."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, title="chainspec spec")
+
+    chainspec: Literal[1] = Field(description="Format version of this file.")
+    description: str = Field("", description="What the spec builds.")
+    vars: dict[Identifier, bool | int | float | str] = Field(
+        default_factory=dict, description="Constants usable in ${...} expressions anywhere in the spec.",
+        examples=[{"base_ch": 32}])
+    stages: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+        None, description="Number of growth stages; defaults to one more than the largest stage used.")
+    defaults: dict[str, dict[str, ArgValue]] = Field(
+        default_factory=dict, description="Per-type default args, applied wherever that type is used.",
+        examples=[{"conv2d": {"kernel_size": 3, "padding": 1, "bias": False}}])
+    types: dict[Identifier, TypeDef] = Field(default_factory=dict, description="Composite node types.")
+    chains: dict[Identifier, ChainSpec] = Field(min_length=1, description="The chains the spec builds, by name.")

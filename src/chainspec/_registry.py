@@ -1,0 +1,414 @@
+"""The node-type registry: built-in types, user types, plugins and allowed imports.
+
+A node type is a callable that returns an ``nn.Module``: a function or an
+``nn.Module`` subclass. Its keyword arguments, with their annotations and
+defaults, *are* its argument schema: they drive validation of ``args`` in
+specs, the error messages, ``chainspec types`` and the published JSON Schema.
+This module never imports torch, so validating a spec stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ._errors import ChainspecError
+
+#: Entry-point group through which plugin packages contribute node types.
+ENTRY_POINT_GROUP = "chainspec.types"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a node type.
+
+    Example:
+        >>> Arg("kernel_size", int, 3).required
+        False
+    """
+
+    name: str
+    annotation: Any
+    default: Any = inspect.Parameter.empty
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        """True when the spec must give this argument."""
+        return self.default is inspect.Parameter.empty
+
+
+@dataclass(frozen=True, eq=False)
+class NodeType:
+    """A registered node type: its name, its factory and its arguments.
+
+    Example:
+        >>> t = get_type("leaky_relu")
+        >>> [a.name for a in t.args]
+        ['negative_slope']
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    args: tuple[Arg, ...]
+    description: str = ""
+    origin: str = "python"
+    accepts_extra: bool = False
+    _models: dict[str, type[BaseModel]] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def args_model(self) -> type[BaseModel]:
+        """A pydantic model of the arguments (strict: ``"3"`` is not an int)."""
+        fields: dict[str, Any] = {}
+        for arg in self.args:
+            default = ... if arg.required else arg.default
+            # YAML lists arrive as tuples (see ``_tuples``); a ``list[...]`` arg must accept them.
+            strict = False if typing.get_origin(arg.annotation) is list else None
+            fields[arg.name] = (arg.annotation, Field(default, description=arg.description or None, strict=strict))
+        config = ConfigDict(strict=True, extra="allow" if self.accepts_extra else "forbid",
+                            arbitrary_types_allowed=True, title=f"{self.name} args")
+        return create_model(f"{self.name}_args", __config__=config, **fields)
+
+    def validate(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str | None, str, str | None]]]:
+        """Check ``args``; return the keyword arguments and ``(arg, message, hint)`` problems.
+
+        Example:
+            >>> get_type("dropout").validate({"pp": 0.1})[1]
+            [('pp', "unknown argument 'pp'", "did you mean 'p'?")]
+        """
+        problems: list[tuple[str | None, str, str | None]] = []
+        names = [a.name for a in self.args]
+        if not self.accepts_extra:
+            for key in args:
+                if key not in names:
+                    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+                    hint = f"did you mean {close[0]!r}?" if close else f"{self.name} takes {', '.join(names) or 'no arguments'}"
+                    problems.append((key, f"unknown argument {key!r}", hint))
+        known = {k: _tuples(v) for k, v in args.items() if self.accepts_extra or k in names}
+        try:
+            model = self.args_model.model_validate(known)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                loc = err["loc"]
+                key = str(loc[0]) if loc else None
+                if err["type"] == "missing":
+                    problems.append((None, f"missing required argument {key!r}", f"{self.name} needs {_required(self)}"))
+                    continue
+                value = known.get(key) if key else None
+                problems.append((key, f"{err['msg'].rstrip('.').lower()}, got {value!r}", _type_hint(self, key)))
+            return {}, problems
+        if problems:
+            return {}, problems
+        values = dict(model)
+        values.update(model.model_extra or {})
+        return values, []
+
+
+def _tuples(value: Any) -> Any:
+    """YAML has lists only; node types take tuples for sizes like ``kernel_size``."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _required(node_type: NodeType) -> str:
+    return ", ".join(a.name for a in node_type.args if a.required)
+
+
+def _type_hint(node_type: NodeType, key: str | None) -> str | None:
+    for arg in node_type.args:
+        if arg.name == key:
+            return f"{key} is {describe_annotation(arg.annotation)}"
+    return None
+
+
+def describe_annotation(annotation: Any) -> str:
+    """Render an annotation the way ``chainspec types`` shows it.
+
+    Example:
+        >>> describe_annotation(int | tuple[int, int])
+        'int | tuple[int, int]'
+    """
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    text = str(annotation).replace("typing.", "")
+    return text
+
+
+_REGISTRY: dict[str, NodeType] = {}
+_PLUGINS_LOADED = False
+
+
+def _signature_args(factory: Callable[..., Any]) -> tuple[tuple[Arg, ...], bool]:
+    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    sig = inspect.signature(target)
+    hints = _param_hints(target)
+    docs = _arg_docs(inspect.getdoc(target) or inspect.getdoc(factory) or "")
+    args: list[Arg] = []
+    extra = False
+    params = list(sig.parameters.values())
+    if inspect.isclass(factory):
+        params = params[1:]  # self
+    for p in params:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = True
+            continue
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            continue
+        args.append(Arg(p.name, hints.get(p.name, Any), p.default, docs.get(p.name, "")))
+    return tuple(args), extra
+
+
+def _param_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    raw = getattr(fn, "__annotations__", {})
+    out: dict[str, Any] = {}
+    namespace = dict(getattr(fn, "__globals__", {}))
+    namespace.setdefault("typing", typing)
+    for name, ann in raw.items():
+        if name == "return":
+            continue
+        if isinstance(ann, str):
+            try:
+                ann = eval(ann, namespace)  # noqa: S307 - annotation strings of registered Python code, not spec text
+            except Exception:
+                ann = Any
+        out[name] = ann
+    return out
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """Pull ``name: text`` lines out of a Google-style ``Args:`` section."""
+    out: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped in ("Args:", "Arguments:"):
+            in_args = True
+            continue
+        if in_args:
+            if not stripped or (not line.startswith(" ") and stripped.endswith(":")):
+                if stripped.endswith(":"):
+                    break
+                continue
+            name, sep, text = stripped.partition(":")
+            if sep and name.isidentifier():
+                out[name] = text.strip()
+    return out
+
+
+def _first_line(factory: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(factory) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _add(name: str, factory: Callable[..., Any], origin: str, replace: bool = False) -> NodeType:
+    key = name.lower()
+    if not key.isidentifier():
+        raise ChainspecError(f"node type name {name!r} must be a valid identifier")
+    if key in _REGISTRY and not replace and _REGISTRY[key].factory is not factory:
+        raise ChainspecError(f"node type {name!r} is already registered by {_REGISTRY[key].origin}; "
+                             "pick another name or pass replace=True")
+    args, extra = _signature_args(factory)
+    node_type = NodeType(key, factory, args, _first_line(factory), origin, extra)
+    _REGISTRY[key] = node_type
+    return node_type
+
+
+def register_type(name: str | None = None, *, replace: bool = False) -> Callable[[F], F]:
+    """Register a function or ``nn.Module`` class as a node type; returns it unchanged.
+
+    The keyword arguments of the function (or of the class's ``__init__``),
+    with their annotations and defaults, become the type's argument schema.
+
+    Args:
+        name: the name specs use; defaults to the callable's name in lower case.
+        replace: allow replacing an existing registration.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> @register_type("scaled_tanh", replace=True)
+        ... class ScaledTanh(nn.Module):
+        ...     def __init__(self, scale: float = 1.0) -> None:
+        ...         super().__init__()
+        ...         self.scale = scale
+        ...     def forward(self, x):
+        ...         return self.scale * x.tanh()
+        >>> is_registered("scaled_tanh")
+        True
+    """
+
+    def decorator(factory: F) -> F:
+        _add(name or factory.__name__, factory, f"{factory.__module__}.{factory.__qualname__}", replace)
+        return factory
+
+    return decorator
+
+
+def unregister_type(name: str) -> None:
+    """Remove a registered type (mostly for tests).
+
+    Example:
+        >>> unregister_type("no_such_type")  # a no-op for unknown names
+    """
+    _REGISTRY.pop(name.lower(), None)
+
+
+def _ensure_loaded() -> None:
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from . import _builtins  # noqa: F401 - registers the built-in types
+
+    load_plugins()
+
+
+def load_plugins() -> list[str]:
+    """Register the node types of installed plugins (entry-point group ``chainspec.types``).
+
+    Each entry point names a factory (function or ``nn.Module`` class); it is
+    registered under the entry point's name. Called once automatically.
+
+    Example:
+        >>> isinstance(load_plugins(), list)
+        True
+    """
+    added = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name.lower() in _REGISTRY:
+            continue
+        factory = ep.load()
+        dist = ep.dist.name if ep.dist is not None else ep.value
+        _add(ep.name, factory, f"plugin {dist}")
+        added.append(ep.name.lower())
+    return added
+
+
+def is_registered(name: str) -> bool:
+    """Tell whether a node type of that name exists (case-insensitive).
+
+    Example:
+        >>> is_registered("Conv2d"), is_registered("conv3")
+        (True, False)
+    """
+    _ensure_loaded()
+    return name.lower() in _REGISTRY
+
+
+def list_types(filter: str | None = None) -> list[NodeType]:  # noqa: A002 - mirrors timm.list_models
+    """List registered node types, sorted by name, optionally those containing ``filter``.
+
+    Example:
+        >>> [t.name for t in list_types("pool")]
+        ['adaptive_avgpool2d', 'avgpool2d', 'maxpool2d']
+    """
+    _ensure_loaded()
+    return [t for k, t in sorted(_REGISTRY.items()) if filter is None or filter.lower() in k]
+
+
+def builtin_type_names() -> list[str]:
+    """Names of the types chainspec itself ships.
+
+    Example:
+        >>> "pixel_norm" in builtin_type_names()
+        True
+    """
+    _ensure_loaded()
+    return sorted(k for k, t in _REGISTRY.items() if t.origin == "builtin")
+
+
+def get_type(name: str, *, allow_imports: Iterable[str] = ()) -> NodeType:
+    """Look up a node type by name, or by ``module:attr`` import path if allowed.
+
+    Import paths resolve only when their module is, or is inside, one of the
+    ``allow_imports`` prefixes given by the calling code; a spec alone can
+    never make chainspec import anything.
+
+    Raises:
+        KeyError: unknown name, or an import path outside the allow-list.
+
+    Example:
+        >>> get_type("ReLU").name
+        'relu'
+    """
+    _ensure_loaded()
+    key = name.lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    if ":" in name:
+        return _import_type(name, tuple(allow_imports))
+    raise KeyError(name)
+
+
+def suggest(name: str, extra: Iterable[str] = ()) -> str | None:
+    """The closest known type name to ``name``, for a "did you mean" hint.
+
+    Example:
+        >>> suggest("conv3")
+        'conv2d'
+    """
+    _ensure_loaded()
+    close = difflib.get_close_matches(name.lower(), [*_REGISTRY, *extra], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def is_import_path(name: str) -> bool:
+    """Tell whether a type name is written as a ``module:attr`` import path.
+
+    Example:
+        >>> is_import_path("mypkg.layers:Block"), is_import_path("conv2d")
+        (True, False)
+    """
+    return ":" in name
+
+
+def import_allowed(name: str, allow_imports: Iterable[str]) -> bool:
+    """Tell whether ``module:attr`` falls under one of the allowed module prefixes.
+
+    Example:
+        >>> import_allowed("mypkg.layers:Block", ["mypkg"]), import_allowed("os:system", ["mypkg"])
+        (True, False)
+    """
+    module = name.partition(":")[0]
+    return any(module == p or module.startswith(p + ".") for p in allow_imports)
+
+
+_IMPORTED: dict[str, NodeType] = {}
+
+
+def _import_type(name: str, allow_imports: tuple[str, ...]) -> NodeType:
+    if not import_allowed(name, allow_imports):
+        raise KeyError(name)
+    if name in _IMPORTED:
+        return _IMPORTED[name]
+    module_name, _, attr = name.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise KeyError(name)
+    args, extra = _signature_args(obj)
+    node_type = NodeType(name, obj, args, _first_line(obj), f"import {name}", extra)
+    _IMPORTED[name] = node_type
+    return node_type
+
+
+def builtin(name: str) -> Callable[[F], F]:
+    """Register one of chainspec's own types (used by ``_builtins``)."""
+
+    def decorator(factory: F) -> F:
+        _add(name, factory, "builtin")
+        return factory
+
+    return decorator

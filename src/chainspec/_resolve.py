@@ -1,0 +1,268 @@
+"""Whole-document checks and expansion: from validated models to concrete node trees.
+
+Everything here needs the registry or the whole document: type names, argument
+names and types, ``${...}`` substitution, composite expansion and cycles, id
+uniqueness and stage ranges. No torch import; the result says exactly what to
+build, and :mod:`chainspec._compile` builds it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import Problem
+from ._expr import ExpressionError, substitute
+from ._model import NodeSpec, PartSpec, SpecModel, TypeDef
+from ._registry import get_type, import_allowed, is_import_path, is_registered, suggest
+from ._reserved import id_problem
+from ._yaml import Document, Path, format_path
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A registered type with its final keyword arguments."""
+
+    type: str
+    args: Mapping[str, Any]
+    factory: Callable[..., Any] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A composite type: its parts, in order, by id."""
+
+    type: str
+    parts: tuple[tuple[str, Leaf | Group], ...]
+
+
+Tree = Leaf | Group
+
+
+@dataclass(frozen=True)
+class ResolvedNode:
+    """One chain node, fully expanded: what to build and when it is active."""
+
+    id: str
+    type: str
+    stage: int
+    until: int | None
+    tree: Tree
+    path: Path
+    spec: NodeSpec
+
+    def active(self, stage: int) -> bool:
+        """True when the node is part of the chain at ``stage``."""
+        return self.stage <= stage and (self.until is None or stage < self.until)
+
+
+@dataclass(frozen=True)
+class ResolvedChain:
+    """A chain, resolved: its input shape and all nodes that ever take part in it."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    nodes: tuple[ResolvedNode, ...]
+
+    def at(self, stage: int) -> list[ResolvedNode]:
+        """The nodes active at ``stage``, head to tail."""
+        return [n for n in self.nodes if n.active(stage)]
+
+
+def resolve(model: SpecModel, doc: Document, allow_imports: Iterable[str] = ()) -> tuple[
+        dict[str, ResolvedChain], int, list[Problem]]:
+    """Expand every chain of ``model``; return the chains, the stage count and all problems."""
+    resolver = _Resolver(model, doc, tuple(allow_imports))
+    return resolver.run()
+
+
+class _Resolver:
+    def __init__(self, model: SpecModel, doc: Document, allow_imports: tuple[str, ...]) -> None:
+        self.model = model
+        self.doc = doc
+        self.allow_imports = allow_imports
+        self.problems: list[Problem] = []
+        self._seen: set[str] = set()
+        self.scope: dict[str, Any] = dict(model.vars)
+        self.cyclic: set[str] = set()
+
+    def report(self, path: Path, message: str, hint: str | None = None, label: str = "") -> None:
+        problem = self.doc.problem(path, message, hint, label=label)
+        key = problem.format()
+        if key not in self._seen:
+            self._seen.add(key)
+            self.problems.append(problem)
+
+    def run(self) -> tuple[dict[str, ResolvedChain], int, list[Problem]]:
+        self.check_types()
+        self.check_defaults()
+        stages = self.stage_count()
+        chains = {name: self.chain(name, stages) for name in self.model.chains}
+        return chains, stages, self.problems
+
+    # -- document-level checks -------------------------------------------------
+    def check_types(self) -> None:
+        for name, typedef in self.model.types.items():
+            if is_registered(name):
+                self.report(("types", name), f"composite type {name!r} shadows the registered type of that name",
+                            "rename the composite")
+            self.check_part_ids(typedef.nodes, ("types", name, "nodes"))
+            for param in typedef.params:
+                if param in self.model.vars:
+                    self.report(("types", name, "params", param), f"parameter {param!r} hides the spec var of that name",
+                                "rename one of them")
+        for cycle in _cycles({n: [p.type for p in t.nodes if p.type in self.model.types]
+                              for n, t in self.model.types.items()}):
+            self.cyclic.update(cycle)
+            self.report(("types", cycle[0]), "cyclic composite types: " + " -> ".join([*cycle, cycle[0]]),
+                        "a composite cannot contain itself, directly or through other composites")
+
+    def check_part_ids(self, parts: list[PartSpec], path: Path) -> None:
+        seen: dict[str, int] = {}
+        for i, part in enumerate(parts):
+            why = id_problem(part.id)
+            if why:
+                self.report((*path, i, "id"), why, "pick another id")
+            if part.id in seen:
+                self.report((*path, i, "id"), f"duplicate id {part.id!r} (also at {format_path((*path, seen[part.id]))})",
+                            "ids must be unique")
+            seen.setdefault(part.id, i)
+
+    def check_defaults(self) -> None:
+        for type_name in self.model.defaults:
+            if type_name not in self.model.types and not is_registered(type_name):
+                self.unknown_type(("defaults", type_name), type_name)
+
+    def stage_count(self) -> int:
+        last = 0
+        for name, chain in self.model.chains.items():
+            for i, node in enumerate(chain.nodes):
+                path = ("chains", name, "nodes", i)
+                if node.until is not None and node.until <= node.stage:
+                    self.report((*path, "until"), f"until ({node.until}) must be greater than stage ({node.stage})",
+                                "the node is active for stage <= s < until")
+                last = max(last, node.stage, (node.until or 1) - 1)
+        declared = self.model.stages
+        if declared is not None and last >= declared:
+            for name, chain in self.model.chains.items():
+                for i, node in enumerate(chain.nodes):
+                    if node.stage >= declared:
+                        self.report(("chains", name, "nodes", i, "stage"),
+                                    f"stage {node.stage} is out of range; the spec declares stages: {declared}",
+                                    f"use 0..{declared - 1} or raise 'stages'")
+        return declared if declared is not None else last + 1
+
+    # -- chains ----------------------------------------------------------------
+    def chain(self, name: str, stages: int) -> ResolvedChain:
+        spec = self.model.chains[name]
+        self.check_part_ids(list(spec.nodes), ("chains", name, "nodes"))
+        nodes = []
+        for i, node in enumerate(spec.nodes):
+            path: Path = ("chains", name, "nodes", i)
+            tree = self.expand(node.type, node.args, dict(self.scope), path, f" ({node.id})", ())
+            if tree is not None:
+                nodes.append(ResolvedNode(node.id, node.type, node.stage, node.until, tree, path, node))
+        for stage in range(stages):
+            if not any(n.stage <= stage and (n.until is None or stage < n.until) for n in spec.nodes):
+                self.report(("chains", name, "nodes"), f"chain {name!r} has no nodes at stage {stage}",
+                            "every stage needs at least one active node")
+        return ResolvedChain(name, tuple(spec.input_shape), tuple(nodes))
+
+    def unknown_type(self, path: Path, type_name: str) -> None:
+        if is_import_path(type_name):
+            if import_allowed(type_name, self.allow_imports):
+                self.report(path, f"cannot import node type {type_name!r}", "check the module and attribute names")
+            else:
+                self.report(path, f"import path {type_name!r} is not allowed",
+                            "the calling code must pass allow_imports=[...] naming its module")
+            return
+        close = suggest(type_name, self.model.types)
+        hint = f"did you mean {close!r}?" if close else "run 'chainspec types' to list the node types"
+        self.report(path, f"unknown node type {type_name!r}", hint)
+
+    def expand(self, type_name: str, args: Mapping[str, Any], scope: dict[str, Any], path: Path, label: str,
+               stack: tuple[str, ...]) -> Tree | None:
+        merged = {**self.model.defaults.get(type_name, {}), **args}
+        values: dict[str, Any] = {}
+        ok = True
+        for key, raw in merged.items():
+            try:
+                values[key] = substitute(raw, scope)
+            except ExpressionError as exc:
+                arg_path = (*path, "args", key) if key in args else ("defaults", type_name, key)
+                self.report(arg_path, str(exc), None, label)
+                ok = False
+        typedef = self.model.types.get(type_name)
+        if typedef is not None:
+            if type_name in self.cyclic:
+                return None
+            return self.expand_composite(type_name, typedef, values, path, label, (*stack, type_name)) if ok else None
+        try:
+            node_type = get_type(type_name, allow_imports=self.allow_imports)
+        except (KeyError, ImportError, AttributeError):
+            self.unknown_type((*path, "type"), type_name)
+            return None
+        kwargs, arg_problems = node_type.validate(values)
+        for key, message, hint in arg_problems:
+            arg_path = (*path, "args", key) if key in args or key is None else ("defaults", type_name, key)
+            if key is None:
+                arg_path = (*path, "args") if (*path, "args") in self.doc.positions else path
+            self.report(arg_path, message, hint, label)
+        if arg_problems or not ok:
+            return None
+        return Leaf(node_type.name, kwargs, node_type.factory)
+
+    def expand_composite(self, name: str, typedef: TypeDef, values: dict[str, Any], path: Path, label: str,
+                         stack: tuple[str, ...]) -> Tree | None:
+        params = dict(typedef.params)
+        bad = False
+        for key in values:
+            if key not in params:
+                close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {', '.join(params) or 'no parameters'}"
+                self.report((*path, "args", key), f"unknown parameter {key!r} of composite type {name!r}", hint, label)
+                bad = True
+        params.update(values)
+        missing = [k for k, v in params.items() if v is None]
+        if missing:
+            self.report((*path, "args") if (*path, "args") in self.doc.positions else path,
+                        f"missing required parameter{'s' if len(missing) > 1 else ''} "
+                        + ", ".join(repr(m) for m in missing) + f" of composite type {name!r}", None, label)
+            bad = True
+        if bad:
+            return None
+        scope = {**self.scope, **params}
+        where = path if len(stack) == 1 else path
+        inner_label = f" (in {format_path(where)}{label})" if stack else label
+        parts: list[tuple[str, Tree]] = []
+        for j, part in enumerate(typedef.nodes):
+            sub = self.expand(part.type, part.args, scope, ("types", name, "nodes", j), inner_label, stack)
+            if sub is None:
+                return None
+            parts.append((part.id, sub))
+        return Group(name, tuple(parts))
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per back edge of a depth-first search: linear in the size of the graph."""
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                found.append(path[path.index(nxt):])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for start in graph:
+        if start not in state:
+            visit(start)
+    return found

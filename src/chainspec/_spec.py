@@ -1,0 +1,332 @@
+"""``Spec``: a loaded, validated spec, and the ``load``/``loads`` entry points.
+
+Loading runs three passes and reports every problem of all of them that can be
+found at once: safe YAML parsing with positions, the pydantic models of the
+format, then the whole-document checks of :mod:`chainspec._resolve`. Shape
+inference (which needs torch) runs on ``Spec.check()`` and before any build.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+from pathlib import Path as FsPath
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from ._errors import Problem, SpecError
+from ._migrate import migrate
+from ._model import SpecModel
+from ._resolve import ResolvedChain, resolve
+from ._yaml import Document, Path, parse_yaml
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._chain import Chain
+    from ._compile import ChainSummary
+
+
+class Spec:
+    """A validated spec: its chains, its stages and the text it came from.
+
+    Build it with :func:`load` or :func:`loads`, not directly.
+
+    Example:
+        >>> spec = loads('''
+        ... chainspec: 1
+        ... chains:
+        ...   net:
+        ...     input_shape: [4]
+        ...     nodes:
+        ...       - {id: fc, type: linear, args: {in_features: 4, out_features: 2}}
+        ...       - {id: act, type: relu, stage: 1}
+        ... ''')
+        >>> spec.chain_names, spec.stages
+        (['net'], 2)
+        >>> [n.id for n in spec.build(stage=1)]
+        ['fc', 'act']
+    """
+
+    def __init__(self, model: SpecModel, doc: Document, text: str, chains: dict[str, ResolvedChain], stages: int,
+                 allow_imports: tuple[str, ...]) -> None:
+        self.model = model
+        self.source = doc.source
+        self.text = text
+        self.stages = stages
+        self.allow_imports = allow_imports
+        self._doc = doc
+        self._chains = chains
+
+    def __repr__(self) -> str:
+        return f"Spec({self.source!r}, chains={self.chain_names}, stages={self.stages})"
+
+    @property
+    def chain_names(self) -> list[str]:
+        """Names of the chains, in file order."""
+        return list(self._chains)
+
+    def resolved(self, chain: str | None = None) -> ResolvedChain:
+        """The resolved form of one chain (what the compiler and the diff engine work from)."""
+        return self._chains[self._chain_name(chain)]
+
+    def stage_index(self, stage: int | str) -> int:
+        """Turn ``stage`` (an int, a numeric string, or ``"final"``) into a stage index.
+
+        Raises:
+            ValueError: the stage is out of range.
+
+        Example:
+            >>> loads("chainspec: 1\\nchains: {c: {input_shape: [1], nodes: [{id: a, type: relu}]}}").stage_index("final")
+            0
+        """
+        if stage == "final":
+            return self.stages - 1
+        try:
+            index = int(stage)
+        except (TypeError, ValueError):
+            raise ValueError(f"stage must be a number or 'final', got {stage!r}") from None
+        if not 0 <= index < self.stages:
+            raise ValueError(f"stage {index} is out of range; {self.source} has stages 0..{self.stages - 1}")
+        return index
+
+    def _chain_name(self, chain: str | None) -> str:
+        if chain is None:
+            if len(self._chains) == 1:
+                return next(iter(self._chains))
+            raise ValueError(f"{self.source} has several chains ({', '.join(self._chains)}); pass chain=NAME")
+        if chain not in self._chains:
+            close = difflib.get_close_matches(chain, list(self._chains), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; it has {', '.join(self._chains)}"
+            raise ValueError(f"{self.source} has no chain {chain!r}{hint}")
+        return chain
+
+    def summary(self, chain: str | None = None, *, stage: int | str = 0,
+                dtype: torch.dtype | None = None) -> ChainSummary:
+        """Shape-infer one chain at ``stage`` on the meta device, allocating no weights.
+
+        Raises:
+            SpecError: a node cannot take the output of the node before it.
+        """
+        from ._compile import infer
+
+        summary, problems = infer(self.resolved(chain), self.stage_index(stage), self._doc, dtype=dtype)
+        if problems or summary is None:
+            raise SpecError(problems)
+        return summary
+
+    def check(self, stages: Iterable[int] | None = None) -> None:
+        """Shape-check every chain at every stage (or at ``stages``), reporting all failures at once.
+
+        Raises:
+            SpecError: listing every chain and stage that does not fit together.
+        """
+        from ._compile import infer
+
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for stage in range(self.stages) if stages is None else stages:
+            for chain in self._chains.values():
+                for problem in infer(chain, stage, self._doc)[1]:
+                    if problem.format() not in seen:
+                        seen.add(problem.format())
+                        problems.append(problem)
+        if problems:
+            raise SpecError(problems)
+
+    def build(self, chain: str | None = None, *, stage: int | str = 0, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> Chain:
+        """Build one chain at ``stage``: shape-check on the meta device, then allocate on ``device``.
+
+        Args:
+            chain: the chain's name; may be omitted when the spec has one chain.
+            stage: the growth stage, or ``"final"``.
+            device: where the parameters are created (default: torch's default device).
+            dtype: the parameters' floating-point dtype (default: torch's default dtype).
+
+        Raises:
+            SpecError: the chain does not shape-check at that stage.
+            ValueError: unknown chain or out-of-range stage.
+        """
+        from ._compile import build_chain
+
+        return build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
+
+    def build_all(self, *, stage: int | str = 0, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> dict[str, Chain]:
+        """Build every chain at ``stage``, by name (for example PG-GAN's generator and discriminator)."""
+        return {name: self.build(name, stage=stage, device=device, dtype=dtype) for name in self._chains}
+
+    def problem(self, path: Path, message: str, hint: str | None = None) -> Problem:
+        """A :class:`Problem` located at a key path of this spec's file."""
+        return self._doc.problem(path, message, hint)
+
+
+def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = ()) -> Spec:
+    """Read and validate a spec file.
+
+    Args:
+        path: the YAML file.
+        allow_imports: module prefixes whose ``module:attr`` paths node types may name.
+            Empty by default: a spec alone can never import code.
+
+    Raises:
+        SpecError: listing every problem, each as ``file:line:col: path: message``.
+
+    Example:
+        >>> spec = load("specs/blog.yaml")  # doctest: +SKIP
+    """
+    try:
+        raw = FsPath(path).read_bytes()
+    except OSError as exc:
+        raise SpecError([Problem(os.fspath(path), None, None, "", f"cannot read spec: {exc.strerror or exc}")]) from None
+    return loads(raw, source=os.fspath(path), allow_imports=allow_imports)
+
+
+def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterable[str] = ()) -> Spec:
+    """Validate spec text; ``source`` names it in error messages.
+
+    Raises:
+        SpecError: listing every problem, each as ``source:line:col: path: message``.
+
+    Example:
+        >>> loads("chainspec: 1\\nchains: {}", source="x.yaml")
+        Traceback (most recent call last):
+        ...
+        chainspec._errors.SpecError: x.yaml:2:1: chains: must have at least 1 chain
+    """
+    model, doc, problems = validate_structure(text, source)
+    if model is None:
+        # Report the whole-document problems too, where the structure allows it.
+        lenient = _without_bad_keys(doc, problems)
+        if lenient is not None:
+            problems += [p for p in resolve(lenient, doc, allow_imports)[2] if p not in problems]
+        raise SpecError(problems)
+    chains, stages, problems = resolve(model, doc, allow_imports)
+    if problems:
+        raise SpecError(problems)
+    plain = text.decode("utf-8") if isinstance(text, bytes) else text
+    return Spec(model, doc, plain, chains, stages, tuple(allow_imports))
+
+
+def validate_structure(text: str | bytes, source: str) -> tuple[SpecModel | None, Document, list[Problem]]:
+    """Parse and check the structure only (YAML and the pydantic models); never imports torch."""
+    doc = parse_yaml(text, source)
+    if doc.problems:
+        return None, doc, doc.problems
+    if not isinstance(doc.data, dict):
+        return None, doc, [doc.problem((), f"a spec is a mapping, got {type(doc.data).__name__}",
+                                       "start with 'chainspec: 1'")]
+    data, error = migrate(doc.data)
+    if error:
+        return None, doc, [doc.problem(("chainspec",), error)]
+    try:
+        return SpecModel.model_validate(data), doc, []
+    except ValidationError as exc:
+        return None, doc, pydantic_problems(exc, doc, data)
+
+
+#: Keys that cannot be dropped to get past a structural error: without them
+#: nothing sensible is left to check.
+_ESSENTIAL = {"chainspec", "chains", "id", "type", "input_shape", "nodes"}
+
+
+def _without_bad_keys(doc: Document, problems: list[Problem]) -> SpecModel | None:
+    """The model of the document with each offending optional key dropped, or None if that is not enough."""
+    import copy
+
+    if not isinstance(doc.data, dict):
+        return None
+    data = copy.deepcopy(doc.data)
+    for _ in range(3):
+        try:
+            return SpecModel.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                path, _rest = _data_path(err["loc"], data)
+                if not path or not isinstance(path[-1], str) or path[-1] in _ESSENTIAL:
+                    return None
+                parent: Any = data
+                for part in path[:-1]:
+                    parent = parent[part]
+                if isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+    return None
+
+
+def pydantic_problems(exc: ValidationError, doc: Document, data: Any) -> list[Problem]:
+    """Turn pydantic's errors into located, deduplicated problems with hints."""
+    problems: list[Problem] = []
+    seen: set[tuple[Path, str]] = set()
+    for err in exc.errors(include_url=False):
+        path, rest = _data_path(err["loc"], data)
+        kind = err["type"]
+        hint = None
+        if kind == "extra_forbidden":
+            key = path[-1]
+            fields = _fields_at(path[:-1], data)
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+            message = f"unknown key {key!r}"
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(fields)}" if fields else None
+        elif kind == "missing":
+            message = f"missing required key {err['loc'][-1]!r}"
+        elif kind == "literal_error" and path == ("chainspec",):
+            message = f"unsupported format version {err['input']!r}"
+            hint = "this release reads 'chainspec: 1'"
+        elif kind == "too_short" and path and path[-1] == "chains":
+            message = "must have at least 1 chain"
+        elif kind == "string_pattern_mismatch":
+            message = f"{err['input']!r} is not a valid identifier"
+            hint = "use letters, digits and _, not starting with a digit"
+        else:
+            message = err["msg"].rstrip(".")
+            message = message[0].lower() + message[1:]
+            if rest:
+                message = f"{message}, got {err['input']!r}" if "input" in err else message
+            elif "input" in err and not isinstance(err["input"], (dict, list)):
+                message += f", got {err['input']!r}"
+        if (path, kind) in seen or (kind != "missing" and (path, "*") in seen):
+            continue
+        seen.add((path, kind))
+        seen.add((path, "*"))
+        problems.append(doc.problem(path, message, hint))
+    return problems
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path, tuple[Any, ...]]:
+    """Split a pydantic location into the part that exists in the data and the rest (union tags)."""
+    path: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and i == len(loc) - 1:
+            path.append(part)  # an extra or missing key of this mapping
+            return tuple(path), ()
+        else:
+            return tuple(path), tuple(loc[i:])
+        path.append(part)
+    return tuple(path), ()
+
+
+
+
+def _fields_at(path: Path, data: Any) -> list[str]:
+    """The keys allowed in the mapping at ``path``, for 'did you mean' hints."""
+    from ._model import ChainSpec, NodeSpec, TypeDef
+
+    if path == ():
+        return list(SpecModel.model_fields)
+    if len(path) == 2 and path[0] == "chains":
+        return list(ChainSpec.model_fields)
+    if len(path) == 4 and path[0] == "chains" and path[2] == "nodes":
+        return list(NodeSpec.model_fields)
+    if len(path) == 2 and path[0] == "types":
+        return list(TypeDef.model_fields)
+    if len(path) == 4 and path[0] == "types" and path[2] == "nodes":
+        return ["id", "type", "args"]
+    return []

@@ -1,0 +1,81 @@
+"""The ``chainspec`` command line: a parser builder, ``main(argv) -> int``, one error path.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)``;
+the parser stores the function to run as ``func``. Library errors become exit
+code 1 with the message on stderr; usage errors exit 2; no traceback reaches
+the user unless ``CHAINSPEC_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .._errors import ChainspecError
+from . import build, types
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = [build, types]
+
+
+def main_parser() -> argparse.ArgumentParser:
+    """Build the argument parser for ``chainspec``.
+
+    Example:
+        >>> main_parser().parse_args(["build", "specs/blog.yaml"]).command
+        'build'
+    """
+    parser = argparse.ArgumentParser(prog="chainspec",
+                                     description="Validate, build and revise PyTorch models from YAML specs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``chainspec`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Exit codes: 0 success, 1 invalid input (messages on stderr), 2 usage error.
+
+    Example:
+        >>> main(["types", "--filter", "pixel"])  # doctest: +SKIP
+        0
+    """
+    parser = main_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args))
+    except ChainspecError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        if os.environ.get("CHAINSPEC_DEBUG"):
+            raise
+        print(f"chainspec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chainspec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the truly unexpected: one line, and how to see more
+        if os.environ.get("CHAINSPEC_DEBUG"):
+            raise
+        print(f"chainspec: internal error: {type(exc).__name__}: {exc}\n"
+              "TIP: rerun with CHAINSPEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
