@@ -48,6 +48,17 @@ class NodeSpec(PartSpec):
         0, description="The growth stage at which the node joins the chain (0 = from the start).")
     until: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
         None, description="The stage at which the node leaves the chain (it is active for stage <= s < until).")
+    init: Literal["fresh", "keep", "preserve"] = Field(
+        "fresh",
+        description="How new weights start when a live revision inserts this node or changes its parameter shapes: "
+                    "fresh = the type's own initialisation; keep = copy the overlapping slice of the old weights; "
+                    "preserve = function-preserving (Net2WiderNet when widened, identity when inserted). "
+                    "See docs/revisions.md for the types that support each mode.")
+    optim: dict[Identifier, bool | int | float | list[float]] = Field(
+        default_factory=dict,
+        description="Optimizer hyperparameters for this node's parameters, overriding those of the param group "
+                    "they would join when a live revision adds them (for example a lower lr for a new block).",
+        examples=[{"lr": 0.0005}])
 
 
 class TypeDef(_Strict):
