@@ -83,7 +83,8 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
           nodes: list[ResolvedNode] | None = None) -> tuple[ChainSummary | None, list[Problem]]:
     """Shape-check a chain at ``stage`` on the meta device; return its summary or the problems."""
     rows: list[NodeSummary] = []
-    x = torch.empty((PROBE_BATCH, *chain.input_shape), device="meta", dtype=dtype or torch.float32)
+    input_shape = chain.input_shape_at(stage)
+    x = torch.empty((PROBE_BATCH, *input_shape), device="meta", dtype=dtype or torch.float32)
     previous: str | None = None
     for node in nodes if nodes is not None else chain.at(stage):
         try:
@@ -102,7 +103,7 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
                                       label=f" ({node.id})")]
         rows.append(NodeSummary(node.id, node.type, tuple(y.shape[1:]), _count(module)))
         x, previous = y, node.id
-    return ChainSummary(chain.name, stage, chain.input_shape, tuple(rows)), []
+    return ChainSummary(chain.name, stage, input_shape, tuple(rows)), []
 
 
 def _count(module: nn.Module) -> int:

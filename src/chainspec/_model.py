@@ -20,6 +20,8 @@ MAX_DIM = 2**31 - 1
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Identifier = Annotated[str, Field(pattern=IDENT, max_length=100)]
+#: A whole-value ``${...}`` expression, evaluated per stage with ``stage`` in scope.
+StageExpr = Annotated[str, Field(pattern=r"^\s*\$\{[^{}]+\}\s*$", max_length=500)]
 ArgValue = Any
 
 
@@ -76,8 +78,11 @@ class ChainSpec(_Strict):
     """One chain: its input shape and its nodes in order."""
 
     description: str = Field("", description="What the chain is.")
-    input_shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(
-        min_length=1, description="Shape of one input sample, without the batch dimension.", examples=[[3, 32, 32]])
+    input_shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)] | StageExpr] = Field(
+        min_length=1,
+        description="Shape of one input sample, without the batch dimension. An entry may be a ${...} expression "
+                    "of `stage` (and the spec vars) when the input grows, e.g. a discriminator's resolution.",
+        examples=[[3, 32, 32], [3, "${4 * 2**stage}", "${4 * 2**stage}"]])
     nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, head to tail.")
 
 

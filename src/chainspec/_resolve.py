@@ -65,10 +65,16 @@ class ResolvedChain:
     name: str
     input_shape: tuple[int, ...]
     nodes: tuple[ResolvedNode, ...]
+    #: The input shape at each stage, where ``input_shape`` holds ``${...stage...}`` entries (empty: fixed shape).
+    input_shapes: tuple[tuple[int, ...], ...] = ()
 
     def at(self, stage: int) -> list[ResolvedNode]:
         """The nodes active at ``stage``, head to tail."""
         return [n for n in self.nodes if n.active(stage)]
+
+    def input_shape_at(self, stage: int) -> tuple[int, ...]:
+        """The per-sample input shape at ``stage`` (``input_shape`` is the one at stage 0)."""
+        return self.input_shapes[stage] if self.input_shapes else self.input_shape
 
 
 def resolve(model: SpecModel, doc: Document, allow_imports: Iterable[str] = ()) -> tuple[
@@ -168,7 +174,35 @@ class _Resolver:
             if not any(n.stage <= stage and (n.until is None or stage < n.until) for n in spec.nodes):
                 self.report(("chains", name, "nodes"), f"chain {name!r} has no nodes at stage {stage}",
                             "every stage needs at least one active node")
-        return ResolvedChain(name, tuple(spec.input_shape), tuple(nodes))
+        shapes = self.input_shapes(name, stages)
+        return ResolvedChain(name, shapes[0], tuple(nodes), shapes if len(set(shapes)) > 1 else ())
+
+    def input_shapes(self, name: str, stages: int) -> tuple[tuple[int, ...], ...]:
+        """Evaluate the chain's input shape at every stage (entries may be ``${...}`` of ``stage``)."""
+        raw = self.model.chains[name].input_shape
+        if all(isinstance(d, int) for d in raw):
+            return (tuple(int(d) for d in raw),)
+        shapes: list[tuple[int, ...]] = []
+        bad: set[int] = set()  # report each entry once, at the first stage where it fails
+        for stage in range(stages):
+            dims: list[int] = []
+            for j, entry in enumerate(raw):
+                value: Any = entry
+                if isinstance(entry, str) and j not in bad:
+                    try:
+                        value = substitute(entry, {**self.scope, "stage": stage})
+                    except ExpressionError as exc:
+                        self.report(("chains", name, "input_shape", j), f"{exc} (at stage {stage})")
+                        bad.add(j)
+                    else:
+                        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                            self.report(("chains", name, "input_shape", j),
+                                        f"{entry!r} gives {value!r} at stage {stage}, not a positive integer",
+                                        "an input dimension must be an integer >= 1 at every stage")
+                            bad.add(j)
+                dims.append(value if j not in bad else 1)
+            shapes.append(tuple(dims))
+        return tuple(shapes)
 
     def unknown_type(self, path: Path, type_name: str) -> None:
         if is_import_path(type_name):
