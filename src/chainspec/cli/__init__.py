@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from .._errors import ChainspecError
-from . import build, types
+from . import build, schema, types, validate
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = [build, types]
+COMMANDS = [build, types, validate, schema]
 
 
 def main_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,65 @@
+"""``chainspec schema``: print the JSON Schema of the spec format, or check a committed copy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._schema import SCHEMA_PATH, render_schema
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``schema`` subcommand."""
+    p = sub.add_parser("schema", help="print the JSON Schema of the spec format",
+                       description="Print the JSON Schema (draft 2020-12) of the spec format, generated from "
+                                   "chainspec's models and built-in node types, for editors and check-jsonschema.")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--check", nargs="?", const=SCHEMA_PATH, metavar="PATH",
+                       help=f"exit 1 if the schema at PATH (default: {SCHEMA_PATH}) is not what this "
+                            "chainspec generates")
+    group.add_argument("-o", "--output", metavar="PATH", help="write the schema to PATH instead of stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print, write or check the schema."""
+    text = render_schema()
+    if args.check:
+        return check(Path(args.check), text)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        return 0
+    sys.stdout.buffer.write(text.encode("utf-8"))  # bytes: the same file on every platform and locale
+    sys.stdout.flush()
+    return 0
+
+
+def check(path: Path, expected: str) -> int:
+    """Compare the file at ``path`` with ``expected``; explain how to fix a stale one.
+
+    Example:
+        >>> check(Path("no/such.json"), "{}\\n")  # doctest: +SKIP
+        1
+    """
+    fix = f"regenerate it with: chainspec schema --output {path}"
+    try:
+        current = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"chainspec schema: cannot read {path}: {exc.strerror or exc}; {fix}", file=sys.stderr)
+        return 1
+    if current != expected:
+        first = _first_difference(current, expected)
+        print(f"chainspec schema: {path} is stale: line {first} differs from what this chainspec generates "
+              f"(the models or the built-in node types changed); {fix}", file=sys.stderr)
+        return 1
+    print(f"ok: {path} is up to date", file=sys.stderr)
+    return 0
+
+
+def _first_difference(a: str, b: str) -> int:
+    for i, (x, y) in enumerate(zip(a.splitlines(), b.splitlines(), strict=False), start=1):
+        if x != y:
+            return i
+    return min(len(a.splitlines()), len(b.splitlines())) + 1
