@@ -23,7 +23,10 @@ from ._spec import Spec, load, loads
 
 if TYPE_CHECKING:
     from ._chain import Chain, Node, NodeNotFoundError
+    from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from ._compile import ChainSummary, NodeSummary
+    from ._diff import Op, Plan, diff
+    from ._watch import SpecWatcher
 
 __version__ = "0.1.0"
 
@@ -31,22 +34,29 @@ __all__ = [
     "Chain",
     "ChainSummary",
     "ChainspecError",
+    "Checkpoint",
     "CheckpointError",
     "Node",
     "NodeNotFoundError",
     "NodeSummary",
     "NodeType",
+    "Op",
+    "Plan",
     "PlanError",
     "Problem",
     "Spec",
     "SpecError",
+    "SpecWatcher",
     "__version__",
+    "diff",
     "get_type",
     "is_registered",
     "list_types",
     "load",
+    "load_checkpoint",
     "loads",
     "register_type",
+    "save_checkpoint",
 ]
 
 #: Public names that live in modules importing torch, loaded on first access.
@@ -56,6 +66,13 @@ _LAZY = {
     "NodeNotFoundError": "._chain",
     "ChainSummary": "._compile",
     "NodeSummary": "._compile",
+    "Op": "._diff",
+    "Plan": "._diff",
+    "diff": "._diff",
+    "SpecWatcher": "._watch",
+    "Checkpoint": "._checkpoint",
+    "load_checkpoint": "._checkpoint",
+    "save_checkpoint": "._checkpoint",
 }
 
 

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from .._errors import ChainspecError
-from . import build, schema, types, validate
+from . import build, diff, schema, types, validate
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = [build, types, validate, schema]
+COMMANDS = [build, types, validate, schema, diff]
 
 
 def main_parser() -> argparse.ArgumentParser:

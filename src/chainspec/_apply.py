@@ -1,0 +1,286 @@
+"""Applying plans to live chains: build and check everything first, then splice, all or nothing.
+
+An apply runs in two phases. *Prepare* touches nothing: it checks that the
+chain is the plan's old revision, shape-checks the whole new chain on the
+meta device, builds every new module on the chain's device and dtype,
+initialises it (``init``), and works out the optimizer changes. *Commit*
+splices the chain (each op O(1)), updates the optimizer and records the new
+revision on the chain. A snapshot taken between the phases restores the
+chain's links and modules, the optimizer's groups and state and torch's RNG
+exactly if anything raises in either phase, ``KeyboardInterrupt`` included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from . import _optim
+from ._compile import instantiate
+from ._errors import PlanError, SpecError
+from ._widen import Entry, WidenError, keep_overlap, preserve
+
+if TYPE_CHECKING:
+    from ._chain import Chain, Node
+    from ._diff import Op, Plan
+
+#: What ``policy`` may be: surviving parameters keep their optimizer state, or lose it.
+POLICIES = ("keep", "reset")
+#: Chain attributes that record the revision a chain was built from.
+BOOKKEEPING = ("stage", "spec")
+_MISSING = object()
+
+
+def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy: str = "keep") -> None:
+    """Apply several plans (for example a generator's and a discriminator's) as one all-or-nothing step.
+
+    Example:
+        >>> import chainspec
+        >>> spec = chainspec.load("specs/blog.yaml")  # doctest: +SKIP
+        >>> g = spec.build(stage=0)  # doctest: +SKIP
+        >>> apply_plans([(chainspec.diff(spec, spec, stage=(0, 1)), g, None)])  # doctest: +SKIP
+    """
+    if policy not in POLICIES:
+        raise PlanError(f"policy must be 'keep' or 'reset', got {policy!r}")
+    chains = [chain for _, chain, _ in items]
+    if len({id(c) for c in chains}) != len(chains):
+        raise PlanError("the same chain is given twice; apply one plan per chain")
+    rng = _RngSnapshot()
+    try:
+        jobs = [_Job(plan, chain, optimizer, policy) for plan, chain, optimizer in items]
+    except BaseException:
+        rng.restore()
+        raise
+    chain_snapshots = [_ChainSnapshot(job.chain) for job in jobs]
+    optimizers = {id(job.optimizer): job.optimizer for job in jobs if job.optimizer is not None}
+    optimizer_snapshots = [_optim.snapshot(o) for o in optimizers.values()]
+    try:
+        for job in jobs:
+            job.splice()
+        for job in jobs:
+            job.update_optimizer()
+        for job in jobs:
+            job.record()
+    except BaseException:
+        for snap in chain_snapshots:
+            snap.restore()
+        for osnap in optimizer_snapshots:
+            osnap.restore()
+        rng.restore()
+        raise
+
+
+class _Job:
+    """One plan being applied to one chain: prepared in ``__init__``, committed by the other methods."""
+
+    def __init__(self, plan: Plan, chain: Chain, optimizer: Optimizer | None, policy: str) -> None:
+        self.plan, self.chain, self.optimizer, self.policy = plan, chain, optimizer, policy
+        _check_chain(plan, chain)
+        device, dtype = _placement(chain.parameters(), chain.buffers())
+        self.device, self.dtype = device, dtype
+        if not (plan.is_empty and plan.same_input):
+            # The whole new chain, on the meta device: a width change must fit its neighbours.
+            plan.new_spec.summary(plan.chain, stage=plan.new_stage, dtype=dtype)
+        self.built: dict[str, nn.Module] = {}
+        self.changed: dict[str, Op] = {}  # id -> its insert, replace or update op
+        for op in plan.ops:
+            if op.kind in ("insert", "replace") or (op.kind == "update" and op.rebuild):
+                self.changed[op.node_id] = op
+                self.built[op.node_id] = self._build(op)
+        if any(op.init == "preserve" and op.kind in ("insert", "replace") for op in self.changed.values()):
+            self._preserve()
+        self.removed: list[Tensor] = []
+        self.placements: list[_optim.Placement] = []
+        if optimizer is not None:
+            self._plan_optimizer(optimizer)
+
+    # -- prepare ---------------------------------------------------------------------------------
+    def _build(self, op: Op) -> nn.Module:
+        assert op.new is not None
+        old = self.chain[op.node_id].module if op.kind != "insert" else None
+        device, dtype = (self.device, self.dtype) if old is None else _placement(
+            old.parameters(), old.buffers(), default=(self.device, self.dtype))
+        try:
+            module = instantiate(op.new, device=device, dtype=dtype)
+        except Exception as exc:
+            text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise SpecError([self.plan.new_spec.problem(op.new.path, f"cannot build node {op.node_id!r}: "
+                                                                     f"{text}")]) from exc
+        module.train(old.training if old is not None else self.chain.training)
+        if op.kind == "update":
+            assert old is not None
+            _adopt(module, old, op.node_id)
+        elif op.kind == "replace" and op.init == "keep":
+            assert old is not None
+            keep_overlap(module, old)
+        return module
+
+    def _preserve(self) -> None:
+        entries = []
+        for node_id in self.plan.new_ids:
+            op = self.changed.get(node_id)
+            if op is not None and op.kind == "insert":
+                entries.append(Entry(node_id, self.built[node_id], None, "insert", op.init))
+            elif op is not None and op.kind == "replace":
+                entries.append(Entry(node_id, self.built[node_id], self.chain[node_id].module, "replace", op.init))
+            else:
+                module = self.built.get(node_id) or self.chain[node_id].module
+                entries.append(Entry(node_id, module, None, "same"))
+        try:
+            preserve(entries)
+        except WidenError as exc:
+            op = self.changed.get(exc.node_id)
+            path = (*op.new.path, "init") if op is not None and op.new is not None else ()
+            raise SpecError([self.plan.new_spec.problem(path, exc.message, exc.hint)]) from None
+
+    def _plan_optimizer(self, optimizer: Optimizer) -> None:
+        plan, chain = self.plan, self.chain
+        updates = {op.node_id: op for op in plan.ops if op.kind == "update"}
+        for op in plan.ops:
+            if op.kind in ("remove", "replace"):
+                self.removed.extend(chain[op.node_id].module.parameters())
+        regrouping = {node_id for node_id, op in updates.items() if any(c.field.startswith("optim.")
+                                                                       for c in op.changes)}
+        if not self.removed and not regrouping and not any(op.kind in ("insert", "replace") for op in plan.ops):
+            return
+        problems = []
+        nodes: list[_optim.NodeParams] = []
+        for node in plan.new_nodes:
+            op = self.changed.get(node.id)
+            fresh = op is not None and op.kind in ("insert", "replace")
+            module = self.built.get(node.id) or chain[node.id].module
+            params = [(f"{node.id}.{name}", p) for name, p in module.named_parameters()]
+            old_params = list(chain[node.id].module.parameters()) if fresh and op.kind == "replace" else []
+            same = op is None or op.old is None or dict(op.old.spec.optim) == dict(node.spec.optim)
+            regroup = node.id in regrouping
+            if (fresh or regroup) and node.spec.optim:
+                for key, message, hint in _optim.check_override(optimizer, node.spec.optim):
+                    problems.append(plan.new_spec.problem((*node.path, "optim", key), message, hint))
+            nodes.append(_optim.NodeParams(node.id, params, fresh, old_params, node.spec.optim, same, regroup))
+        if problems:
+            raise SpecError(problems)
+        self.placements = _optim.place(optimizer, nodes)
+
+    # -- commit ----------------------------------------------------------------------------------
+    def splice(self) -> None:
+        chain = self.chain
+        for op in self.plan.ops:
+            if op.kind == "remove":
+                chain.remove(op.node_id)
+        # New order, head to tail: each node's predecessor is already in place (see docs/revisions.md).
+        for op in self.plan.ops:
+            if op.kind == "insert":
+                module = self.built[op.node_id]
+                if op.after is None:
+                    chain.prepend(op.node_id, module, node_type=op.type)
+                else:
+                    chain.insert_after(op.after, op.node_id, module, node_type=op.type)
+            elif op.kind == "move":
+                chain.move_after(op.node_id, op.after)
+            elif op.kind in ("update", "replace"):
+                if op.node_id in self.built:
+                    chain.replace(op.node_id, self.built[op.node_id], node_type=op.type)
+                else:
+                    chain[op.node_id].type = op.type
+
+    def update_optimizer(self) -> None:
+        if self.optimizer is None:
+            return
+        _optim.carry_out(self.optimizer, self.removed, self.placements)
+        if self.policy == "reset":
+            _optim.clear_state(self.optimizer, self.chain.parameters())
+
+    def record(self) -> None:
+        self.chain.stage = self.plan.new_stage
+        self.chain.spec = self.plan.new_spec
+
+
+def _check_chain(plan: Plan, chain: Chain) -> None:
+    ids = tuple(node.id for node in chain)
+    if ids == plan.old_ids:
+        return
+    for i, (have, want) in enumerate(zip(ids, plan.old_ids, strict=False)):
+        if have != want:
+            detail = f"node {i} is {have!r}, the plan expects {want!r}"
+            break
+    else:
+        detail = f"it has {len(ids)} nodes, the plan expects {len(plan.old_ids)}"
+    raise PlanError(f"chain {chain.name!r} is not the revision this plan starts from ({plan.old_spec.source}, "
+                    f"chain {plan.chain!r}, stage {plan.old_stage}): {detail}; diff against the revision "
+                    "the chain runs now (chain.spec, chain.stage after a previous apply)")
+
+
+def _placement(*tensors: Any, default: tuple[torch.device, torch.dtype | None] | None = None
+               ) -> tuple[torch.device, torch.dtype | None]:
+    """Device and floating dtype of the first floating tensor, else ``default`` (else torch's defaults)."""
+    for group in tensors:
+        for tensor in group:
+            if tensor.is_floating_point():
+                return tensor.device, tensor.dtype
+    if default is not None:
+        return default
+    return torch.get_default_device(), None
+
+
+def _adopt(new: nn.Module, old: nn.Module, node_id: str) -> None:
+    """Move the old module's parameter and buffer objects into its rebuilt twin (an update keeps its state)."""
+    for slot, named in (("_parameters", old.named_parameters()), ("_buffers", old.named_buffers())):
+        for name, tensor in named:
+            owner_path, _, leaf = name.rpartition(".")
+            owner = new.get_submodule(owner_path) if owner_path else new
+            table = getattr(owner, slot)
+            if leaf not in table:
+                raise PlanError(f"node {node_id!r}: the rebuilt module has no {name!r} to carry over; "
+                                "this change should be a replace (please report it)")
+            table[leaf] = tensor
+
+
+class _ChainSnapshot:
+    """A chain's links, modules and bookkeeping, restorable exactly (the same Node objects)."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.nodes: list[Node] = list(chain)
+        self.parts = [(n.module, n.type) for n in self.nodes]
+        self.modules = dict(chain._modules)
+        self.attrs = {key: chain.__dict__.get(key, _MISSING) for key in BOOKKEEPING}
+
+    def restore(self) -> None:
+        chain = self.chain
+        chain._modules.clear()
+        chain._modules.update(self.modules)
+        links: dict[str, Node] = {}
+        prev: Node | None = None
+        for node, (module, node_type) in zip(self.nodes, self.parts, strict=True):
+            node.module, node.type = module, node_type
+            node.prev, node.next = prev, None
+            if prev is not None:
+                prev.next = node
+            node._owner = id(chain)
+            links[node.id] = node
+            prev = node
+        chain._links = links
+        chain._head = self.nodes[0] if self.nodes else None
+        chain._tail = prev
+        for key, value in self.attrs.items():
+            if value is _MISSING:
+                chain.__dict__.pop(key, None)
+            else:
+                chain.__dict__[key] = value
+
+
+class _RngSnapshot:
+    """torch's RNG states, so that a failed apply does not even consume random numbers."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)

@@ -1,0 +1,337 @@
+"""How new weights start: ``init: fresh | keep | preserve`` for replaced and inserted nodes.
+
+``fresh`` leaves a new module as its type initialises it. ``keep`` copies the
+overlapping slice of every old tensor of the same name and rank.
+``preserve`` makes the revised chain compute the same function as before:
+
+* widening a layer (Net2WiderNet, Chen et al. 2016): the new output units
+  copy randomly chosen old ones, and the layer that consumes them divides the
+  incoming weights of each copied unit by its number of copies. Per-channel
+  layers in between (batch norm, activations, pooling, upsampling) copy their
+  per-channel state along; a consumer whose new inputs are brand-new units (a
+  ``keep`` or ``fresh`` widening) gives them zero incoming weights instead.
+* inserting a node (Net2DeeperNet): linear and convolution layers start as
+  the identity.
+
+The sweep over the new chain tracks a *layout*: for each channel flowing
+between nodes, which old channel it corresponds to (``-1`` for a new one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain as chained
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._errors import ChainspecError
+from ._layers import EqualizedConv2d, EqualizedLinear
+
+#: Layers with a ``weight`` of shape ``(out, in, *kernel)`` (transposed convolutions: ``(in, out, *kernel)``).
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, EqualizedLinear, EqualizedConv2d)
+#: Layers whose state is one value per channel (batch and instance norm).
+PER_CHANNEL: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase,)
+#: Parameterless layers that treat every channel alike and alone: copies of a channel stay copies.
+CHANNELWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
+    nn.Identity, nn.modules.dropout._DropoutNd, nn.Upsample, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+
+
+class WidenError(ChainspecError):
+    """A node's ``init`` mode cannot apply to its change; says which node and layer, and what to use instead.
+
+    Example:
+        >>> str(WidenError("b2", "cannot shrink", "use init: keep"))
+        "node 'b2': cannot shrink; use init: keep"
+    """
+
+    def __init__(self, node_id: str, message: str, hint: str | None = None) -> None:
+        self.node_id, self.message, self.hint = node_id, message, hint
+        super().__init__(f"node {node_id!r}: {message}" + (f"; {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A channel layout that no longer matches the old one, and why."""
+
+    reason: str
+
+
+#: None: the same channels as before; a tensor: the old channel of each channel (-1: new); Lost: unknown.
+Layout = Tensor | Lost | None
+
+
+@dataclass
+class Entry:
+    """One node of the new chain for the preserve sweep."""
+
+    node_id: str
+    module: nn.Module
+    old: nn.Module | None
+    kind: Literal["insert", "replace", "same"]
+    init: str = "fresh"
+
+
+def leaves(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(dotted path, module)`` of every module without children, in order.
+
+    Example:
+        >>> [p for p, _ in leaves(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))]
+        ['0', '1']
+    """
+    for name, sub in module.named_modules():
+        if next(sub.children(), None) is None:
+            yield name, sub
+
+
+# -- keep ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def keep_overlap(new: nn.Module, old: nn.Module) -> None:
+    """Copy into ``new`` the overlapping slice of each tensor of ``old`` with the same name and rank.
+
+    Example:
+        >>> old, new = nn.Linear(2, 3), nn.Linear(2, 4)
+        >>> keep_overlap(new, old)
+        >>> bool((new.weight[:3] == old.weight).all())
+        True
+    """
+    source = dict(chained(old.named_parameters(), old.named_buffers()))
+    for name, tensor in chained(new.named_parameters(), new.named_buffers()):
+        previous = source.get(name)
+        if previous is None or previous.dim() != tensor.dim():
+            continue
+        region = tuple(slice(0, min(a, b)) for a, b in zip(tensor.shape, previous.shape, strict=True))
+        tensor[region] = previous[region].to(device=tensor.device, dtype=tensor.dtype)
+
+
+# -- preserve: Net2DeeperNet ----------------------------------------------------------------------
+
+@torch.no_grad()
+def identity_init(module: nn.Module, node_id: str) -> None:
+    """Start an inserted node as the identity (Net2DeeperNet): weight layers become identity maps.
+
+    Raises:
+        WidenError: a layer of the node cannot be an identity (different in and out widths, a stride,
+            a kernel or padding that changes the size, groups, or a stateful layer such as batch norm).
+
+    Example:
+        >>> fc = nn.Linear(3, 3)
+        >>> identity_init(fc, "extra")
+        >>> torch.equal(fc(torch.ones(1, 3)), torch.ones(1, 3))
+        True
+    """
+    for path, leaf in leaves(module):
+        where = f"{type(leaf).__name__}" + (f" ({path})" if path else "")
+        if isinstance(leaf, WEIGHT_LAYERS):
+            _identity_weight(leaf, where, node_id)
+        elif any(True for _ in chained(leaf.parameters(False), leaf.buffers(False))):
+            raise WidenError(node_id, f"init: preserve cannot make {where} an identity",
+                             "only linear and convolution layers get an identity initialisation; use init: fresh")
+
+
+def _identity_weight(leaf: nn.Module, where: str, node_id: str) -> None:
+    weight: Tensor = leaf.weight
+    if isinstance(leaf, nn.modules.conv._ConvTransposeNd):
+        raise WidenError(node_id, f"init: preserve does not support {where} when inserted", "use init: fresh")
+    out_dim, in_dim = weight.shape[0], weight.shape[1]
+    if out_dim != in_dim:
+        raise WidenError(node_id, f"init: preserve needs {where} to keep the width, but it maps {in_dim} → {out_dim}",
+                         "an inserted layer is an identity only with as many outputs as inputs")
+    if getattr(leaf, "groups", 1) != 1:
+        raise WidenError(node_id, f"init: preserve needs groups=1 in {where}", "use init: fresh")
+    kernel = tuple(weight.shape[2:])
+    if kernel:
+        stride = _tuple(getattr(leaf, "stride", 1), len(kernel))
+        dilation = _tuple(getattr(leaf, "dilation", 1), len(kernel))
+        padding = getattr(leaf, "padding", 0)
+        same = padding == "same" or _tuple(padding, len(kernel)) == tuple(
+            d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
+        if any(s != 1 for s in stride) or any(k % 2 == 0 for k in kernel) or not same:
+            raise WidenError(node_id, f"init: preserve needs {where} to keep the spatial size "
+                                      f"(stride 1, odd kernel, padding (kernel-1)/2), got stride {stride}, "
+                                      f"kernel {kernel}, padding {padding}", "use init: fresh")
+        nn.init.dirac_(weight)
+    else:
+        weight.copy_(torch.eye(out_dim, dtype=weight.dtype, device=weight.device))
+    weight.div_(_scale(leaf))
+    if getattr(leaf, "bias", None) is not None:
+        leaf.bias.zero_()
+
+
+def _tuple(value: object, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n  # type: ignore[return-value]
+
+
+def _scale(leaf: nn.Module) -> float:
+    """The run-time weight multiplier (equalized learning rate layers), 1 for plain layers."""
+    return float(leaf.scale) if isinstance(leaf, (EqualizedLinear, EqualizedConv2d)) else 1.0
+
+
+# -- preserve: the sweep -----------------------------------------------------------------------------
+
+def preserve(entries: Sequence[Entry]) -> None:
+    """Initialise every ``init: preserve`` node of a new chain so that the chain keeps its function.
+
+    ``entries`` is the whole new chain, head to tail. Runs in one pass.
+
+    Raises:
+        WidenError: a preserve node's change cannot keep the function; the message names the layer.
+    """
+    layout: Layout = None
+    for entry in entries:
+        if entry.kind == "replace" and entry.init == "preserve":
+            assert entry.old is not None
+            layout = _preserve_node(entry, layout)
+        elif entry.kind == "insert" and entry.init == "preserve":
+            identity_init(entry.module, entry.node_id)  # identities keep the layout
+        else:
+            layout = _track(entry, layout)
+
+
+def _track(entry: Entry, layout: Layout) -> Layout:
+    """The layout after a node this sweep does not initialise."""
+    old_leaves = dict(leaves(entry.old)) if entry.old is not None else {}
+    for path, leaf in leaves(entry.module):
+        if isinstance(leaf, WEIGHT_LAYERS):
+            out_new = _out_in(leaf)[0]
+            before = old_leaves.get(path)
+            if entry.kind == "same":
+                layout = None
+            elif entry.kind == "insert" or before is None or not isinstance(before, WEIGHT_LAYERS):
+                layout = None if _out_in(leaf)[0] == _out_in(leaf)[1] else Lost(
+                    f"the new layer {_where(entry, path, leaf)} changes the width")
+            else:
+                out_old = _out_in(before)[0]
+                layout = None if out_new == out_old else _prefix(out_old, out_new)
+        elif isinstance(leaf, (*PER_CHANNEL, *CHANNELWISE)):
+            continue
+        elif layout is not None and not isinstance(layout, Lost):
+            layout = Lost(f"{_where(entry, path, leaf)} mixes or rearranges channels")
+    return layout
+
+
+def _prefix(old: int, new: int) -> Tensor:
+    """Layout of a ``keep``/``fresh`` width change: the first channels are the old ones, the rest new."""
+    return torch.cat([torch.arange(min(old, new)), torch.full((max(new - old, 0),), -1)])
+
+
+def _where(entry: Entry, path: str, leaf: nn.Module) -> str:
+    return f"{type(leaf).__name__} in node {entry.node_id!r}" + (f" ({path})" if path else "")
+
+
+def _out_in(leaf: nn.Module) -> tuple[int, int]:
+    weight = leaf.weight
+    if isinstance(leaf, nn.modules.conv._ConvTransposeNd):
+        return weight.shape[1] * leaf.groups, weight.shape[0]
+    return weight.shape[0], weight.shape[1] * getattr(leaf, "groups", 1)
+
+
+@torch.no_grad()
+def _preserve_node(entry: Entry, layout: Layout) -> Layout:
+    assert entry.old is not None
+    old_leaves = dict(leaves(entry.old))
+    new_leaves = list(leaves(entry.module))
+    if [p for p, _ in new_leaves] != list(old_leaves) or any(
+            type(old_leaves[p]) is not type(m) for p, m in new_leaves):
+        before = ", ".join(f"{p or '-'}: {type(m).__name__}" for p, m in old_leaves.items())
+        after = ", ".join(f"{p or '-'}: {type(m).__name__}" for p, m in new_leaves)
+        raise WidenError(entry.node_id, f"init: preserve needs the same layers before and after "
+                                        f"(before: {before}; after: {after})", "use init: keep or fresh")
+    for path, leaf in new_leaves:
+        old = old_leaves[path]
+        where = _where(entry, path, leaf)
+        if isinstance(leaf, WEIGHT_LAYERS):
+            layout = _widen_weight(entry, where, leaf, old, layout)
+        elif isinstance(leaf, PER_CHANNEL):
+            _widen_per_channel(entry, where, leaf, old, layout)
+        elif isinstance(leaf, CHANNELWISE):
+            continue
+        else:
+            _copy_same(entry, where, leaf, old)
+            if layout is not None and not isinstance(layout, Lost):
+                layout = Lost(f"{where} mixes or rearranges channels")
+    return layout
+
+
+def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout) -> Layout:
+    transposed = isinstance(leaf, nn.modules.conv._ConvTransposeNd)
+    w_old: Tensor = old.weight.detach()
+    w_old = w_old.transpose(0, 1) if transposed else w_old
+    w_new: Tensor = leaf.weight.transpose(0, 1) if transposed else leaf.weight
+    (m_out, m_in), (n_out, n_in) = tuple(w_old.shape[:2]), tuple(w_new.shape[:2])
+    if w_old.shape[2:] != w_new.shape[2:]:
+        raise WidenError(entry.node_id, f"init: preserve cannot change the kernel of {where} "
+                                        f"({list(w_old.shape[2:])} → {list(w_new.shape[2:])})", "use init: keep")
+    if (n_out, n_in) != (m_out, m_in) and (getattr(leaf, "groups", 1) != 1 or getattr(old, "groups", 1) != 1):
+        raise WidenError(entry.node_id, f"init: preserve cannot widen {where} with groups", "use init: keep")
+    if n_out < m_out or n_in < m_in:
+        raise WidenError(entry.node_id, f"init: preserve cannot shrink {where} ({m_in}→{m_out} becomes "
+                                        f"{n_in}→{n_out}): dropping units changes the function",
+                         "use init: keep or fresh")
+    weight = w_old.to(dtype=w_new.dtype, device=w_new.device)
+    if n_in != m_in or isinstance(layout, Tensor):
+        if not isinstance(layout, Tensor) or len(layout) != n_in:
+            why = layout.reason if isinstance(layout, Lost) else "the chain's input changed"
+            raise WidenError(entry.node_id, f"init: preserve cannot keep the function of {where}: its input grows "
+                                            f"{m_in} → {n_in}, but {why}",
+                             "give the node that widens its input init: preserve (or keep)")
+        weight = _spread_inputs(weight, layout.to(weight.device), m_in)
+    rows = _replicas(m_out, n_out, weight.device)
+    weight = weight[rows] * (_scale(old) / _scale(leaf))
+    w_new.copy_(weight)
+    bias_old, bias_new = getattr(old, "bias", None), getattr(leaf, "bias", None)
+    if (bias_old is None) != (bias_new is None):
+        raise WidenError(entry.node_id, f"init: preserve cannot add or drop the bias of {where}", "use init: keep")
+    if bias_new is not None:
+        bias_new.copy_(bias_old.detach()[rows])
+    return rows.cpu() if n_out != m_out else None
+
+
+def _spread_inputs(weight: Tensor, layout: Tensor, m_in: int) -> Tensor:
+    """Incoming weights for replicated inputs: each copy gets the original's weight over its copy count."""
+    valid = layout >= 0
+    source = layout.clamp(min=0)
+    counts = torch.bincount(layout[valid], minlength=m_in).clamp(min=1).to(weight.dtype)
+    shape = (1, -1) + (1,) * (weight.dim() - 2)
+    spread = weight[:, source] / counts[source].reshape(shape)
+    return spread * valid.to(weight.dtype).reshape(shape)  # brand-new inputs start with zero weight
+
+
+def _replicas(m_out: int, n_out: int, device: torch.device) -> Tensor:
+    """Old unit index of each new unit: the old units in order, then random copies (torch's global RNG)."""
+    extra = torch.randint(0, m_out, (n_out - m_out,)) if n_out > m_out else torch.empty(0, dtype=torch.long)
+    return torch.cat([torch.arange(m_out), extra]).to(device)
+
+
+def _widen_per_channel(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout) -> None:
+    source = dict(chained(old.named_parameters(), old.named_buffers()))
+    for name, tensor in chained(leaf.named_parameters(), leaf.named_buffers()):
+        previous = source.get(name)
+        if previous is None:
+            continue
+        previous = previous.detach().to(device=tensor.device, dtype=tensor.dtype)
+        if tensor.dim() == 0 or tensor.shape == previous.shape:
+            tensor.copy_(previous)
+        elif tensor.shape[0] < previous.shape[0]:
+            raise WidenError(entry.node_id, f"init: preserve cannot shrink {where}", "use init: keep or fresh")
+        elif isinstance(layout, Tensor) and len(layout) == tensor.shape[0]:
+            index = layout.to(tensor.device)
+            valid = index >= 0
+            tensor[valid] = previous[index[valid]]
+        else:
+            tensor[: previous.shape[0]] = previous
+
+
+def _copy_same(entry: Entry, where: str, leaf: nn.Module, old: nn.Module) -> None:
+    source = dict(chained(old.named_parameters(), old.named_buffers()))
+    for name, tensor in chained(leaf.named_parameters(), leaf.named_buffers()):
+        previous = source.get(name)
+        if previous is None or previous.shape != tensor.shape:
+            raise WidenError(entry.node_id, f"init: preserve does not support changing the shape of "
+                                            f"{where} ({name})", "use init: keep or fresh")
+        tensor.copy_(previous.detach())

@@ -1,0 +1,86 @@
+"""``chainspec diff``: print the plan that turns a chain built from OLD into one built from NEW.
+
+Exit codes follow diff(1): 0 when the specs build identical chains, 1 when
+they differ, 2 on any error (an invalid spec included), so a script can tell
+"different" from "broken".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .._errors import ChainspecError
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``diff`` subcommand."""
+    p = sub.add_parser("diff", help="show the plan from one revision of a spec to another",
+                       description="Compare the chains OLD and NEW build and print the plan that turns one into "
+                                   "the other: + insert, - remove, > move, ~ update (weights kept), "
+                                   "! replace (new weights). Exits 0 if identical, 1 if different, 2 on error.")
+    p.add_argument("old", metavar="OLD", help="the spec the model was built from")
+    p.add_argument("new", metavar="NEW", help="the revised spec")
+    p.add_argument("--chain", metavar="NAME", help="only this chain (default: every chain)")
+    p.add_argument("--stage", default="final", metavar="N|final|A:B",
+                   help="the stage to compare both at, or OLD_STAGE:NEW_STAGE for a growth step (default: final)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
+    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
+                   help="allow node types named by import path under MODULE (repeatable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the plan; return 0 (identical), 1 (different) or 2 (error)."""
+    try:
+        plans = _plans(args)
+    except ChainspecError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"chainspec diff: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if os.environ.get("CHAINSPEC_DEBUG"):
+            raise
+        print(f"chainspec diff: internal error: {type(exc).__name__}: {exc}\n"
+              "TIP: rerun with CHAINSPEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        json.dump(plans.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        print(plans)
+    return 0 if plans.is_empty else 1
+
+
+def _plans(args: argparse.Namespace) -> Any:
+    from .._diff import PlanSet, diff
+    from .._spec import load
+
+    old = load(args.old, allow_imports=args.allow_import)
+    new = load(args.new, allow_imports=args.allow_import)
+    if args.chain:
+        names = [args.chain]
+    else:
+        only_old = [n for n in old.chain_names if n not in new.chain_names]
+        only_new = [n for n in new.chain_names if n not in old.chain_names]
+        if only_old or only_new:
+            side, name = (args.old, only_old[0]) if only_old else (args.new, only_new[0])
+            raise ValueError(f"chain {name!r} is only in {side}; chains are matched by name "
+                             "(use --chain NAME to compare one chain)")
+        names = old.chain_names
+    old_stage, _, new_stage = args.stage.partition(":")
+    stage: Any = (old_stage, new_stage) if new_stage else old_stage
+    plans = PlanSet()
+    for name in names:
+        plans[name] = diff(old, new, chain=name, stage=stage)
+    # A plan between specs that do not shape-check is meaningless: report them as errors.
+    old.check([plans[names[0]].old_stage])
+    new.check([plans[names[0]].new_stage])
+    return plans
