@@ -86,6 +86,38 @@ class ChainSpec(_Strict):
     nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, head to tail.")
 
 
+class StagePhases(_Strict):
+    """Phase lengths for one stage, overriding the growth section's defaults."""
+
+    stage: Annotated[int, Field(ge=0, le=MAX_DIM)] = Field(description="The stage these lengths apply to.")
+    stabilize: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Length of this stage's stabilise phase (in the growth unit); null keeps the default.")
+    fade: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Length of the fade-in into this stage (stage >= 1; in the growth unit); 0 grows "
+                          "abruptly; null keeps the default.")
+
+
+class GrowthSpec(_Strict):
+    """The growth schedule: how long each stage trains, and how long each new stage fades in.
+
+    Stage 0 stabilises; every later stage k first fades in (the old and new
+    paths blended with alpha going 0 -> 1), then stabilises at alpha = 1.
+    """
+
+    unit: Literal["images", "steps"] = Field(
+        "images", description="What the phase lengths count: training images shown, or optimizer steps.")
+    stabilize: Annotated[int, Field(ge=0)] = Field(
+        800_000, description="Length of each stage's stabilise phase (the paper: 800k images).")
+    fade: Annotated[int, Field(ge=0)] = Field(
+        800_000, description="Length of each fade-in into a new stage (the paper: 800k images); 0 grows abruptly.")
+    policy: Literal["keep", "reset"] = Field(
+        "keep", description="Optimizer state of surviving parameters at each growth step: keep their moments, "
+                            "or reset them as the official PG-GAN code does.")
+    per_stage: list[StagePhases] = Field(
+        default_factory=list, description="Per-stage overrides of the phase lengths.",
+        examples=[[{"stage": 8, "stabilize": 1_600_000}]])
+
+
 class SpecModel(_Strict):
     """A chainspec file, format version 1."""
 
@@ -103,3 +135,5 @@ class SpecModel(_Strict):
         examples=[{"conv2d": {"kernel_size": 3, "padding": 1, "bias": False}}])
     types: dict[Identifier, TypeDef] = Field(default_factory=dict, description="Composite node types.")
     chains: dict[Identifier, ChainSpec] = Field(min_length=1, description="The chains the spec builds, by name.")
+    growth: GrowthSpec | None = Field(
+        None, description="The progressive-growing schedule (phase lengths and fade-ins); see docs/growing.md.")

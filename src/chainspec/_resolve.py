@@ -18,6 +18,7 @@ from ._expr import ExpressionError, substitute
 from ._model import NodeSpec, PartSpec, SpecModel, TypeDef
 from ._registry import get_type, import_allowed, is_import_path, is_registered, suggest
 from ._reserved import id_problem
+from ._schedule import growth_problems
 from ._yaml import Document, Path, format_path
 
 
@@ -101,11 +102,18 @@ class _Resolver:
             self._seen.add(key)
             self.problems.append(problem)
 
+    def report_problem(self, problem: Problem) -> None:
+        if problem.format() not in self._seen:
+            self._seen.add(problem.format())
+            self.problems.append(problem)
+
     def run(self) -> tuple[dict[str, ResolvedChain], int, list[Problem]]:
         self.check_types()
         self.check_defaults()
         stages = self.stage_count()
         chains = {name: self.chain(name, stages) for name in self.model.chains}
+        for problem in growth_problems(self.model, self.doc, stages):
+            self.report_problem(problem)
         return chains, stages, self.problems
 
     # -- document-level checks -------------------------------------------------

@@ -1,0 +1,178 @@
+"""The growth schedule: which stage and fade-in alpha a run is at after so many images or steps.
+
+A spec's ``growth`` section gives each stage a stabilise phase and each stage
+after the first a fade-in before it::
+
+    stage 0: stabilize | stage 1: fade, stabilize | ... | stage N-1: fade, stabilize | done
+
+During the fade into stage k, alpha rises linearly from 0 to 1; everywhere
+else it is 1. This module is pure arithmetic on counts (torch-free): it is
+what ``chainspec validate`` checks and what :class:`chainspec.Grower` follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._errors import Problem
+from ._model import GrowthSpec, SpecModel
+from ._yaml import Document
+
+PhaseKind = Literal["stabilize", "fade", "done"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One span of the schedule: ``[start, end)`` in the growth unit, at ``stage``.
+
+    Example:
+        >>> Phase("fade", 1, 100, 300).alpha_at(150)
+        0.25
+    """
+
+    kind: PhaseKind
+    stage: int
+    start: int
+    end: int | None  # None: the open-ended "done" phase after the last stabilise
+
+    @property
+    def length(self) -> int | None:
+        """The phase's length, None for the open-ended ``done`` phase."""
+        return None if self.end is None else self.end - self.start
+
+    def alpha_at(self, position: float) -> float:
+        """The fade-in alpha at ``position`` (1.0 outside fades), clamped to [0, 1]."""
+        if self.kind != "fade" or not self.length:
+            return 1.0
+        return min(1.0, max(0.0, (position - self.start) / self.length))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The phases of a growth schedule, in order, and the unit they count.
+
+    Example:
+        >>> sched = Schedule.lengths(3, stabilize=100, fade=50)
+        >>> [(p.kind, p.stage, p.start, p.end) for p in sched.phases]  # doctest: +NORMALIZE_WHITESPACE
+        [('stabilize', 0, 0, 100), ('fade', 1, 100, 150), ('stabilize', 1, 150, 250),
+         ('fade', 2, 250, 300), ('stabilize', 2, 300, 400), ('done', 2, 400, None)]
+        >>> sched.at(125).stage, sched.alpha(125)
+        (1, 0.5)
+    """
+
+    phases: tuple[Phase, ...]
+    unit: Literal["images", "steps"] = "images"
+    policy: Literal["keep", "reset"] = "keep"
+
+    @classmethod
+    def lengths(cls, stages: int, *, stabilize: int | list[int], fade: int | list[int],
+                unit: Literal["images", "steps"] = "images", policy: Literal["keep", "reset"] = "keep") -> Schedule:
+        """Build a schedule from per-stage lengths (one value for all stages, or a list of ``stages`` values).
+
+        ``fade[0]`` is ignored: nothing fades into stage 0.
+        """
+        stab = [stabilize] * stages if isinstance(stabilize, int) else list(stabilize)
+        fades = [fade] * stages if isinstance(fade, int) else list(fade)
+        if len(stab) != stages or len(fades) != stages:
+            raise ValueError(f"need {stages} stabilize and fade lengths, got {len(stab)} and {len(fades)}")
+        if any(n < 0 for n in stab + fades):
+            raise ValueError(f"phase lengths must be >= 0, got stabilize={stab} fade={fades}")
+        phases: list[Phase] = []
+        t = 0
+        for k in range(stages):
+            if k and fades[k]:
+                phases.append(Phase("fade", k, t, t + fades[k]))
+                t += fades[k]
+            phases.append(Phase("stabilize", k, t, t + stab[k]))
+            t += stab[k]
+        phases.append(Phase("done", stages - 1, t, None))
+        return cls(tuple(phases), unit, policy)
+
+    @classmethod
+    def from_model(cls, growth: GrowthSpec | None, stages: int) -> Schedule:
+        """The schedule a spec's ``growth`` section describes (the paper's 800k + 800k images if absent)."""
+        growth = growth or GrowthSpec()
+        stab = [growth.stabilize] * stages
+        fades = [growth.fade] * stages
+        for entry in growth.per_stage:
+            if entry.stage < stages:  # out-of-range entries are reported by growth_problems
+                if entry.stabilize is not None:
+                    stab[entry.stage] = entry.stabilize
+                if entry.fade is not None:
+                    fades[entry.stage] = entry.fade
+        return cls.lengths(stages, stabilize=stab, fade=fades, unit=growth.unit, policy=growth.policy)
+
+    @property
+    def stages(self) -> int:
+        """Number of stages."""
+        return self.phases[-1].stage + 1
+
+    @property
+    def total(self) -> int:
+        """Where the last stabilise phase ends (the ``done`` phase starts)."""
+        return self.phases[-1].start
+
+    def index(self, position: float) -> int:
+        """Index in ``phases`` of the phase holding ``position``."""
+        if position < 0:
+            raise ValueError(f"schedule position must be >= 0, got {position}")
+        for i, phase in enumerate(self.phases):
+            if phase.end is None or position < phase.end:
+                return i
+        return len(self.phases) - 1  # unreachable: the last phase is open-ended
+
+    def at(self, position: float) -> Phase:
+        """The phase holding ``position``."""
+        return self.phases[self.index(position)]
+
+    def alpha(self, position: float) -> float:
+        """The fade-in alpha at ``position``."""
+        return self.at(position).alpha_at(position)
+
+    def start_of(self, stage: int) -> int:
+        """Where ``stage`` begins (its fade-in, if it has one).
+
+        Example:
+            >>> Schedule.lengths(2, stabilize=10, fade=4).start_of(1)
+            10
+        """
+        if not 0 <= stage < self.stages:
+            raise ValueError(f"stage {stage} is out of range; the schedule has stages 0..{self.stages - 1}")
+        return next(p.start for p in self.phases if p.stage == stage)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the unit, the policy and each phase."""
+        return {"unit": self.unit, "policy": self.policy,
+                "phases": [{"kind": p.kind, "stage": p.stage, "start": p.start, "end": p.end} for p in self.phases]}
+
+
+def growth_problems(model: SpecModel, doc: Document, stages: int) -> list[Problem]:
+    """The whole-document checks of a spec's ``growth`` section: stages in range, no duplicates, no fade into 0.
+
+    Example:
+        >>> from chainspec._yaml import parse_yaml
+        >>> text = "chainspec: 1\\ngrowth: {per_stage: [{stage: 0, fade: 10}]}\\nchains: {}"
+        >>> doc = parse_yaml(text, "g.yaml")
+        >>> model = SpecModel.model_construct(growth=GrowthSpec.model_validate(doc.data["growth"]))
+        >>> growth_problems(model, doc, 2)[0].format()
+        'g.yaml:2:31: growth.per_stage[0].fade: nothing fades into stage 0; remove fade here (stage 0 only stabilizes)'
+    """
+    growth = model.growth
+    if growth is None:
+        return []
+    problems: list[Problem] = []
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(growth.per_stage):
+        path = ("growth", "per_stage", i)
+        if entry.stage >= stages:
+            problems.append(doc.problem((*path, "stage"), f"stage {entry.stage} is out of range; the spec has "
+                                        f"stages 0..{stages - 1}", "use an existing stage"))
+        if entry.stage in seen:
+            problems.append(doc.problem((*path, "stage"), f"stage {entry.stage} is listed twice (also at "
+                                        f"growth.per_stage[{seen[entry.stage]}])", "merge the two entries"))
+        seen.setdefault(entry.stage, i)
+        if entry.stage == 0 and entry.fade is not None:
+            problems.append(doc.problem((*path, "fade"), "nothing fades into stage 0",
+                                        "remove fade here (stage 0 only stabilizes)"))
+    return problems
