@@ -8,21 +8,33 @@ these types costs no torch import.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
+from pydantic import Field
+
+from ._model import MAX_DIM
 from ._registry import builtin
 
 if TYPE_CHECKING:
     from torch import nn
 
-Size2 = int | tuple[int, int]
+#: A size (channels, features, kernel size, stride, groups): at least 1. The
+#: upper bound is the format's limit on any dimension, so that ``10**30``
+#: channels is a validation error, not an OverflowError or an allocation.
+Size = Annotated[int, Field(ge=1, le=MAX_DIM)]
+#: An amount of padding: at least 0.
+Pad = Annotated[int, Field(ge=0, le=MAX_DIM)]
+Size2 = Size | tuple[Size, Size]
+Pad2 = Pad | tuple[Pad, Pad]
+#: A probability, as dropout takes it.
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 #: PG-GAN's default gain for equalized learning rate: He initialisation for leaky ReLU-ish activations.
 SQRT2 = math.sqrt(2.0)
 
 
 @builtin("conv1d")
-def conv1d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | str = 0,
-           dilation: int = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros") -> nn.Module:
+def conv1d(in_channels: Size, out_channels: Size, kernel_size: Size = 3, stride: Size = 1, padding: Pad | str = 0,
+           dilation: Size = 1, groups: Size = 1, bias: bool = True, padding_mode: str = "zeros") -> nn.Module:
     """1-D convolution (``torch.nn.Conv1d``)."""
     from torch import nn
 
@@ -30,8 +42,8 @@ def conv1d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: in
 
 
 @builtin("conv2d")
-def conv2d(in_channels: int, out_channels: int, kernel_size: Size2 = 3, stride: Size2 = 1,
-           padding: Size2 | str = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True,
+def conv2d(in_channels: Size, out_channels: Size, kernel_size: Size2 = 3, stride: Size2 = 1,
+           padding: Pad2 | str = 0, dilation: Size2 = 1, groups: Size = 1, bias: bool = True,
            padding_mode: str = "zeros") -> nn.Module:
     """2-D convolution (``torch.nn.Conv2d``)."""
     from torch import nn
@@ -40,8 +52,8 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: Size2 = 3, stride: 
 
 
 @builtin("conv_transpose2d")
-def conv_transpose2d(in_channels: int, out_channels: int, kernel_size: Size2 = 4, stride: Size2 = 2,
-                     padding: Size2 = 1, output_padding: Size2 = 0, groups: int = 1, bias: bool = True,
+def conv_transpose2d(in_channels: Size, out_channels: Size, kernel_size: Size2 = 4, stride: Size2 = 2,
+                     padding: Pad2 = 1, output_padding: Pad2 = 0, groups: Size = 1, bias: bool = True,
                      dilation: Size2 = 1) -> nn.Module:
     """2-D transposed convolution (``torch.nn.ConvTranspose2d``)."""
     from torch import nn
@@ -51,7 +63,7 @@ def conv_transpose2d(in_channels: int, out_channels: int, kernel_size: Size2 = 4
 
 
 @builtin("linear")
-def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+def linear(in_features: Size, out_features: Size, bias: bool = True) -> nn.Module:
     """Fully connected layer (``torch.nn.Linear``) on the last dimension."""
     from torch import nn
 
@@ -59,7 +71,7 @@ def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
 
 
 @builtin("batchnorm1d")
-def batchnorm1d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+def batchnorm1d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                 track_running_stats: bool = True) -> nn.Module:
     """Batch normalisation over ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``)."""
     from torch import nn
@@ -68,7 +80,7 @@ def batchnorm1d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, aff
 
 
 @builtin("batchnorm2d")
-def batchnorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+def batchnorm2d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                 track_running_stats: bool = True) -> nn.Module:
     """Batch normalisation over ``(N, C, H, W)`` (``torch.nn.BatchNorm2d``)."""
     from torch import nn
@@ -77,7 +89,7 @@ def batchnorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, aff
 
 
 @builtin("layernorm")
-def layernorm(normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+def layernorm(normalized_shape: Size | tuple[Size, ...], eps: float = 1e-5, elementwise_affine: bool = True,
               bias: bool = True) -> nn.Module:
     """Layer normalisation over the trailing dimensions (``torch.nn.LayerNorm``)."""
     from torch import nn
@@ -86,7 +98,7 @@ def layernorm(normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elemen
 
 
 @builtin("groupnorm")
-def groupnorm(num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+def groupnorm(num_groups: Size, num_channels: Size, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     """Group normalisation (``torch.nn.GroupNorm``)."""
     from torch import nn
 
@@ -94,7 +106,7 @@ def groupnorm(num_groups: int, num_channels: int, eps: float = 1e-5, affine: boo
 
 
 @builtin("instancenorm2d")
-def instancenorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
+def instancenorm2d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
                    track_running_stats: bool = False) -> nn.Module:
     """Instance normalisation over ``(N, C, H, W)`` (``torch.nn.InstanceNorm2d``)."""
     from torch import nn
@@ -103,7 +115,7 @@ def instancenorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, 
 
 
 @builtin("dropout")
-def dropout(p: float = 0.5) -> nn.Module:
+def dropout(p: Probability = 0.5) -> nn.Module:
     """Dropout (``torch.nn.Dropout``)."""
     from torch import nn
 
@@ -175,7 +187,7 @@ def flatten(start_dim: int = 1, end_dim: int = -1) -> nn.Module:
 
 
 @builtin("reshape")
-def reshape(shape: tuple[int, ...]) -> nn.Module:
+def reshape(shape: tuple[Annotated[int, Field(ge=-1, le=MAX_DIM)], ...]) -> nn.Module:
     """Reshape each sample to ``shape`` (without the batch dimension; one entry may be -1).
 
     Args:
@@ -187,7 +199,8 @@ def reshape(shape: tuple[int, ...]) -> nn.Module:
 
 
 @builtin("upsample")
-def upsample(scale_factor: float = 2.0, mode: Literal["nearest", "bilinear"] = "nearest") -> nn.Module:
+def upsample(scale_factor: Annotated[float, Field(gt=0.0, le=MAX_DIM)] = 2.0,
+             mode: Literal["nearest", "bilinear"] = "nearest") -> nn.Module:
     """Upsample by ``scale_factor`` with nearest or bilinear interpolation (``torch.nn.Upsample``)."""
     from torch import nn
 
@@ -195,7 +208,7 @@ def upsample(scale_factor: float = 2.0, mode: Literal["nearest", "bilinear"] = "
 
 
 @builtin("avgpool2d")
-def avgpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Size2 = 0) -> nn.Module:
+def avgpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Pad2 = 0) -> nn.Module:
     """2-D average pooling (``torch.nn.AvgPool2d``); stride defaults to the kernel size."""
     from torch import nn
 
@@ -203,7 +216,7 @@ def avgpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Size
 
 
 @builtin("maxpool2d")
-def maxpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Size2 = 0) -> nn.Module:
+def maxpool2d(kernel_size: Size2 = 2, stride: Size2 | None = None, padding: Pad2 = 0) -> nn.Module:
     """2-D max pooling (``torch.nn.MaxPool2d``); stride defaults to the kernel size."""
     from torch import nn
 
@@ -219,7 +232,7 @@ def adaptive_avgpool2d(output_size: Size2 = 1) -> nn.Module:
 
 
 @builtin("eq_conv2d")
-def eq_conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 0,
+def eq_conv2d(in_channels: Size, out_channels: Size, kernel_size: Size = 3, stride: Size = 1, padding: Pad = 0,
               bias: bool = True, gain: float = SQRT2) -> nn.Module:
     """2-D convolution with equalized learning rate (Karras et al. 2018, section 4.1).
 
@@ -238,7 +251,7 @@ def eq_conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride:
 
 
 @builtin("eq_linear")
-def eq_linear(in_features: int, out_features: int, bias: bool = True, gain: float = SQRT2) -> nn.Module:
+def eq_linear(in_features: Size, out_features: Size, bias: bool = True, gain: float = SQRT2) -> nn.Module:
     """Fully connected layer with equalized learning rate (Karras et al. 2018, section 4.1).
 
     Args:
@@ -261,7 +274,7 @@ def pixel_norm(eps: float = 1e-8) -> nn.Module:
 
 
 @builtin("minibatch_stddev")
-def minibatch_stddev(group_size: int = 4) -> nn.Module:
+def minibatch_stddev(group_size: Size = 4) -> nn.Module:
     """Appends the minibatch standard deviation as one extra channel (Karras et al. 2018, section 3)."""
     from ._layers import MinibatchStddev
 

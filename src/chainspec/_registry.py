@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -140,10 +141,47 @@ def describe_annotation(annotation: Any) -> str:
         >>> describe_annotation(int | tuple[int, int])
         'int | tuple[int, int]'
     """
-    if isinstance(annotation, type) and not typing.get_args(annotation):
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _with_bounds(describe_annotation(args[0]), args[1:])
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(describe_annotation(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None and origin is not typing.Literal and args:
+        inner = ", ".join("..." if a is Ellipsis else describe_annotation(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if isinstance(annotation, type) and not args:
         return annotation.__name__
-    text = str(annotation).replace("typing.", "")
-    return text
+    return str(annotation).replace("typing.", "")
+
+
+def _with_bounds(base: str, metadata: tuple[Any, ...]) -> str:
+    """``int >= 1``, ``float in [0.0, 1.0]``: the numeric bounds of an ``Annotated`` type, readably.
+
+    An upper bound equal to the format's limit on any dimension is left out:
+    it applies to every size alike and would only add noise.
+    """
+    from ._model import MAX_DIM
+
+    items: list[Any] = []
+    for meta in metadata:
+        items.extend(getattr(meta, "metadata", None) or [meta])
+    low = high = None
+    for item in items:
+        for attr, sign in (("ge", "["), ("gt", "(")):
+            if getattr(item, attr, None) is not None:
+                low = (sign, getattr(item, attr))
+        for attr, sign in (("le", "]"), ("lt", ")")):
+            if getattr(item, attr, None) is not None and getattr(item, attr) != MAX_DIM:
+                high = (sign, getattr(item, attr))
+    if low and high:
+        return f"{base} in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"{base} {'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{base} {'<=' if high[0] == ']' else '<'} {high[1]}"
+    return base
 
 
 _REGISTRY: dict[str, NodeType] = {}
