@@ -20,7 +20,7 @@ from ._errors import Problem, SpecError
 from ._migrate import migrate
 from ._model import SpecModel
 from ._resolve import ResolvedChain, resolve
-from ._yaml import Document, Path, parse_yaml
+from ._yaml import MAX_BYTES, Document, Path, parse_yaml, too_big
 
 if TYPE_CHECKING:
     import torch
@@ -179,9 +179,16 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = ()) -> 
         >>> spec = load("specs/blog.yaml")  # doctest: +SKIP
     """
     try:
-        raw = FsPath(path).read_bytes()
+        # Read one byte past the limit, never the whole file: a 50 GB file or
+        # /dev/zero is refused as quickly as a 300 kB one.
+        with FsPath(path).open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+            size = os.fstat(fh.fileno()).st_size if len(raw) > MAX_BYTES else 0
     except OSError as exc:
-        raise SpecError([Problem(os.fspath(path), None, None, "", f"cannot read spec: {exc.strerror or exc}")]) from None
+        problem = Problem(os.fspath(path), None, None, "", f"cannot read spec: {exc.strerror or exc}")
+        raise SpecError([problem]) from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError([too_big(os.fspath(path), size if size > MAX_BYTES else None)])
     return loads(raw, source=os.fspath(path), allow_imports=allow_imports)
 
 

@@ -20,16 +20,20 @@ import yaml
 from ._errors import Problem
 
 #: Largest spec file accepted. Real specs are a few kilobytes; refusing huge
-#: files up front keeps validation fast and memory bounded.
-MAX_BYTES = 5 * 1024 * 1024
-#: Most values a document may expand to once aliases are followed. A
-#: billion-laughs document stays tiny on disk but would expand far past this.
-MAX_VALUES = 200_000
+#: files up front keeps validation fast (well under a second) and memory bounded.
+MAX_BYTES = 256 * 1024
+#: Most values a document may hold, or expand to once aliases are followed. A
+#: billion-laughs document stays tiny on disk but would expand far past this;
+#: the full PG-GAN spec holds well under a thousand.
+MAX_VALUES = 50_000
 #: Deepest nesting accepted. Specs nest a handful of levels; the bound keeps
 #: the walk (and the error path) well inside Python's recursion limit.
 MAX_DEPTH = 64
 
 _CORE = "tag:yaml.org,2002:"
+#: libyaml's parser when PyYAML was built with it (about ten times faster), else the pure-Python one.
+#: Either way only the parser is used: composing and constructing are done here, safely.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALAR_TAGS = {_CORE + t for t in ("null", "bool", "int", "float", "str")}
 
 Path = tuple[str | int, ...]
@@ -92,7 +96,7 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     doc = Document(source)
     if isinstance(text, bytes):
         if len(text) > MAX_BYTES:
-            doc.problems.append(_too_big(source, len(text)))
+            doc.problems.append(too_big(source, len(text)))
             return doc
         try:
             text = text.decode("utf-8")
@@ -105,25 +109,25 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
             )
             return doc
     if len(text) > MAX_BYTES:
-        doc.problems.append(_too_big(source, len(text)))
+        doc.problems.append(too_big(source, len(text)))
         return doc
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-        doc.problems.append(Problem(source, 1, 1, "", "file is empty", "a spec needs at least 'chainspec: 1' and 'chains:'"))
+        doc.problems.append(_empty(source))
         return doc
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
-        root = loader.get_single_node()
+        root, aliased = _compose(loader)
+    except _Limit as exc:
+        doc.problems.append(Problem(source, exc.mark.line + 1, exc.mark.column + 1, "", exc.message, exc.hint))
+        return doc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         msg = exc.problem or str(exc)
         if exc.context:
             msg = f"{exc.context}, {msg}"
-        hint = "indent with spaces, not tabs" if "\\t" in msg or "\t" in msg else None
         doc.problems.append(Problem(source, mark.line + 1 if mark else None,
-                                    mark.column + 1 if mark else None, "", f"invalid YAML: {msg}", hint))
-        return doc
-    except RecursionError:
-        doc.problems.append(Problem(source, 1, 1, "", f"nesting is too deep (the limit is {MAX_DEPTH} levels)"))
+                                    mark.column + 1 if mark else None, "", f"invalid YAML: {msg}",
+                                    _tab_hint(text, mark.line if mark else None)))
         return doc
     except yaml.YAMLError as exc:
         doc.problems.append(Problem(source, 1, 1, "", f"invalid YAML: {exc}"))
@@ -131,7 +135,13 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     finally:
         loader.dispose()
     if root is None:
-        doc.problems.append(Problem(source, 1, 1, "", "file is empty", "a spec needs at least 'chainspec: 1' and 'chains:'"))
+        doc.problems.append(_empty(source))
+        return doc
+    big = _oversized(root) if aliased else None
+    if big is not None:
+        doc.problems.append(Problem(source, big.start_mark.line + 1, big.start_mark.column + 1, "",
+                                    f"value expands to more than {MAX_VALUES:,} values through aliases (alias bomb?)",
+                                    "avoid deeply nested aliases"))
         return doc
     walker = _Walker(doc, loader)
     try:
@@ -141,9 +151,155 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     return doc
 
 
-def _too_big(source: str, size: int) -> Problem:
-    return Problem(source, 1, 1, "", f"file is {size / 1e6:.1f} MB; specs are limited to {MAX_BYTES / 1e6:.0f} MB",
+def _empty(source: str) -> Problem:
+    return Problem(source, 1, 1, "", "file is empty", "a spec needs at least 'chainspec: 1' and 'chains:'")
+
+
+def too_big(source: str, size: int | None) -> Problem:
+    """The problem reported for a spec over ``MAX_BYTES`` (``size`` in bytes, None when unknown).
+
+    Example:
+        >>> too_big("x.yaml", 50_000_000).message
+        'file is 50,000,000 bytes; specs are limited to 262,144 bytes'
+    """
+    actual = f"file is {size:,} bytes" if size is not None else "file is too large"
+    return Problem(source, 1, 1, "", f"{actual}; specs are limited to {MAX_BYTES:,} bytes",
                    "split the spec or remove generated content")
+
+
+def _tab_hint(text: str, line: int | None) -> str | None:
+    """Both parsers reject tab indentation, but only one says so; look at the offending line."""
+    lines = text.splitlines()
+    if line is not None and 0 <= line < len(lines) and "\t" in lines[line]:
+        return "indent with spaces, not tabs"
+    return None
+
+
+class _Limit(Exception):
+    """The document breaks a size bound while being composed."""
+
+    def __init__(self, mark: Any, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.mark, self.message, self.hint = mark, message, hint
+
+
+def _compose(loader: Any) -> tuple[yaml.Node | None, bool]:
+    """Compose the single document of ``loader``'s event stream into a node graph, iteratively.
+
+    Returns the root (None for an empty stream) and whether any alias was used.
+
+    Same result as PyYAML's ``get_single_node``, but PyYAML composes recursively
+    (10,000 nested brackets hit Python's recursion limit, and libyaml's
+    composer recurses in C), while this loop stops at ``MAX_DEPTH`` levels and
+    ``MAX_VALUES`` nodes, pointing at the offending line.
+    """
+    loader.get_event()  # stream start
+    if loader.check_event(yaml.StreamEndEvent):
+        return None, False
+    loader.get_event()  # document start
+    anchors: dict[str, yaml.Node] = {}
+    stack: list[yaml.Node] = []  # open collections, outermost first
+    pending: list[yaml.Node | None] = []  # per open mapping: a key still waiting for its value
+    root: yaml.Node | None = None
+    count = 0
+    aliased = False
+    while root is None:
+        event = loader.get_event()
+        node: yaml.Node
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            node = stack.pop()
+            pending.pop()
+            node.end_mark = event.end_mark
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in anchors:
+                raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}",
+                                                  event.start_mark)
+            node = anchors[event.anchor]
+            aliased = True
+        else:
+            count += 1
+            if count > MAX_VALUES:
+                raise _Limit(event.start_mark, f"document has more than {MAX_VALUES:,} values",
+                             "specs are small; remove generated content")
+            node = _new_node(loader, event, anchors)
+            if not isinstance(node, yaml.ScalarNode):
+                if len(stack) >= MAX_DEPTH:
+                    raise _Limit(event.start_mark, f"nesting is too deep (the limit is {MAX_DEPTH} levels)",
+                                 "flatten the structure")
+                stack.append(node)
+                pending.append(None)
+                continue
+        if not stack:
+            root = node
+        elif isinstance(stack[-1], yaml.SequenceNode):
+            stack[-1].value.append(node)
+        elif pending[-1] is None:
+            pending[-1] = node
+        else:
+            stack[-1].value.append((pending[-1], node))
+            pending[-1] = None
+    loader.get_event()  # document end
+    if not loader.check_event(yaml.StreamEndEvent):
+        event = loader.get_event()
+        raise yaml.composer.ComposerError("expected a single document in the stream", root.start_mark,
+                                          "but found another document", event.start_mark)
+    return root, aliased
+
+
+def _new_node(loader: Any, event: Any, anchors: dict[str, yaml.Node]) -> yaml.Node:
+    """The node a scalar or collection-start event begins, with its tag resolved and its anchor recorded."""
+    if event.anchor is not None and event.anchor in anchors:
+        raise yaml.composer.ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence",
+                                          anchors[event.anchor].start_mark, "second occurrence", event.start_mark)
+    tag = event.tag
+    node: yaml.Node
+    if isinstance(event, yaml.ScalarEvent):
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+    else:
+        kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
+        if tag is None or tag == "!":
+            tag = loader.resolve(kind, None, event.implicit)
+        node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+    if event.anchor is not None:
+        anchors[event.anchor] = node
+    return node
+
+
+def _oversized(root: yaml.Node) -> yaml.Node | None:
+    """The first node that would expand past ``MAX_VALUES`` values once aliases are followed, if any.
+
+    Each distinct node is sized once (aliases share nodes), so a billion-laughs
+    document is refused in time linear in its length, before any expansion.
+    A node met again while it is being sized is a self-reference; it counts
+    once here and the walker reports it.
+    """
+    size: dict[int, int] = {}
+    todo: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while todo:
+        node, children_done = todo.pop()
+        key = id(node)
+        if key in size:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            size[key] = 1
+            continue
+        children = [c for pair in node.value for c in (pair if isinstance(pair, tuple) else (pair,))]
+        if children_done:
+            open_.discard(key)
+            total = 1 + sum(size.get(id(c), 1) for c in children)
+            if total > MAX_VALUES:
+                return node
+            size[key] = total
+            continue
+        if key in open_:
+            continue  # a cycle: the walker reports it with its path
+        open_.add(key)
+        todo.append((node, True))
+        todo.extend((c, False) for c in children if id(c) not in size and id(c) not in open_)
+    return None
 
 
 class _Abort(Exception):
