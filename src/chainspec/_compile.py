@@ -18,6 +18,7 @@ from torch import nn
 from ._chain import Chain
 from ._errors import Problem, SpecError
 from ._layers import Composite
+from ._memory import check_fits
 from ._resolve import Group, ResolvedChain, ResolvedNode, Tree
 from ._yaml import Document
 
@@ -152,9 +153,10 @@ def _first_leaf(module: nn.Module) -> nn.Module:
 def build_chain(chain: ResolvedChain, stage: int, doc: Document, *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> Chain:
     """Shape-check, then build the real modules of ``chain`` at ``stage`` and link them."""
-    _, problems = infer(chain, stage, doc, dtype=dtype)
-    if problems:
+    summary, problems = infer(chain, stage, doc, dtype=dtype)
+    if problems or summary is None:
         raise SpecError(problems)
+    check_fits(summary, chain, doc, device=device, dtype=dtype)  # refuse before allocating, not during
     built = Chain(name=chain.name)
     for node in chain.at(stage):
         built.append(node.id, instantiate(node, device=device, dtype=dtype), node_type=node.type)
