@@ -21,6 +21,11 @@ from ._reserved import id_problem
 from ._schedule import growth_problems
 from ._yaml import Document, Path, format_path
 
+#: Deepest nesting of composite types (a composite holding a composite ...).
+#: Real specs nest two or three; the bound keeps expansion, the built module
+#: tree and everything torch does recursively over it far from the recursion limit.
+MAX_COMPOSITE_DEPTH = 32
+
 
 @dataclass(frozen=True)
 class Leaf:
@@ -94,6 +99,7 @@ class _Resolver:
         self._seen: set[str] = set()
         self.scope: dict[str, Any] = dict(model.vars)
         self.cyclic: set[str] = set()
+        self.too_deep: dict[str, list[str]] = {}
 
     def report(self, path: Path, message: str, hint: str | None = None, label: str = "") -> None:
         problem = self.doc.problem(path, message, hint, label=label)
@@ -127,11 +133,15 @@ class _Resolver:
                 if param in self.model.vars:
                     self.report(("types", name, "params", param), f"parameter {param!r} hides the spec var of that name",
                                 "rename one of them")
-        for cycle in _cycles({n: [p.type for p in t.nodes if p.type in self.model.types]
-                              for n, t in self.model.types.items()}):
+        graph = {n: [p.type for p in t.nodes if p.type in self.model.types] for n, t in self.model.types.items()}
+        for cycle in _cycles(graph):
             self.cyclic.update(cycle)
-            self.report(("types", cycle[0]), "cyclic composite types: " + " -> ".join([*cycle, cycle[0]]),
+            self.report(("types", cycle[0]), "cyclic composite types: " + _arrow([*cycle, cycle[0]]),
                         "a composite cannot contain itself, directly or through other composites")
+        # Expansion and the built modules nest one level per composite: bound it
+        # so that no spec can drive them into Python's recursion limit.
+        self.too_deep = {n: chain for n, chain in _nesting(graph, self.cyclic).items()
+                         if len(chain) > MAX_COMPOSITE_DEPTH}
 
     def check_part_ids(self, parts: list[PartSpec], path: Path) -> None:
         seen: dict[str, int] = {}
@@ -240,6 +250,11 @@ class _Resolver:
         if typedef is not None:
             if type_name in self.cyclic:
                 return None
+            if type_name in self.too_deep:
+                chain = self.too_deep[type_name]
+                self.report(("types", type_name), f"composite types nest {len(chain)} levels deep ({_arrow(chain)}); "
+                            f"the limit is {MAX_COMPOSITE_DEPTH}", "flatten the composite types")
+                return None
             return self.expand_composite(type_name, typedef, values, path, label, (*stack, type_name)) if ok else None
         try:
             node_type = get_type(type_name, allow_imports=self.allow_imports)
@@ -287,24 +302,76 @@ class _Resolver:
         return Group(name, tuple(parts))
 
 
+def _arrow(names: list[str]) -> str:
+    """``a -> b -> c``, eliding the middle of long chains so a message stays one readable line.
+
+    Example:
+        >>> _arrow([f"t{i}" for i in range(100)])
+        't0 -> t1 -> t2 -> t3 -> ... -> t98 -> t99'
+    """
+    return " -> ".join(names if len(names) <= 8 else [*names[:4], "...", *names[-2:]])
+
+
 def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
-    """One cycle per back edge of a depth-first search: linear in the size of the graph."""
+    """One cycle per back edge of a depth-first search: linear in the size of the graph.
+
+    Iterative, so that thousands of chained composite types cannot exhaust
+    Python's recursion limit.
+
+    Example:
+        >>> _cycles({"a": ["b"], "b": ["a"], "c": []})
+        [['a', 'b']]
+    """
     found: list[list[str]] = []
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     path: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, []):
-            if state.get(nxt) == 1:
-                found.append(path[path.index(nxt):])
-            elif nxt not in state:
-                visit(nxt)
-        path.pop()
-        state[node] = 2
-
+    where: dict[str, int] = {}  # position of each node of the current path in ``path``
     for start in graph:
-        if start not in state:
-            visit(start)
+        if start in state:
+            continue
+        state[start], where[start] = 1, 0
+        path.append(start)
+        stack = [iter(graph.get(start, []))]
+        while stack:
+            for nxt in stack[-1]:
+                if state.get(nxt) == 1:
+                    found.append(path[where[nxt]:])
+                elif nxt not in state:
+                    state[nxt], where[nxt] = 1, len(path)
+                    path.append(nxt)
+                    stack.append(iter(graph.get(nxt, [])))
+                    break
+            else:  # every successor of the node on top is done
+                stack.pop()
+                done = path.pop()
+                state[done] = 2
+                del where[done]
     return found
+
+
+def _nesting(graph: dict[str, list[str]], skip: set[str]) -> dict[str, list[str]]:
+    """For each composite type outside ``skip``, its deepest chain of nested composites, itself first.
+
+    Iterative post-order over an acyclic graph (the cyclic types are in ``skip``).
+
+    Example:
+        >>> _nesting({"a": ["b"], "b": ["c"], "c": []}, set())["a"]
+        ['a', 'b', 'c']
+    """
+    deepest: dict[str, list[str]] = {}
+    for start in graph:
+        if start in deepest or start in skip:
+            continue
+        todo = [(start, False)]
+        while todo:
+            name, ready = todo.pop()
+            if name in deepest:
+                continue
+            children = [c for c in graph.get(name, []) if c not in skip]
+            if ready:
+                longest = max((deepest[c] for c in children), key=len, default=[])
+                deepest[name] = [name, *longest]
+            else:
+                todo.append((name, True))
+                todo.extend((c, False) for c in children if c not in deepest)
+    return deepest
