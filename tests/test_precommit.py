@@ -1,0 +1,152 @@
+"""The ``chainspec-validate`` pre-commit hook, run by the real ``pre-commit`` in throwaway git repositories.
+
+pre-commit installs the hook the way it does for users: it creates a
+virtualenv and pip-installs this package into it. torch is a dependency, and
+downloading it would make the test slow and network-bound, so the hook's
+virtualenv is allowed to see the interpreter's site-packages
+(``VIRTUALENV_SYSTEM_SITE_PACKAGES=1``, an ordinary virtualenv setting): pip
+then finds torch, pydantic and the rest already installed and installs only
+chainspec itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+HOOK_ID = "chainspec-validate"
+#: What pip needs to install chainspec from a checkout.
+PACKAGE_FILES = ["pyproject.toml", "README.md", "LICENSE", ".pre-commit-hooks.yaml", "src/chainspec"]
+BAD_SPEC = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [4]
+    nodes:
+      - {id: fc, type: linear, args: {in_features: 4, out_features: 2}}
+      - {id: act, type: relu3}
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def _torch_is_shared() -> bool:
+    """True when torch lives in the base interpreter's site-packages, which the hook's virtualenv can see."""
+    spec = importlib.util.find_spec("torch")
+    return spec is not None and spec.origin is not None and spec.origin.startswith(sys.base_prefix)
+
+
+def git(cwd: Path, *args: str, env: dict[str, str]) -> None:
+    subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=cwd, env=env, check=True,
+                   capture_output=True, text=True, timeout=60)
+
+
+def pre_commit(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("pre-commit")
+    assert exe, "pre-commit is not installed; pip install -e '.[dev]'"
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if not _torch_is_shared():
+        pytest.skip("torch is installed in a virtualenv; the hook's own virtualenv would have to download it")
+    home = tmp_path_factory.mktemp("home")
+    out = dict(os.environ)
+    out.update({
+        "HOME": str(home),
+        "PRE_COMMIT_HOME": str(home / "pre-commit"),
+        "VIRTUALENV_SYSTEM_SITE_PACKAGES": "1",
+        "GIT_AUTHOR_NAME": "chainspec test", "GIT_AUTHOR_EMAIL": "test@chainspec.invalid",
+        "GIT_COMMITTER_NAME": "chainspec test", "GIT_COMMITTER_EMAIL": "test@chainspec.invalid",
+        "PRE_COMMIT_COLOR": "never",
+    })
+    out.pop("PYTHONPATH", None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hook_repo(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> tuple[Path, str]:
+    """A git repository holding this checkout's package as it is on disk (committed or not)."""
+    repo = tmp_path_factory.mktemp("hook-repo")
+    for name in PACKAGE_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, repo / name)
+    git(repo, "init", "-q", env=env)
+    git(repo, "add", ".", env=env)
+    git(repo, "commit", "-q", "-m", "hook repo", env=env)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return repo, rev
+
+
+@pytest.fixture()
+def user_repo(tmp_path: Path, env: dict[str, str]) -> Path:
+    """A user's project: a good spec, a bad spec, and a YAML file that is not a spec."""
+    (tmp_path / "specs").mkdir()
+    shutil.copy2(ROOT / "specs" / "blog.yaml", tmp_path / "specs" / "good.yaml")
+    (tmp_path / "specs" / "bad.yaml").write_text(BAD_SPEC, encoding="utf-8")
+    (tmp_path / "ci.yaml").write_text("jobs: {test: {run: pytest}}\n", encoding="utf-8")
+    git(tmp_path, "init", "-q", env=env)
+    git(tmp_path, "add", ".", env=env)
+    return tmp_path
+
+
+def test_manifest_declares_the_hook() -> None:
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    hook = next(h for h in hooks if h["id"] == HOOK_ID)
+    assert hook["entry"] == "chainspec validate"
+    assert hook["language"] == "python"
+    assert "yaml" in hook["types"]
+
+
+def test_try_repo_passes_a_good_spec_and_fails_a_bad_one(hook_repo: tuple[Path, str], user_repo: Path,
+                                                         env: dict[str, str]) -> None:
+    repo, _rev = hook_repo
+    proc = pre_commit(user_repo, "try-repo", str(repo), HOOK_ID, "--files", "specs/good.yaml", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Passed" in proc.stdout
+    proc = pre_commit(user_repo, "try-repo", str(repo), HOOK_ID, "--files", "specs/good.yaml", "specs/bad.yaml",
+                      env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Failed" in proc.stdout
+    expected = "specs/bad.yaml:7:19: chains.net.nodes[1].type: unknown node type 'relu3'; did you mean 'relu'?"
+    assert expected in proc.stdout
+    assert "specs/good.yaml:" not in proc.stdout
+
+
+def test_documented_config_blocks_a_bad_commit(hook_repo: tuple[Path, str], user_repo: Path,
+                                               env: dict[str, str]) -> None:
+    repo, rev = hook_repo
+    # The snippet the README documents, with this checkout standing in for the repository URL.
+    (user_repo / ".pre-commit-config.yaml").write_text(
+        f"repos:\n  - repo: {repo}\n    rev: {rev}\n    hooks:\n      - id: {HOOK_ID}\n        files: ^specs/\n",
+        encoding="utf-8")
+    git(user_repo, "add", ".pre-commit-config.yaml", env=env)
+    proc = pre_commit(user_repo, "install", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    commit = subprocess.run(["git", "-c", "commit.gpgsign=false", "commit", "-m", "add specs"], cwd=user_repo,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert commit.returncode != 0, "the commit of a bad spec went through"
+    # The hook ran from its own virtualenv, where pip installed chainspec from the hook repository.
+    installed = list(Path(env["PRE_COMMIT_HOME"]).glob("repo*/py_env-*/lib/python*/site-packages/chainspec/_schema.py"))
+    assert installed, "pre-commit did not install chainspec into the hook's virtualenv"
+    assert "specs/bad.yaml:7:19:" in commit.stdout + commit.stderr
+    assert "ci.yaml" not in commit.stdout + commit.stderr  # scoped to specs/ by 'files'
+    (user_repo / "specs" / "bad.yaml").unlink()
+    git(user_repo, "add", "-A", "specs", env=env)
+    commit = subprocess.run(["git", "-c", "commit.gpgsign=false", "commit", "-m", "add specs"], cwd=user_repo,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert commit.returncode == 0, commit.stdout + commit.stderr
