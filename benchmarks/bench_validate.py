@@ -1,0 +1,104 @@
+"""Cold start of ``chainspec validate`` against ``check-jsonschema`` on the same spec files.
+
+Each command runs as a fresh process, as a pre-commit hook does, several times
+in interleaved rounds (so that a busy machine slows every command alike); the
+table reports the median wall time of each and its ratio to check-jsonschema's
+median measured in the same run. ``python -c "import torch"`` is there to show
+what validating would cost if it imported torch.
+
+Usage:
+    python benchmarks/bench_validate.py [--repeats N]
+
+Example:
+    >>> rows = run(repeats=1)  # doctest: +SKIP
+    >>> [r["name"] for r in rows]  # doctest: +SKIP
+    ['chainspec validate', 'check-jsonschema', 'chainspec validate --deep', 'python -c "import torch"']
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "schemas" / "chainspec.schema.json"
+#: The name of the command every ratio is taken against.
+BASELINE = "check-jsonschema"
+
+
+def commands(files: list[str]) -> dict[str, list[str]]:
+    """The commands compared, by name, each validating ``files`` (torch's import excepted)."""
+    chainspec = shutil.which("chainspec")
+    checker = shutil.which("check-jsonschema")
+    if chainspec is None or checker is None:
+        raise SystemExit("bench_validate needs the chainspec and check-jsonschema commands: pip install -e '.[dev]'")
+    return {
+        "chainspec validate": [chainspec, "validate", "-q", *files],
+        BASELINE: [checker, "--schemafile", str(SCHEMA), *files],
+        "chainspec validate --deep": [chainspec, "validate", "-q", "--deep", *files],
+        'python -c "import torch"': [sys.executable, "-c", "import torch"],
+    }
+
+
+def _time(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return elapsed
+
+
+def run(repeats: int = 7, files: list[str] | None = None) -> list[dict[str, Any]]:
+    """Time each command ``repeats`` times; one dict per command.
+
+    Each dict has ``name``, ``command``, ``files`` (how many specs), ``repeats``,
+    ``median_s``, ``min_s`` and ``ratio`` (median over check-jsonschema's median;
+    below 1 is faster).
+    """
+    specs = files if files is not None else sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").glob("*.yaml"))
+    cmds = commands(specs)
+    for cmd in cmds.values():  # warm the file cache and fail early on a broken setup
+        _time(cmd)
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(repeats):
+        for name, cmd in cmds.items():
+            times[name].append(_time(cmd))
+    base = statistics.median(times[BASELINE])
+    return [{"name": name, "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)),
+             "files": len(specs), "repeats": repeats, "median_s": statistics.median(times[name]),
+             "min_s": min(times[name]), "ratio": statistics.median(times[name]) / base}
+            for name, cmd in cmds.items()]
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    header = ("command", "median", "min", f"vs {BASELINE}")
+    body = [(r["name"], f"{r['median_s'] * 1000:.0f} ms", f"{r['min_s'] * 1000:.0f} ms", f"{r['ratio']:.2f}x")
+            for r in rows]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in [header, *body]]
+    first = rows[0]
+    note = f"cold start, {first['files']} spec files, median of {first['repeats']} runs each"
+    return "\n".join([note, *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per command (default: 7)")
+    args = parser.parse_args(argv)
+    print(render(run(args.repeats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
