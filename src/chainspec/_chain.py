@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from torch import Tensor, nn
+import torch
+from torch import nn
 
 from ._errors import ChainspecError
 from ._reserved import id_problem
@@ -43,7 +44,7 @@ class Node:
         ('a', 'b', 'a')
     """
 
-    __slots__ = ("id", "module", "type", "prev", "next", "_owner")
+    __slots__ = ("_owner", "id", "module", "next", "prev", "type")
 
     def __init__(self, node_id: str, module: nn.Module, node_type: str | None = None) -> None:
         self.id = node_id
@@ -90,6 +91,21 @@ class Chain(nn.Module):
         self._links: dict[str, Node] = {}
         self._head: Node | None = None
         self._tail: Node | None = None
+        # The nodes head to tail as a flat tuple, rebuilt lazily after a splice
+        # (None = stale), so splicing stays O(1). ``forward`` runs over this
+        # tuple rather than following ``next`` links: torch.compile would
+        # otherwise guard on ``_head.next.next...``, a chain of attribute
+        # accesses as deep as the chain itself, and hit the recursion limit.
+        self._order: tuple[tuple[str, nn.Module], ...] | None = None
+
+    def _flat(self) -> tuple[tuple[str, nn.Module], ...]:
+        """``(id, module)`` of every node, head to tail, from the cache or rebuilt."""
+        order = self._order
+        if order is None:
+            # While torch.compile traces, walk the links outside the trace so
+            # that no guard follows them; the trace resumes on the flat tuple.
+            order = _walk_untraced(self) if torch.compiler.is_compiling() else _walk(self)
+        return order
 
     # -- sequence protocol -------------------------------------------------------
     @property
@@ -137,10 +153,8 @@ class Chain(nn.Module):
     # -- running -----------------------------------------------------------------
     def forward(self, x: Any) -> Any:
         """Apply every node's module in turn, head to tail (a loop: no recursion depth limit)."""
-        node = self._head
-        while node is not None:
-            x = node.module(x)
-            node = node.next
+        for _node_id, module in self._flat():
+            x = module(x)
         return x
 
     def capture(self, x: Any, ids: Iterable[str]) -> tuple[Any, dict[str, Any]]:
@@ -157,12 +171,10 @@ class Chain(nn.Module):
         for node_id in wanted:
             self._node(node_id)
         features: dict[str, Any] = {}
-        node = self._head
-        while node is not None:
-            x = node.module(x)
-            if node.id in wanted:
-                features[node.id] = x
-            node = node.next
+        for node_id, module in self._flat():
+            x = module(x)
+            if node_id in wanted:
+                features[node_id] = x
         return x, features
 
     # -- splicing (each O(1)) ----------------------------------------------------
@@ -201,11 +213,14 @@ class Chain(nn.Module):
     def replace(self, ref: NodeRef, module: nn.Module, *, node_type: str | None = None) -> nn.Module:
         """Put ``module`` in place of a node's module, keeping the id and position; return the old module."""
         node = self._node(ref)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"node {node.id!r}: expected an nn.Module, got {type(module).__name__}")
         old = node.module
         node.module = module
         if node_type is not None:
             node.type = node_type
         self._modules[node.id] = module
+        self._stale()
         return old
 
     def move_after(self, ref: NodeRef, anchor: NodeRef | None) -> Node:
@@ -227,6 +242,12 @@ class Chain(nn.Module):
         return self._link(node, target.prev if target is not None else self._tail, target)
 
     # -- internals -----------------------------------------------------------------
+    def _stale(self) -> None:
+        # Test first: nn.Module.__setattr__ is slow enough to matter when
+        # appending 100,000 nodes, and the cache is usually already stale then.
+        if self._order is not None:
+            self._order = None
+
     def _node(self, ref: NodeRef) -> Node:
         if isinstance(ref, Node):
             if ref in self:
@@ -252,6 +273,7 @@ class Chain(nn.Module):
         return Node(node_id, module, node_type)
 
     def _link(self, node: Node, prev: Node | None, nxt: Node | None) -> Node:
+        self._stale()
         node.prev, node.next = prev, nxt
         if prev is None:
             self._head = node
@@ -268,6 +290,7 @@ class Chain(nn.Module):
         return node
 
     def _unlink(self, node: Node) -> None:
+        self._stale()
         if node.prev is None:
             self._head = node.next
         else:
@@ -284,7 +307,7 @@ class Chain(nn.Module):
         # ``next`` pointers recursively would hit the recursion limit on long chains.
         state = self.__dict__.copy()
         state["_chain_order"] = [(n.id, n.type) for n in self]
-        for key in ("_links", "_head", "_tail"):
+        for key in ("_links", "_head", "_tail", "_order"):
             state.pop(key, None)
         return state
 
@@ -313,3 +336,15 @@ class Chain(nn.Module):
 
     def __dir__(self) -> list[str]:
         return list(super().__dir__())
+
+
+def _walk(chain: Chain) -> tuple[tuple[str, nn.Module], ...]:
+    """Follow the links head to tail once and cache the result on the chain."""
+    order = tuple((node.id, node.module) for node in chain)
+    chain._order = order
+    return order
+
+
+#: ``_walk`` run eagerly even inside a torch.compile trace (torch._dynamo is
+#: imported only on the first such call, keeping ``import chainspec`` light).
+_walk_untraced = torch._disable_dynamo(_walk)
