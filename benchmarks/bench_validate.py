@@ -87,7 +87,8 @@ def render(rows: list[dict[str, Any]]) -> str:
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
              for row in [header, *body]]
     first = rows[0]
-    note = f"cold start, {first['files']} spec files, median of {first['repeats']} runs each"
+    runs = "1 run" if first["repeats"] == 1 else f"{first['repeats']} runs"
+    note = f"cold start, {first['files']} spec files, median of {runs} each"
     return "\n".join([note, *lines])
 
 
