@@ -186,11 +186,19 @@ class _Job:
                     chain.replace(op.node_id, self.built[op.node_id], node_type=op.type)
                 else:
                     chain[op.node_id].type = op.type
+        if any(op.kind in ("insert", "move") for op in self.plan.ops):
+            # Register the modules in chain order, as a fresh build would: parameters(), state_dict()
+            # and an optimizer made from them then match those of the revised spec built from scratch.
+            ordered = [(node.id, node.module) for node in chain]
+            chain._modules.clear()
+            chain._modules.update(ordered)
 
     def update_optimizer(self) -> None:
         if self.optimizer is None:
             return
         _optim.carry_out(self.optimizer, self.removed, self.placements)
+        if self.placements:
+            _optim.sort_params(self.optimizer, {id(p): i for i, p in enumerate(self.chain.parameters())})
         if self.policy == "reset":
             _optim.clear_state(self.optimizer, self.chain.parameters())
 

@@ -295,3 +295,31 @@ def clear_state(optimizer: Optimizer, params: Iterable[Tensor]) -> None:
     """Drop the optimizer state (moments, step counts) of some parameters: the ``reset`` policy."""
     for p in params:
         optimizer.state.pop(p, None)
+
+
+def sort_params(optimizer: Optimizer, order: Mapping[int, int]) -> None:
+    """Put the parameters listed in ``order`` (``id(param) -> rank``) in rank order within each group.
+
+    Other parameters keep their slots, so an optimizer shared with another chain is left alone; a
+    revised chain's parameters end up in the order a fresh build of the revised spec would give.
+
+    Example:
+        >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([b, a], lr=0.1)
+        >>> sort_params(opt, {id(a): 0, id(b): 1})
+        >>> opt.param_groups[0]["params"][0] is a
+        True
+    """
+    for group in optimizer.param_groups:
+        members = group["params"]
+        slots = [i for i, p in enumerate(members) if id(p) in order]
+        ranked = sorted(slots, key=lambda i: order[id(members[i])])
+        if ranked == slots:
+            continue
+        permutation = list(range(len(members)))
+        for slot, source in zip(slots, ranked, strict=True):
+            permutation[slot] = source
+        group["params"] = [members[i] for i in permutation]
+        if "param_names" in group:
+            names = group["param_names"]
+            group["param_names"] = [names[i] for i in permutation]
