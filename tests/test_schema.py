@@ -155,6 +155,13 @@ def test_check_jsonschema_cli_gives_the_same_verdicts() -> None:
     assert wrong == [], f"check-jsonschema disagrees on {[f.name for f in wrong]}"
 
 
+def test_check_jsonschema_accepts_the_schema_itself() -> None:
+    exe = shutil.which("check-jsonschema")
+    assert exe, "check-jsonschema is not installed; pip install -e '.[dev]'"
+    proc = subprocess.run([exe, "--check-metaschema", str(SCHEMA_FILE)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # -- what the schema checks beyond structure -----------------------------------------
 
 
