@@ -19,23 +19,29 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ChainspecError, CheckpointError, PlanError, Problem, SpecError
 from ._registry import NodeType, get_type, is_registered, list_types, register_type
+from ._schedule import Schedule
 from ._spec import Spec, load, loads
 
 if TYPE_CHECKING:
+    from ._blend import Blend
     from ._chain import Chain, Node, NodeNotFoundError
     from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from ._compile import ChainSummary, NodeSummary
     from ._diff import Op, Plan, diff
+    from ._grow import Grower, GrowthEvent
     from ._watch import SpecWatcher
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blend",
     "Chain",
     "ChainSummary",
     "ChainspecError",
     "Checkpoint",
     "CheckpointError",
+    "Grower",
+    "GrowthEvent",
     "Node",
     "NodeNotFoundError",
     "NodeSummary",
@@ -44,6 +50,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "Problem",
+    "Schedule",
     "Spec",
     "SpecError",
     "SpecWatcher",
@@ -73,6 +80,9 @@ _LAZY = {
     "Checkpoint": "._checkpoint",
     "load_checkpoint": "._checkpoint",
     "save_checkpoint": "._checkpoint",
+    "Blend": "._blend",
+    "Grower": "._grow",
+    "GrowthEvent": "._grow",
 }
 
 
