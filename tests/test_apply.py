@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,8 @@ chains:
       - {id: act2, type: relu}
       - {id: fc3, type: linear, args: {in_features: 16, out_features: 4}}
 """
+
+BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"
 
 
 def edit_remove(text: str) -> str:
@@ -147,7 +150,7 @@ def test_update_keeps_the_very_same_parameters_and_buffers() -> None:
 
 
 def test_growth_steps_on_a_conv_chain() -> None:
-    spec = chainspec.load("specs/blog.yaml")
+    spec = chainspec.load(BLOG)
     torch.manual_seed(0)
     net = spec.build(stage=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,6 +31,8 @@ chains:
       - {id: act2, type: relu}
       - {id: fc3, type: linear, args: {in_features: 16, out_features: 4}}
 """
+
+BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"
 
 
 def spec(text: str = MLP, source: str = "net.yaml") -> chainspec.Spec:
@@ -243,23 +246,23 @@ def test_part_type_change_in_a_composite_is_a_replace() -> None:
 # -- stages ----------------------------------------------------------------------------------------
 
 def test_growth_step_compares_two_stages(tmp_path: object) -> None:
-    blog = chainspec.load("specs/blog.yaml")
+    blog = chainspec.load(BLOG)
     plan = chainspec.diff(blog, blog, stage=(1, 2))
     assert kinds(plan) == [("insert", "b3")]
     assert plan.old_stage == 1 and plan.new_stage == 2
     assert plan.param_delta == 73_984
-    assert str(plan).startswith("chain 'net', stage 1 → 2 (specs/blog.yaml)")
+    assert str(plan).startswith(f"chain 'net', stage 1 → 2 ({blog.source})")
     assert chainspec.diff(blog, blog, stage=0).is_empty
 
 
 def test_final_stage_is_each_specs_own() -> None:
-    blog = chainspec.load("specs/blog.yaml")
+    blog = chainspec.load(BLOG)
     flat = chainspec.loads(blog.text.replace(", stage: 1", "").replace(", stage: 2", ""), source="flat.yaml")
     assert chainspec.diff(blog, flat).is_empty  # final (2) vs final (0): same three blocks
 
 
 def test_errors_name_the_problem() -> None:
-    blog = chainspec.load("specs/blog.yaml")
+    blog = chainspec.load(BLOG)
     with pytest.raises(ValueError, match="out of range"):
         chainspec.diff(blog, blog, stage=7)
     with pytest.raises(ValueError, match="no chain 'nett'; did you mean 'net'"):
