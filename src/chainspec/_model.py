@@ -17,6 +17,10 @@ FORMAT_VERSION = 1
 #: Largest size accepted for a dimension or a stage index: far beyond any real
 #: model, small enough that arithmetic on it cannot overflow a tensor size.
 MAX_DIM = 2**31 - 1
+#: Most growth stages a spec may have. Real schedules have about ten (PG-GAN:
+#: nine); the bound keeps every per-stage loop (gap checks, stage-dependent
+#: input shapes, schedules, shape-checking all stages) fast for any input.
+MAX_STAGES = 1000
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Identifier = Annotated[str, Field(pattern=IDENT, max_length=100)]
@@ -46,9 +50,9 @@ class NodeSpec(PartSpec):
 
     id: Identifier = Field(description="Stable id, unique in its chain; state_dict keys start with it.",
                            examples=["b1"])
-    stage: Annotated[int, Field(ge=0, le=MAX_DIM)] = Field(
+    stage: Annotated[int, Field(ge=0, le=MAX_STAGES - 1)] = Field(
         0, description="The growth stage at which the node joins the chain (0 = from the start).")
-    until: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+    until: Annotated[int, Field(ge=1, le=MAX_STAGES)] | None = Field(
         None, description="The stage at which the node leaves the chain (it is active for stage <= s < until).")
     init: Literal["fresh", "keep", "preserve"] = Field(
         "fresh",
@@ -89,7 +93,7 @@ class ChainSpec(_Strict):
 class StagePhases(_Strict):
     """Phase lengths for one stage, overriding the growth section's defaults."""
 
-    stage: Annotated[int, Field(ge=0, le=MAX_DIM)] = Field(description="The stage these lengths apply to.")
+    stage: Annotated[int, Field(ge=0, le=MAX_STAGES - 1)] = Field(description="The stage these lengths apply to.")
     stabilize: Annotated[int, Field(ge=0)] | None = Field(
         None, description="Length of this stage's stabilise phase (in the growth unit); null keeps the default.")
     fade: Annotated[int, Field(ge=0)] | None = Field(
@@ -128,7 +132,7 @@ class SpecModel(_Strict):
     vars: dict[Identifier, bool | int | float | str] = Field(
         default_factory=dict, description="Constants usable in ${...} expressions anywhere in the spec.",
         examples=[{"base_ch": 32}])
-    stages: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+    stages: Annotated[int, Field(ge=1, le=MAX_STAGES)] | None = Field(
         None, description="Number of growth stages; defaults to one more than the largest stage used.")
     defaults: dict[str, dict[str, ArgValue]] = Field(
         default_factory=dict, description="Per-type default args, applied wherever that type is used.",

@@ -188,10 +188,10 @@ class _Resolver:
             tree = self.expand(node.type, node.args, dict(self.scope), path, f" ({node.id})", ())
             if tree is not None:
                 nodes.append(ResolvedNode(node.id, node.type, node.stage, node.until, tree, path, node))
-        for stage in range(stages):
-            if not any(n.stage <= stage and (n.until is None or stage < n.until) for n in spec.nodes):
-                self.report(("chains", name, "nodes"), f"chain {name!r} has no nodes at stage {stage}",
-                            "every stage needs at least one active node")
+        for lo, hi in _empty_stages(spec.nodes, stages):
+            where = f"stage {lo}" if lo == hi else f"stages {lo}..{hi}"
+            self.report(("chains", name, "nodes"), f"chain {name!r} has no nodes at {where}",
+                        "every stage needs at least one active node")
         shapes = self.input_shapes(name, stages)
         return ResolvedChain(name, shapes[0], tuple(nodes), shapes if len(set(shapes)) > 1 else ())
 
@@ -238,14 +238,15 @@ class _Resolver:
                stack: tuple[str, ...]) -> Tree | None:
         merged = {**self.model.defaults.get(type_name, {}), **args}
         values: dict[str, Any] = {}
-        ok = True
+        failed: set[str] = set()
         for key, raw in merged.items():
             try:
                 values[key] = substitute(raw, scope)
             except ExpressionError as exc:
                 arg_path = (*path, "args", key) if key in args else ("defaults", type_name, key)
                 self.report(arg_path, str(exc), None, label)
-                ok = False
+                failed.add(key)
+        ok = not failed
         typedef = self.model.types.get(type_name)
         if typedef is not None:
             if type_name in self.cyclic:
@@ -262,6 +263,9 @@ class _Resolver:
             self.unknown_type((*path, "type"), type_name)
             return None
         kwargs, arg_problems = node_type.validate(values)
+        # An arg whose expression failed is already reported; it is not also missing.
+        arg_problems = [p for p in arg_problems if not (p[0] is None and any(
+            p[1] == f"missing required argument {k!r}" for k in failed))]
         for key, message, hint in arg_problems:
             arg_path = (*path, "args", key) if key in args or key is None else ("defaults", type_name, key)
             if key is None:
@@ -300,6 +304,32 @@ class _Resolver:
                 return None
             parts.append((part.id, sub))
         return Group(name, tuple(parts))
+
+
+def _empty_stages(nodes: Iterable[NodeSpec], stages: int) -> list[tuple[int, int]]:
+    """The runs ``(first, last)`` of stages in ``0..stages-1`` where no node is active, in O(stages + nodes).
+
+    Example:
+        >>> from chainspec._model import NodeSpec
+        >>> _empty_stages([NodeSpec(id="a", type="relu", stage=2, until=4)], 6)
+        [(0, 1), (4, 5)]
+    """
+    delta = [0] * (stages + 1)
+    for node in nodes:
+        start, end = min(node.stage, stages), min(node.until or stages, stages)
+        if start < end:
+            delta[start] += 1
+            delta[end] -= 1
+    runs: list[tuple[int, int]] = []
+    active = 0
+    for stage in range(stages):
+        active += delta[stage]
+        if active == 0:
+            if runs and runs[-1][1] == stage - 1:
+                runs[-1] = (runs[-1][0], stage)
+            else:
+                runs.append((stage, stage))
+    return runs
 
 
 def _arrow(names: list[str]) -> str:
