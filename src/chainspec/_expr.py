@@ -20,6 +20,10 @@ from typing import Any
 MAX_INT = 2**63
 #: Longest expression accepted, to keep parsing cheap.
 MAX_LENGTH = 500
+#: Deepest syntax tree accepted. The evaluator recurses once per level; 500
+#: characters of ``-`` or ``not`` would otherwise come close to Python's
+#: recursion limit when loading is itself called from deep in a program.
+MAX_DEPTH = 50
 
 _PLACEHOLDER = re.compile(r"\$\{([^{}]*)\}")
 
@@ -101,7 +105,22 @@ def evaluate(expression: str, scope: Mapping[str, Any]) -> Any:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"invalid expression {expression.strip()!r}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; nesting CPython's parser refuses
+        raise ExpressionError(f"invalid expression: {exc}") from None
+    if _depth(tree.body) > MAX_DEPTH:
+        raise ExpressionError(f"expression nests more than {MAX_DEPTH} levels deep")
     return _Evaluator(scope).visit(tree.body)
+
+
+def _depth(node: ast.AST) -> int:
+    """How deeply the syntax tree nests, measured without recursion (the evaluator itself recurses)."""
+    deepest = 0
+    todo = [(node, 1)]
+    while todo:
+        current, depth = todo.pop()
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in ast.iter_child_nodes(current))
+    return deepest
 
 
 class _Evaluator:
@@ -198,7 +217,8 @@ def _check_number(value: Any) -> None:
 
 def _bounded(value: Any) -> Any:
     if isinstance(value, int) and abs(value) > MAX_INT:
-        raise ExpressionError(f"result {value} is too large")
+        # Not the value itself: it may have hundreds of digits.
+        raise ExpressionError(f"result is too large (about 2**{value.bit_length() - 1}; the limit is 2**63)")
     if isinstance(value, float) and not math.isfinite(value):
         raise ExpressionError(f"result {value} is not finite")
     return value

@@ -1,7 +1,8 @@
-"""Names a node id may not take: they would shadow an attribute of ``nn.Module`` or ``Chain``.
+"""Names a node id may not take: they would shadow an attribute of ``nn.Module``, ``Chain`` or a composite.
 
-A node's module is registered on its chain under the node's id, so an id such
-as ``forward`` or ``training`` would collide with the attribute of that name.
+A node's module is registered on its chain under the node's id (and a part's
+on its composite, an ``nn.Sequential``, under the part's id), so an id such as
+``forward``, ``training`` or ``insert`` would collide with the attribute of that name.
 The list is static so that validating a spec needs no torch import; a test
 checks it against the installed torch.
 """
@@ -40,6 +41,7 @@ RESERVED_IDS: frozenset[str] = frozenset({
     "head",
     "ids",
     "index",
+    "insert",
     "insert_after",
     "insert_before",
     "ipu",
@@ -85,6 +87,7 @@ RESERVED_IDS: frozenset[str] = frozenset({
     "train",
     "training",
     "type",
+    "type_name",
     "xpu",
     "zero_grad",
 })
@@ -95,7 +98,7 @@ def id_problem(node_id: str) -> str | None:
 
     Example:
         >>> id_problem("forward")
-        "'forward' is an attribute of nn.Module or Chain"
+        "'forward' is an attribute of nn.Module, Chain or composite modules"
         >>> id_problem("b1") is None
         True
     """
@@ -106,5 +109,5 @@ def id_problem(node_id: str) -> str | None:
     if node_id.startswith("_"):
         return f"{node_id!r} starts with '_', which is reserved for nn.Module internals"
     if node_id in RESERVED_IDS:
-        return f"{node_id!r} is an attribute of nn.Module or Chain"
+        return f"{node_id!r} is an attribute of nn.Module, Chain or composite modules"
     return None

@@ -129,13 +129,20 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
                                     mark.column + 1 if mark else None, "", f"invalid YAML: {msg}",
                                     _tab_hint(text, mark.line if mark else None)))
         return doc
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids; it carries an offset, not a mark
+        before = text[:exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        doc.problems.append(Problem(source, line, col, "", f"character U+{char:04X} is not allowed in YAML "
+                                    f"({exc.reason})", "remove it, or write it as an escape in a quoted string"))
+        return doc
     except yaml.YAMLError as exc:
         doc.problems.append(Problem(source, 1, 1, "", f"invalid YAML: {exc}"))
         return doc
     finally:
         loader.dispose()
-    if root is None:
-        doc.problems.append(_empty(source))
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _CORE + "null" and not root.value):
+        doc.problems.append(_empty(source))  # no document, or only '---'
         return doc
     big = _oversized(root) if aliased else None
     if big is not None:
