@@ -1,0 +1,221 @@
+"""SpecWatcher: one stat() per idle poll, invalid revisions rejected with file:line:col, valid ones applied."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import chainspec
+from chainspec import _watch
+from chainspec._chain import Chain
+from chainspec._diff import PlanSet
+
+SPEC = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [8]
+    nodes:
+      - {id: fc1, type: linear, args: {in_features: 8, out_features: 16}}
+      - {id: act, type: leaky_relu, args: {negative_slope: 0.2}}
+      - {id: fc2, type: linear, args: {in_features: 16, out_features: 4}}
+"""
+
+
+def save(path: Path, text: str) -> None:
+    """Write like an editor, and move the mtime on so that fast successive saves are told apart."""
+    previous = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    stamp = max(previous + 1_000_000_000, time.time_ns())
+    os.utime(path, ns=(stamp, stamp))
+
+
+def setup(tmp_path: Path) -> tuple[Path, Chain, torch.optim.Optimizer, chainspec.SpecWatcher]:
+    path = tmp_path / "net.yaml"
+    save(path, SPEC)
+    torch.manual_seed(0)
+    net = chainspec.load(path).build()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    opt.zero_grad()
+    net(torch.ones(2, 8)).sum().backward()
+    opt.step()
+    errors: list[Exception] = []
+    watcher = chainspec.SpecWatcher(path, net, optimizer=opt, on_error=errors.append)
+    watcher.errors = errors  # type: ignore[attr-defined]
+    return path, net, opt, watcher
+
+
+def snapshot(net: Chain) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def untouched(net: Chain, ids: list[str], state: dict[str, torch.Tensor]) -> bool:
+    now = net.state_dict()
+    return net.ids() == ids and now.keys() == state.keys() and all(torch.equal(now[k], v) for k, v in state.items())
+
+
+def test_idle_poll_costs_one_stat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _, _, watcher = setup(tmp_path)
+    calls: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(target: object, *args: object, **kwargs: object) -> os.stat_result:
+        calls.append(str(target))
+        return real_stat(target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_watch.os, "stat", counting_stat)
+    opened: list[object] = []
+    monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a) or pytest.fail("poll read the file"))
+    for _ in range(5):
+        assert watcher.poll() is None
+    assert calls == [str(path)] * 5 and opened == []
+
+
+def test_invalid_edit_then_valid_edit(tmp_path: Path) -> None:
+    path, net, opt, watcher = setup(tmp_path)
+    ids, state = net.ids(), snapshot(net)
+
+    save(path, SPEC.replace("negative_slope: 0.2", "negative_slop: 0.1"))  # a typo
+    assert watcher.poll() is None
+    assert untouched(net, ids, state)
+    (error,) = watcher.errors  # type: ignore[attr-defined]
+    assert isinstance(error, chainspec.SpecError) and watcher.error is error
+    assert re.search(rf"{re.escape(str(path))}:7:\d+: .*unknown argument 'negative_slop'; did you mean "
+                     "'negative_slope'", str(error))
+    assert watcher.poll() is None and len(watcher.errors) == 1  # reported once, not at every poll
+
+    save(path, SPEC.replace("negative_slope: 0.2", "negative_slope: 0.1"))
+    plan = watcher.poll()
+    assert isinstance(plan, chainspec.Plan)
+    assert [(op.kind, op.node_id) for op in plan.ops] == [("update", "act")]
+    assert net["act"].module.negative_slope == 0.1
+    assert watcher.error is None and watcher.spec is net.spec and net.spec.source == str(path)
+    assert set(opt.state) == set(net.parameters())  # the moments survived the revision
+
+
+def test_channel_mismatch_is_rejected_with_its_location(tmp_path: Path) -> None:
+    path, net, opt, watcher = setup(tmp_path)
+    ids, state = net.ids(), snapshot(net)
+    groups = [list(g["params"]) for g in opt.param_groups]
+    save(path, SPEC.replace("out_features: 16}}", "out_features: 24}}"))
+    assert watcher.poll() is None
+    assert untouched(net, ids, state)
+    assert [list(g["params"]) for g in opt.param_groups] == groups
+    assert re.search(rf"{re.escape(str(path))}:8:\d+: .*expects 16 input features, but act produces 24",
+                     str(watcher.error))
+
+
+def test_half_saved_file_then_the_rest(tmp_path: Path) -> None:
+    path, net, _, watcher = setup(tmp_path)
+    ids, state = net.ids(), snapshot(net)
+    revised = SPEC.replace("      - {id: fc2", "      - {id: drop, type: dropout, args: {p: 0.2}}\n      - {id: fc2")
+    save(path, revised[: revised.index("dropout") + 3])
+    assert watcher.poll() is None
+    assert untouched(net, ids, state)
+    assert str(path) in str(watcher.error)
+    save(path, revised)
+    plan = watcher.poll()
+    assert plan is not None and [(op.kind, op.node_id) for op in plan.ops] == [("insert", "drop")]
+    assert net.ids() == ["fc1", "act", "drop", "fc2"]
+
+
+def test_default_report_is_a_logged_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "net.yaml"
+    save(path, SPEC)
+    net = chainspec.load(path).build()
+    watcher = chainspec.SpecWatcher(path, net)
+    save(path, "chainspec: 1\nchains: [")
+    with caplog.at_level(logging.WARNING, logger="chainspec.watch"):
+        assert watcher.poll() is None
+    assert "revision not applied, the model is unchanged" in caplog.text
+    assert re.search(rf"{re.escape(str(path))}:\d+:\d+: invalid YAML", caplog.text)
+
+
+def test_comment_only_change_returns_an_empty_plan(tmp_path: Path) -> None:
+    path, net, _, watcher = setup(tmp_path)
+    save(path, "# tuned\n" + SPEC)
+    plan = watcher.poll()
+    assert plan is not None and plan.is_empty
+    assert net.spec.text.startswith("# tuned")
+
+
+def test_touch_without_change_is_ignored(tmp_path: Path) -> None:
+    path, _, _, watcher = setup(tmp_path)
+    save(path, SPEC)
+    assert watcher.poll() is None and watcher.error is None
+
+
+def test_missing_file_is_waited_for(tmp_path: Path) -> None:
+    path, net, _, watcher = setup(tmp_path)
+    path.unlink()
+    assert watcher.poll() is None and watcher.error is None
+    save(path, SPEC.replace("negative_slope: 0.2", "negative_slope: 0.3"))
+    assert watcher.poll() is not None and net["act"].module.negative_slope == 0.3
+
+
+def test_settle_waits_for_a_quiet_file(tmp_path: Path) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC)
+    net = chainspec.load(path).build()
+    watcher = chainspec.SpecWatcher(path, net, settle=3600)
+    path.write_text(SPEC.replace("0.2", "0.3"))
+    assert watcher.poll() is None  # written just now: not settled
+    os.utime(path, (1, 1))
+    assert watcher.poll() is not None
+
+
+def test_stage_is_kept(tmp_path: Path) -> None:
+    blog = (Path(__file__).resolve().parent.parent / "specs" / "blog.yaml").read_text()
+    path = tmp_path / "blog.yaml"
+    save(path, blog)
+    net = chainspec.load(path).build(stage=1)
+    watcher = chainspec.SpecWatcher(path, net)
+    save(path, blog.replace("out_ch: 128", "out_ch: 96"))  # b3 only joins at stage 2
+    plan = watcher.poll()
+    assert plan is not None and plan.is_empty and net.stage == 1
+
+
+TWO = SPEC + """\
+  critic:
+    input_shape: [4]
+    nodes:
+      - {id: fc, type: linear, args: {in_features: 4, out_features: 1}}
+"""
+
+
+def test_several_chains_are_revised_together_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "gan.yaml"
+    save(path, TWO)
+    spec = chainspec.load(path)
+    chains = spec.build_all()
+    opts = {name: torch.optim.SGD(c.parameters(), lr=0.1, momentum=0.9) for name, c in chains.items()}
+    watcher = chainspec.SpecWatcher(path, chains, optimizer=opts, spec=spec, on_error=lambda exc: None)
+    before = {name: (c.ids(), snapshot(c)) for name, c in chains.items()}
+    # net changes fine, critic does not shape-check: neither changes.
+    save(path, TWO.replace("negative_slope: 0.2", "negative_slope: 0.1").replace("in_features: 4, out_features: 1",
+                                                                                   "in_features: 5, out_features: 1"))
+    assert watcher.poll() is None
+    assert all(untouched(chains[n], *before[n]) for n in chains)
+    assert chains["net"]["act"].module.negative_slope == 0.2
+    save(path, TWO.replace("negative_slope: 0.2", "negative_slope: 0.1").replace(
+        "in_features: 4, out_features: 1", "in_features: 4, out_features: 2"))
+    plans = watcher.poll()
+    assert isinstance(plans, PlanSet) and set(plans) == {"net", "critic"}
+    assert [op.kind for op in plans["critic"].ops] == ["replace"]
+    assert chains["critic"]["fc"].module.out_features == 2
+    assert {id(p) for g in opts["critic"].param_groups for p in g["params"]} == {
+        id(p) for p in chains["critic"].parameters()}
+
+
+def test_unknown_chain_is_refused_up_front(tmp_path: Path) -> None:
+    path = tmp_path / "gan.yaml"
+    save(path, TWO)
+    net = chainspec.load(path).build("net")
+    with pytest.raises(ValueError, match="no chain 'generator'"):
+        chainspec.SpecWatcher(path, {"generator": net})
