@@ -193,7 +193,11 @@ class Grower:
         if found is None:
             plan = diff(self.spec, self.spec, chain=chain, stage=(stage - 1, stage))
             found = Transition(chain, stage, plan, self._region(chain, stage, plan))
-            found.adapters()  # raises PlanError when the shapes cannot be bridged
+            try:
+                found.adapters()
+            except PlanError as exc:
+                raise PlanError(f"cannot fade chain {chain!r}, stage {stage - 1} -> {stage}: {exc}; "
+                                f"{_abrupt_hint(stage)}") from None
             self._transitions[key] = found
         return found
 
@@ -205,7 +209,7 @@ class Grower:
         if not fade or not (removed or inserted):
             return None
         where = f"chain {name!r}, stage {stage - 1} -> {stage}"
-        hint = f"set growth.per_stage: [{{stage: {stage}, fade: 0}}] to grow this stage without a fade"
+        hint = _abrupt_hint(stage)
         old_after = _contiguous(old, removed, where, "removed", hint)
         new_after = _contiguous(new, inserted, where, "inserted", hint)
         after = new_after if inserted else old_after
@@ -462,12 +466,13 @@ class Grower:
             unique[key] = optimizer
             keys[name] = key
         old_params = [p for blend in self.blends.values() for m in blend.old_modules().values() for p in m.parameters()]
+        extra.update(grower=self.state_dict(), grower_optimizers=keys)  # before the old params leave the optimizers
         snapshots = [_optim.snapshot(o) for o in unique.values()]
         try:
             for optimizer in unique.values():
                 _optim.remove_params(optimizer, old_params)  # they travel in extra["grower"]
             save_checkpoint(path, spec=self.spec, chains=views, stage=self.stage, optimizers=unique,
-                            alpha=self.alpha, extra={**extra, "grower": self.state_dict(), "grower_optimizers": keys})
+                            alpha=self.alpha, extra=extra)
         finally:
             for snap in snapshots:
                 snap.restore()
@@ -489,6 +494,10 @@ class Grower:
         grower = cls(checkpoint.spec, checkpoint.chains, optimizers, schedule=schedule, policy=policy)
         grower.load_state_dict(checkpoint.extra["grower"])
         return grower
+
+
+def _abrupt_hint(stage: int) -> str:
+    return f"set growth.per_stage: [{{stage: {stage}, fade: 0}}] in the spec to grow this stage without a fade"
 
 
 def _contiguous(ids: list[str], part: list[str], where: str, what: str, hint: str) -> str | None:
