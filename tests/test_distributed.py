@@ -1,0 +1,388 @@
+"""Growing and revising under DistributedDataParallel: gloo, two CPU processes, against a one-process run.
+
+One spawn of two ranks (``torch.multiprocessing``, a free port on 127.0.0.1)
+runs every scenario, so torch is imported twice, not per test:
+
+* ``plan``: a tiny MLP grows twice through :func:`chainspec.distributed.grow`
+  and takes one live revision (update, two widenings, an insert) read by a
+  :class:`DistributedSpecWatcher` on rank 0 only (rank 1's path does not
+  exist), after an invalid save that both ranks skip;
+* ``grower``: the generator of ``specs/pggan_tiny.yaml`` through two fade-ins
+  and their collapses with a :class:`DistributedGrower`;
+* ``failures``: ranks holding different revisions, an invalid revision and a
+  rank that never reaches the barrier all raise, quickly, on every rank.
+
+Each rank seeds torch with its own seed, so every new weight is different on
+the two ranks until it is broadcast from rank 0: rank 0 uses the seed of the
+single-process reference, which trains on the whole global batch with a mean
+loss (DDP averages the ranks' gradients, each of a mean over half the batch).
+The ranks compare their parameters with ``all_gather`` after every step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import chainspec
+import chainspec.distributed as csd
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+WORLD = 2
+#: The whole run (spawn, two imports of torch, every scenario) must end within this; else it hung.
+HARNESS_TIMEOUT = 180.0
+#: Every collective's limit (the process group's timeout).
+PG_TIMEOUT = timedelta(seconds=30)
+GLOBAL_BATCH = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+SPEC = textwrap.dedent("""\
+    chainspec: 1
+    chains:
+      net:
+        input_shape: [6]
+        nodes:
+          - {id: fc0, type: linear, args: {in_features: 6, out_features: 12}}
+          - {id: act0, type: leaky_relu, args: {negative_slope: 0.2}}
+          - {id: fc1, type: linear, args: {in_features: 12, out_features: 12}, stage: 1}
+          - {id: act1, type: leaky_relu, args: {negative_slope: 0.2}, stage: 1}
+          - {id: fc2, type: linear, args: {in_features: 12, out_features: 12}, stage: 2}
+          - {id: act2, type: leaky_relu, args: {negative_slope: 0.2}, stage: 2}
+          - {id: out, type: linear, args: {in_features: 12, out_features: 3}}
+    """)
+#: The live revision at stage 2: a slope update, fc1 widened (Net2WiderNet: random unit copies), fc2
+#: following it, and a fresh layer inserted.
+REVISION = (SPEC
+            .replace("act1, type: leaky_relu, args: {negative_slope: 0.2}",
+                     "act1, type: leaky_relu, args: {negative_slope: 0.1}")
+            .replace("{id: fc1, type: linear, args: {in_features: 12, out_features: 12}, stage: 1}",
+                     "{id: fc1, type: linear, args: {in_features: 12, out_features: 16}, stage: 1, init: preserve}")
+            .replace("{id: fc2, type: linear, args: {in_features: 12, out_features: 12}, stage: 2}",
+                     "{id: fc2, type: linear, args: {in_features: 16, out_features: 12}, stage: 2, init: preserve}")
+            .replace("      - {id: out,",
+                     "      - {id: fc3, type: linear, args: {in_features: 12, out_features: 12}, stage: 2}\n"
+                     "      - {id: out,"))
+#: A save with a typo in a type name: rejected on rank 0, skipped by every rank.
+BROKEN = REVISION.replace("type: linear, args: {in_features: 12, out_features: 12}, stage: 2}\n",
+                          "type: linaer, args: {in_features: 12, out_features: 12}, stage: 2}\n")
+PLAN_STEPS, GROW_AT, BROKEN_AT, REVISE_AT = 16, (4, 8), 10, 12
+GROWER_STEPS = 9  # 16-image phases at 8 images a step: fade 1, stabilize 1, fade 2, stabilize 2
+
+
+# -- the scenarios (run by each rank, and by the reference with world = 1) ------------------------------
+
+def _sync_check(chain: nn.Module) -> float:
+    """Largest difference of any parameter between this rank and the others (0.0 without a process group)."""
+    worst = 0.0
+    if not dist.is_initialized():
+        return worst
+    for _, p in chain.named_parameters():
+        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, p.detach().contiguous())
+        worst = max(worst, *((g - gathered[0]).abs().max().item() for g in gathered))
+    return worst
+
+
+def _snapshot(chain: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in chain.state_dict().items()}
+
+
+def _local(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    per = batch.shape[0] // world
+    return batch[rank * per:(rank + 1) * per]
+
+
+def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
+    """A tiny MLP: two growth steps by grow(), an invalid save, one live revision by the watcher."""
+    torch.manual_seed(1000 + rank)
+    spec = chainspec.loads(SPEC, source="tiny.yaml")
+    chain = spec.build(stage=0)
+    model: nn.Module = csd.wrap(chain) if world > 1 else chain
+    opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
+    watcher = csd.DistributedSpecWatcher(watch_path, model, opt, spec=spec)
+    data = torch.Generator().manual_seed(7)
+    teacher = torch.randn(6, 3, generator=data)
+    out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "plans": [], "errors": [], "broadcast": [],
+                           "ids": [], "adam_steps": []}
+    for step in range(PLAN_STEPS):
+        if step in GROW_AT:
+            result = csd.grow(spec, model, opt)
+            spec, model = result.spec, result.model
+            out["plans"].append(str(result.plan))
+            out["broadcast"].append(result.broadcast.get("net", []))
+        if watch_path.parent.exists() and rank == 0 and step in (BROKEN_AT, REVISE_AT):
+            watch_path.write_text(BROKEN if step == BROKEN_AT else REVISION, encoding="utf-8")
+        plan = watcher.poll()
+        if watcher.error is not None and step == BROKEN_AT:
+            out["errors"].append(str(watcher.error))
+        if plan is not None:
+            model, spec = watcher.model, watcher.spec
+            out["plans"].append(str(plan))
+        x = torch.randn(GLOBAL_BATCH, 6, generator=data)
+        y = torch.tanh(x @ teacher)
+        xl, yl = _local(x, rank, world), _local(y, rank, world)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(xl), yl).backward()
+        opt.step()
+        out["snapshots"].append(_snapshot(chain))
+        out["rank_diff"].append(_sync_check(chain))
+        out["ids"].append(chain.ids())
+        out["adam_steps"].append(float(opt.state[chain["fc0"].module.weight]["step"]))
+    out["ddp_type"] = type(model).__name__
+    return out
+
+
+def scenario_grower(rank: int, world: int) -> dict[str, Any]:
+    """The tiny PG-GAN generator through two fade-ins and collapses, regressing onto fixed images."""
+    torch.manual_seed(2000 + rank)
+    spec = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
+    g = spec.build("generator", stage=0)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    schedule = chainspec.Schedule.lengths(spec.stages, stabilize=16, fade=16)
+    model: nn.Module = csd.wrap(g) if world > 1 else g
+    grower = csd.DistributedGrower(chainspec.Grower(spec, {"generator": g}, {"generator": opt}, schedule=schedule),
+                                   {"generator": model})
+    data = torch.Generator().manual_seed(11)
+    targets = torch.rand(GLOBAL_BATCH, 3, 32, 32, generator=data) * 2 - 1
+    out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "events": [], "alphas": [], "ids": []}
+    for _ in range(GROWER_STEPS):
+        model = grower.models["generator"]
+        z = torch.randn(GLOBAL_BATCH, 32, generator=data)
+        images = model(_local(z, rank, world))
+        size = images.shape[-1]
+        goal = nn.functional.adaptive_avg_pool2d(_local(targets, rank, world), size)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(images, goal).backward()
+        opt.step()
+        out["alphas"].append(grower.alpha)
+        out["events"].append([(e.kind, e.stage) for e in grower.step(GLOBAL_BATCH)])
+        out["snapshots"].append(_snapshot(g))
+        out["rank_diff"].append(_sync_check(g))
+        out["ids"].append(g.ids())
+    return out
+
+
+def _timed(fn: Any) -> tuple[str, str, float]:
+    """``(exception type, message, seconds)`` of calling ``fn``, which must raise."""
+    start = time.monotonic()
+    try:
+        fn()
+    except Exception as exc:
+        return type(exc).__name__, str(exc), time.monotonic() - start
+    return "none", "did not raise", time.monotonic() - start
+
+
+def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
+    """Disagreements and a missing rank raise on every rank, fast, leaving the models untouched."""
+    out: dict[str, Any] = {}
+    # Rank 1 runs another revision (a different slope): the plans differ, nobody applies.
+    other = SPEC.replace("act0, type: leaky_relu, args: {negative_slope: 0.2}",
+                         "act0, type: leaky_relu, args: {negative_slope: 0.3}")
+    assert other != SPEC
+    mine = SPEC if rank == 0 else other
+    spec = chainspec.loads(mine, source="mine.yaml")
+    chain = spec.build(stage=0)
+    before = _snapshot(chain)
+    revised = SPEC.replace("out_features: 3", "out_features: 4")
+    out["mismatch"] = _timed(lambda: csd.apply_plan(spec, revised if rank == 0 else None, chain))
+    out["mismatch_untouched"] = (chain.ids() == ["fc0", "act0", "out"] and
+                                 all(torch.equal(v, before[k]) for k, v in chain.state_dict().items()))
+    # Rank 0 sends an invalid revision: every rank raises the same SpecError.
+    out["invalid"] = _timed(lambda: csd.apply_plan(spec, BROKEN if rank == 0 else None, chain, stage=2))
+    # Rank 1 never reaches the barrier: rank 0's monitored barrier names it within the timeout.
+    flag = tmp / "barrier_seen"
+    if rank == 0:
+        out["barrier"] = _timed(lambda: csd.barrier(timeout=2.0, where="the missing-rank check"))
+        flag.write_text("done")
+    else:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return out
+
+
+# -- the two processes ----------------------------------------------------------------------------------
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    if any(name == "lo" for _, name in socket.if_nameindex()):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's own connections stay on loopback too
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=PG_TIMEOUT)
+    base = Path(tmp)
+    try:
+        # Only rank 0's watcher path exists: the revision can only reach rank 1 by broadcast.
+        watch = base / "watched.yaml" if rank == 0 else base / "absent" / "watched.yaml"
+        if rank == 0:
+            watch.write_text(SPEC, encoding="utf-8")
+        results = {"plan": scenario_plan(rank, world, watch), "grower": scenario_grower(rank, world)}
+        dist.barrier()
+        results["failures"] = scenario_failures(rank, world, base)
+        torch.save(results, base / f"rank{rank}.pt")
+    except BaseException:
+        (base / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Both ranks' results; fails (never hangs) if a rank raises, dies or runs past HARNESS_TIMEOUT."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    context = mp.start_processes(_worker, args=(WORLD, _free_port(), str(tmp)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + HARNESS_TIMEOUT
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                errors = "".join(p.read_text() for p in sorted(tmp.glob("rank*.error")))
+                pytest.fail(f"the 2-rank run did not finish within {HARNESS_TIMEOUT:.0f} s: a rank hangs; "
+                            f"errors so far:\n{errors or '(none)'}")
+    except mp.ProcessRaisedException as exc:
+        pytest.fail(f"a rank raised:\n{exc}")
+    except mp.ProcessExitedException as exc:
+        errors = "".join(p.read_text() for p in sorted(tmp.glob("rank*.error")))
+        pytest.fail(f"a rank died: {exc}\n{errors}")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same scenarios in this process, without a process group, on the whole global batch."""
+    tmp = tmp_path_factory.mktemp("ref")
+    watch = tmp / "watched.yaml"
+    watch.write_text(SPEC, encoding="utf-8")
+    with torch.random.fork_rng(devices=[]):
+        return {"plan": scenario_plan(0, 1, watch), "grower": scenario_grower(0, 1)}
+
+
+def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], where: str) -> None:
+    assert sorted(got) == sorted(want), f"{where}: different tensors {sorted(set(got) ^ set(want))}"
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{where} {k}: {m}")
+
+
+# -- the tests -------------------------------------------------------------------------------------------
+
+def test_plan_ranks_equal_after_every_step(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        assert r["plan"]["rank_diff"] == [0.0] * PLAN_STEPS
+    for step, (a, b) in enumerate(zip(ranks[0]["plan"]["snapshots"], ranks[1]["plan"]["snapshots"], strict=True)):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"step {step}: {key} differs between the ranks"
+
+
+def test_plan_matches_single_process(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> None:
+    ref = reference["plan"]
+    assert ranks[0]["plan"]["ids"] == ref["ids"]
+    for step, (got, want) in enumerate(zip(ranks[0]["plan"]["snapshots"], ref["snapshots"], strict=True)):
+        _assert_close(got, want, f"step {step}")
+
+
+def test_plan_grows_twice_and_takes_the_revision(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        ids = r["plan"]["ids"]
+        assert ids[GROW_AT[0] - 1] == ["fc0", "act0", "out"]
+        assert ids[GROW_AT[0]] == ["fc0", "act0", "fc1", "act1", "out"]
+        assert ids[GROW_AT[1]] == ["fc0", "act0", "fc1", "act1", "fc2", "act2", "out"]
+        assert ids[REVISE_AT] == ["fc0", "act0", "fc1", "act1", "fc2", "act2", "fc3", "out"]
+        assert ids[-1] == ids[REVISE_AT]
+        assert r["plan"]["snapshots"][REVISE_AT]["fc1.weight"].shape == (16, 12)
+        plans = r["plan"]["plans"]
+        assert len(plans) == 3  # two growth steps and one revision; the invalid save applied nothing
+        assert "+ fc1 (linear)" in plans[0] and "+ fc2 (linear)" in plans[1]
+        assert "negative_slope 0.2 → 0.1" in plans[2] and "+ fc3 (linear)" in plans[2]
+        assert r["plan"]["ddp_type"] == "DistributedDataParallel"
+
+
+def test_plan_broadcasts_only_new_tensors(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[0]["plan"]["broadcast"] == [["fc1.weight", "fc1.bias"], ["fc2.weight", "fc2.bias"]]
+
+
+def test_plan_keeps_optimizer_state(ranks: list[dict[str, Any]]) -> None:
+    # fc0 survives both growth steps and the revision: Adam's step count never restarts.
+    for r in ranks:
+        assert r["plan"]["adam_steps"] == [float(i + 1) for i in range(PLAN_STEPS)]
+
+
+def test_invalid_save_is_reported_and_skipped_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    (message,) = ranks[0]["plan"]["errors"]
+    assert "watched.yaml:" in message and "linaer" in message
+    (other,) = ranks[1]["plan"]["errors"]
+    assert "linaer" in other  # rank 1 never read the file: it learnt of the rejection by broadcast
+    for r in ranks:
+        assert r["plan"]["ids"][BROKEN_AT] == r["plan"]["ids"][BROKEN_AT - 1]
+
+
+def test_grower_ranks_equal_and_match_single_process(ranks: list[dict[str, Any]],
+                                                     reference: dict[str, Any]) -> None:
+    for r in ranks:
+        assert r["grower"]["rank_diff"] == [0.0] * GROWER_STEPS
+    ref = reference["grower"]
+    assert ranks[0]["grower"]["events"] == ranks[1]["grower"]["events"] == ref["events"]
+    assert [e for step in ref["events"] for e in step] == [("fade", 1), ("stabilize", 1), ("fade", 2),
+                                                          ("stabilize", 2)]
+    assert ranks[0]["grower"]["alphas"] == ref["alphas"]
+    for step, (got, want) in enumerate(zip(ranks[0]["grower"]["snapshots"], ref["snapshots"], strict=True)):
+        _assert_close(got, want, f"grower step {step}")
+    for step, (a, b) in enumerate(zip(ranks[0]["grower"]["snapshots"], ranks[1]["grower"]["snapshots"],
+                                      strict=True)):
+        assert all(torch.equal(a[k], b[k]) for k in a), f"grower step {step}: ranks differ"
+
+
+def test_grower_fades_in(ranks: list[dict[str, Any]]) -> None:
+    ids = ranks[1]["grower"]["ids"]
+    assert "blend_merge" in ids[1] and "to_rgb_4" in ids[1]  # fading into stage 1: both paths
+    assert ids[3] == ["b4", "b8", "to_rgb_8"]  # collapsed: exactly stage 1
+    assert ids[-1] == ["b4", "b8", "b16", "to_rgb_16"]
+    assert 0.0 < ranks[1]["grower"]["alphas"][3] < 1.0
+
+
+def test_disagreeing_ranks_raise_everywhere_without_changes(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        kind, message, seconds = r["failures"]["mismatch"]
+        assert kind == "DistributedError", message
+        assert "different plans" in message
+        assert seconds < 10
+        assert r["failures"]["mismatch_untouched"]
+
+
+def test_invalid_revision_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        kind, message, seconds = r["failures"]["invalid"]
+        assert kind == "SpecError" and "linaer" in message
+        assert seconds < 10
+
+
+def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:
+    kind, message, seconds = ranks[0]["failures"]["barrier"]
+    assert kind == "DistributedError"
+    assert "missing-rank check" in message and "1" in message
+    assert 1.5 < seconds < 15
