@@ -186,6 +186,14 @@ def test_non_utf8_bytes(raw: bytes, line: int, col: int) -> None:
     assert "not valid UTF-8" in err.problems[0].message
 
 
+def test_escape_sequences_in_keys_cannot_reach_the_terminal() -> None:
+    # "\e[2J" in a double-quoted YAML key is ESC [ 2 J: printed raw, it would clear the screen.
+    err = spec_error(node('id: a, type: relu, args: {"\\e[2J\\u0007": 1}') + '"\\e]0;title\\a": 1\n')
+    text = str(err)
+    assert not any(c in text for c in "\x1b\x07"), repr(text)
+    assert "\\x1b[2J" in text and "\\x07" in text
+
+
 def test_control_characters_are_located() -> None:
     assert_at(spec_error("chainspec: 1\ndescription: a\x01b\n"), 2, "U+0001", "not allowed")
 
@@ -271,9 +279,10 @@ def test_huge_integers(body: str, fragment: str) -> None:
 
 
 def test_huge_input_shape_and_stage_count() -> None:
-    assert_at(spec_error(f"chainspec: 1\nchains:\n  net:\n    input_shape: [{HUGE}]\n    nodes: [{{id: a, type: relu}}]\n"),
-              4, "input_shape")
-    err = spec_error(f"chainspec: 1\nstages: {HUGE}\n" + HEAD.removeprefix("chainspec: 1\n") + "      - {id: a, type: relu}\n")
+    shape = f"chainspec: 1\nchains:\n  net:\n    input_shape: [{HUGE}]\n    nodes: [{{id: a, type: relu}}]\n"
+    assert_at(spec_error(shape), 4, "input_shape")
+    err = spec_error(f"chainspec: 1\nstages: {HUGE}\n" + HEAD.removeprefix("chainspec: 1\n")
+                     + "      - {id: a, type: relu}\n")
     assert_at(err, 2, "stages", f"less than or equal to {MAX_STAGES}")
     assert_at(spec_error("chainspec: 10000000000000000000000000\nchains: {}\n"), 1, "format version")
 
@@ -415,7 +424,8 @@ def test_reserved_ids_cover_every_public_attribute() -> None:
 
 def test_chain_names_may_be_anything_identifier_like() -> None:
     # A chain's name is data, never an attribute: 'forward' is a fine chain name.
-    spec = chainspec.loads("chainspec: 1\nchains:\n  forward:\n    input_shape: [4]\n    nodes: [{id: a, type: relu}]\n")
+    spec = chainspec.loads("chainspec: 1\nchains:\n  forward:\n    input_shape: [4]\n"
+                           "    nodes: [{id: a, type: relu}]\n")
     assert spec.build("forward").name == "forward"
 
 

@@ -120,10 +120,71 @@ def _check_matches(spec: Spec, name: str, chain: Chain, stage: int) -> None:
     except ValueError as exc:
         raise CheckpointError(f"cannot save chain {name!r}: {exc}") from None
     actual = [node.id for node in chain]
+    advice = "pass the spec and stage of the revision in force (chain.spec, chain.stage)"
     if actual != expected:
         raise CheckpointError(
             f"cannot save chain {name!r}: it has nodes {_ids(actual)} but {spec.source} at stage {stage} has "
-            f"{_ids(expected)}; pass the spec and stage of the revision in force (chain.spec, chain.stage)")
+            f"{_ids(expected)} ({_id_differences(actual, expected)}); {advice}")
+    # Same ids, but do the weights have the spec's shapes? A checkpoint that cannot be loaded back is
+    # worse than none, so refuse it now (on the meta device: nothing is allocated).
+    try:
+        reference = spec.build(name, stage=stage, device="meta").state_dict()
+    except SpecError as exc:
+        raise CheckpointError(f"cannot save chain {name!r}: {spec.source} does not build at stage {stage}:\n"
+                              f"{exc}") from None
+    mismatched = state_mismatch(chain.state_dict(), reference)
+    if mismatched:
+        raise CheckpointError(f"cannot save chain {name!r}: its weights do not fit {spec.source} at stage {stage}: "
+                              f"{'; '.join(mismatched)}; {advice}")
+
+
+def _id_differences(actual: list[str], expected: list[str]) -> str:
+    """Which ids one list has and the other lacks, or that only their order differs."""
+    extra = [i for i in actual if i not in set(expected)]
+    missing = [i for i in expected if i not in set(actual)]
+    parts = []
+    if extra:
+        parts.append(f"not in the spec: {', '.join(extra)}")
+    if missing:
+        parts.append(f"missing from the chain: {', '.join(missing)}")
+    if not parts:
+        first = next(i for i, (a, b) in enumerate(zip(actual, expected, strict=True)) if a != b)
+        parts.append(f"same nodes in another order, from position {first}: {actual[first]} where the spec has "
+                     f"{expected[first]}")
+    return "; ".join(parts)
+
+
+def state_mismatch(actual: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """The nodes whose state entries differ in name or shape, one readable item per node.
+
+    Keys are ``node.rest`` (a chain's state_dict); ``actual`` is what is there, ``expected`` what the
+    spec builds.
+
+    Example:
+        >>> here = {"a.w": torch.zeros(2), "b.w": torch.zeros(1)}
+        >>> state_mismatch(here, {"a.w": torch.zeros(3), "c.w": torch.zeros(1)})
+        ['a (a.w: [2], the spec has [3])', 'c (missing)', 'b (not in the spec)']
+    """
+    def by_node(state: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
+        out: dict[str, dict[str, list[int]]] = {}
+        for key, value in state.items():
+            out.setdefault(key.partition(".")[0], {})[key] = list(getattr(value, "shape", []))
+        return out
+
+    have, want = by_node(actual), by_node(expected)
+    items = []
+    for node in [*want, *(n for n in have if n not in want)]:
+        if node not in have:
+            items.append(f"{node} (missing)")
+        elif node not in want:
+            items.append(f"{node} (not in the spec)")
+        elif have[node] != want[node]:
+            diffs = [f"{k}: {have[node][k]}, the spec has {want[node][k]}" for k in want[node]
+                     if k in have[node] and have[node][k] != want[node][k]]
+            diffs += [f"{k} missing" for k in want[node] if k not in have[node]]
+            diffs += [f"{k} not in the spec" for k in have[node] if k not in want[node]]
+            items.append(f"{node} ({', '.join(diffs)})")
+    return items
 
 
 def _ids(ids: list[str]) -> str:
@@ -185,16 +246,22 @@ def _check_plain(value: Any, where: str) -> None:
 
 def _atomic_save(payload: dict[str, Any], path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a quota: say which file, and that nothing was lost
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; "
+                                  "the previous checkpoint there, if any, is unchanged") from exc
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -228,6 +295,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: torch.device | str 
     """
     where = os.fspath(path)
     payload = _read(where, device)
+    _check_layout(where, payload)
     try:
         spec = loads(payload["spec"]["text"], source=payload["spec"]["source"], allow_imports=allow_imports)
     except SpecError as exc:
@@ -261,6 +329,46 @@ def _read(where: str, device: torch.device | str | None) -> dict[str, Any]:
     return payload
 
 
+def _check_layout(where: str, payload: dict[str, Any]) -> None:
+    """Refuse a file that has the marker but not the layout ``save_checkpoint`` writes (corrupt or forged)."""
+    def need(value: Any, kind: type | tuple[type, ...], what: str) -> None:
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = " or ".join(k.__name__ for k in _as_tuple(kind))
+            raise CheckpointError(f"{where} is not a valid chainspec checkpoint: {what} should be {names}, "
+                                  f"got {type(value).__name__}; the file is corrupt or was not written by "
+                                  "chainspec.save_checkpoint")
+
+    need(payload.get("spec"), dict, "'spec'")
+    need(payload["spec"].get("text"), str, "'spec.text'")
+    need(payload["spec"].get("source"), str, "'spec.source'")
+    need(payload.get("stage"), int, "'stage'")
+    need(payload.get("alpha"), (float, int, type(None)), "'alpha'")
+    need(payload.get("extra"), dict, "'extra'")
+    need(payload.get("chains"), dict, "'chains'")
+    for name, saved in payload["chains"].items():
+        need(saved, dict, f"'chains.{name}'")
+        need(saved.get("state"), dict, f"'chains.{name}.state'")
+        need(saved.get("training"), bool, f"'chains.{name}.training'")
+        for key in ("modes", "frozen"):
+            need(saved.get(key, []), list, f"'chains.{name}.{key}'")
+        need(saved.get("dtype"), (str, type(None)), f"'chains.{name}.dtype'")
+        need(saved.get("device", "cpu"), str, f"'chains.{name}.device'")
+    need(payload.get("optimizers"), dict, "'optimizers'")
+    for key, saved in payload["optimizers"].items():
+        need(saved, dict, f"'optimizers.{key}'")
+        need(saved.get("class"), str, f"'optimizers.{key}.class'")
+        need(saved.get("state"), dict, f"'optimizers.{key}.state'")
+        need(saved.get("param_groups"), list, f"'optimizers.{key}.param_groups'")
+        for i, group in enumerate(saved["param_groups"]):
+            need(group, dict, f"'optimizers.{key}.param_groups[{i}]'")
+            need(group.get("params"), list, f"'optimizers.{key}.param_groups[{i}].params'")
+    need(payload.get("rng"), (Tensor, type(None)), "'rng'")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
 def _rebuild_chain(where: str, spec: Spec, name: str, stage: int, saved: dict[str, Any],
                    device: torch.device | str | None) -> Chain:
     dtype = getattr(torch, saved["dtype"]) if saved.get("dtype") else None
@@ -271,6 +379,10 @@ def _rebuild_chain(where: str, spec: Spec, name: str, stage: int, saved: dict[st
         # must draw the same random numbers as one that never stopped.
         with torch.random.fork_rng(devices=[]):
             chain = spec.build(name, stage=stage, device=device or saved.get("device"), dtype=dtype)
+        mismatched = state_mismatch(saved["state"], chain.state_dict())
+        if mismatched:
+            raise CheckpointError(f"checkpoint {where}: the weights of chain {name!r} do not fit its spec "
+                                  f"({spec.source}, stage {stage}): {'; '.join(mismatched)}")
         chain.load_state_dict(saved["state"], strict=True, assign=True)
     except (SpecError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {where}: cannot restore chain {name!r}: {exc}") from None

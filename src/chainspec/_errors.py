@@ -31,7 +31,22 @@ class Problem:
         text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
         if self.hint:
             text += f"; {self.hint}"
+        return printable(text)
+
+
+def printable(text: str) -> str:
+    """Escape every non-printable character, so that spec text cannot drive a terminal through a message.
+
+    A key written as ``"\\e[2J"`` in a spec reaches paths and messages as an
+    escape sequence; printed raw it would clear the screen or forge output.
+
+    Example:
+        >>> printable("chains.\\x1b[2Jnet: caf\\u00e9")
+        'chains.\\\\x1b[2Jnet: café'
+    """
+    if text.isprintable():
         return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class ChainspecError(Exception):
