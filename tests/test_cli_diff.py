@@ -95,7 +95,7 @@ def test_several_chains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     new = write(tmp_path, "new.yaml", two.replace("{id: h_act, type: relu}", "{id: h_act, type: tanh}"))
     assert main(["diff", old, new]) == 1
     out = capsys.readouterr().out
-    assert "chain 'net'" in out and "No changes" in out and "! h_act (tanh): type relu → tanh" in out
+    assert "chain 'net'" in out and "No changes" in out and "! h_act (tanh): type relu → tanh\n" in out
     assert main(["diff", old, new, "--chain", "net"]) == 0
 
 

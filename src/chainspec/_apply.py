@@ -83,8 +83,7 @@ class _Job:
         device, dtype = _placement(chain.parameters(), chain.buffers())
         self.device, self.dtype = device, dtype
         if not (plan.is_empty and plan.same_input):
-            # The whole new chain, on the meta device: a width change must fit its neighbours.
-            plan.new_spec.summary(plan.chain, stage=plan.new_stage, dtype=dtype)
+            shape_check(plan, dtype)
         self.built: dict[str, nn.Module] = {}
         self.changed: dict[str, Op] = {}  # id -> its insert, replace or update op
         for op in plan.ops:
@@ -205,6 +204,49 @@ class _Job:
     def record(self) -> None:
         self.chain.stage = self.plan.new_stage
         self.chain.spec = self.plan.new_spec
+
+
+def shape_check(plan: Plan, dtype: torch.dtype | None) -> None:
+    """Shape-check the whole new chain on the meta device, as ``Spec.summary`` does, but faster.
+
+    Each distinct (definition, input shape) pair is built and probed once, so a
+    chain of many identical blocks costs one probe per kind of block plus a
+    dictionary lookup per node. Any failure is re-checked by ``Spec.summary``,
+    which reports it at the node's line in the spec.
+
+    Raises:
+        SpecError: a node cannot take the output of the node before it.
+    """
+    from ._compile import PROBE_BATCH, build_module
+    from ._diff import tree_key
+
+    resolved = plan.new_spec.resolved(plan.chain)
+    shape = tuple(resolved.input_shape_at(plan.new_stage))
+    seen: dict[Any, tuple[int, ...]] = {}
+    for node in plan.new_nodes:
+        key = (tree_key(node.tree), _factories(node.tree), shape)
+        out = seen.get(key)
+        if out is None:
+            try:
+                with torch.device("meta"):
+                    module = build_module(node.tree)
+                    if dtype is not None:
+                        module = module.to(dtype)
+                    y = module(torch.empty((PROBE_BATCH, *shape), device="meta", dtype=dtype or torch.float32))
+                if not isinstance(y, Tensor):
+                    raise TypeError(f"node {node.id!r} returns {type(y).__name__}, not a tensor")
+            except Exception:
+                plan.new_spec.summary(plan.chain, stage=plan.new_stage, dtype=dtype)  # raises, located
+                raise
+            out = seen[key] = tuple(y.shape[1:])
+        shape = out
+
+
+def _factories(tree: Any) -> tuple[int, ...]:
+    """The identities of a tree's factories: a re-registered type must not reuse a cached probe."""
+    if hasattr(tree, "factory"):
+        return (id(tree.factory),)
+    return tuple(i for _, sub in tree.parts for i in _factories(sub))
 
 
 def _check_chain(plan: Plan, chain: Chain) -> None:

@@ -199,7 +199,7 @@ class Op:
         if self.kind == "move":
             return f"{head} moved {where}"
         text = f"{head}: " + ", ".join(c.format() for c in self.changes)
-        if self.kind == "replace":
+        if self.kind == "replace" and (self.params_before or self.params_after):
             text += f" ({INIT_NOTES.get(self.init, self.init)})"
         return text
 
