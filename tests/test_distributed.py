@@ -114,6 +114,7 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
     model: nn.Module = csd.wrap(chain) if world > 1 else chain
     opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
     watcher = csd.DistributedSpecWatcher(watch_path, model, opt, spec=spec)
+    first = model
     data = torch.Generator().manual_seed(7)
     teacher = torch.randn(6, 3, generator=data)
     out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "plans": [], "errors": [], "broadcast": [],
@@ -143,6 +144,28 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
         out["ids"].append(chain.ids())
         out["adam_steps"].append(float(opt.state[chain["fc0"].module.weight]["step"]))
     out["ddp_type"] = type(model).__name__
+    if world > 1:  # the DDP from before the first growth step is disabled, and leads to the live one
+        out["stale"] = _timed(lambda: first(torch.zeros(1, 6)))
+        out["current"] = csd.current(first) is model
+    return out
+
+
+def scenario_plain(rank: int, world: int) -> dict[str, Any]:
+    """No DDP: broadcast_module and assert_in_sync are what keep plain chains equal on every rank."""
+    torch.manual_seed(3000 + rank)
+    spec = chainspec.loads(SPEC, source="tiny.yaml")
+    chain = spec.build(stage=0)  # different weights on each rank
+    out: dict[str, Any] = {"at_start": _timed(lambda: csd.assert_in_sync(chain))}
+    out["synced"] = csd.broadcast_module(chain)
+    csd.assert_in_sync(chain)
+    spec = csd.grow(spec, chain, broadcast="none").spec  # fc1 differs between the ranks now
+    out["no_broadcast"] = _timed(lambda: csd.assert_in_sync(chain))
+    result = csd.grow(spec, chain)  # fc2 is broadcast
+    out["grown"] = result.broadcast["net"]
+    out["still_fc1"] = _timed(lambda: csd.assert_in_sync(chain))
+    out["fixed"] = csd.broadcast_module(chain, names=["fc1.weight", "fc1.bias"])
+    csd.assert_in_sync(chain)
+    out["model_is_chain"] = result.model is chain
     return out
 
 
@@ -203,6 +226,9 @@ def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
                                  all(torch.equal(v, before[k]) for k, v in chain.state_dict().items()))
     # Rank 0 sends an invalid revision: every rank raises the same SpecError.
     out["invalid"] = _timed(lambda: csd.apply_plan(spec, BROKEN if rank == 0 else None, chain, stage=2))
+    # Different structures cannot be synchronised: named, not a crash inside gloo.
+    other_chain = chainspec.loads(SPEC).build(stage=rank)
+    out["layout"] = _timed(lambda: csd.broadcast_module(other_chain))
     # Rank 1 never reaches the barrier: rank 0's monitored barrier names it within the timeout.
     flag = tmp / "barrier_seen"
     if rank == 0:
@@ -229,7 +255,8 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         watch = base / "watched.yaml" if rank == 0 else base / "absent" / "watched.yaml"
         if rank == 0:
             watch.write_text(SPEC, encoding="utf-8")
-        results = {"plan": scenario_plan(rank, world, watch), "grower": scenario_grower(rank, world)}
+        results = {"plan": scenario_plan(rank, world, watch), "grower": scenario_grower(rank, world),
+                   "plain": scenario_plain(rank, world)}
         dist.barrier()
         results["failures"] = scenario_failures(rank, world, base)
         torch.save(results, base / f"rank{rank}.pt")
@@ -332,6 +359,27 @@ def test_plan_keeps_optimizer_state(ranks: list[dict[str, Any]]) -> None:
         assert r["plan"]["adam_steps"] == [float(i + 1) for i in range(PLAN_STEPS)]
 
 
+def test_replaced_ddp_is_disabled_and_leads_to_the_live_one(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        kind, message, _ = r["plan"]["stale"]
+        assert kind == "DistributedError" and "replaced" in message
+        assert r["plan"]["current"]
+
+
+def test_plain_chains_are_kept_equal_by_broadcast(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        plain = r["plain"]
+        assert plain["at_start"][0] == "DistributedError"  # each rank seeded differently
+        assert plain["synced"] == ["fc0.weight", "fc0.bias", "out.weight", "out.bias"]
+        kind, message, _ = plain["no_broadcast"]
+        assert kind == "DistributedError" and "fc1.weight" in message
+        assert plain["grown"] == ["fc2.weight", "fc2.bias"]
+        kind, message, _ = plain["still_fc1"]
+        assert kind == "DistributedError" and "fc1" in message and "fc2" not in message
+        assert plain["fixed"] == ["fc1.weight", "fc1.bias"]
+        assert plain["model_is_chain"]
+
+
 def test_invalid_save_is_reported_and_skipped_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     (message,) = ranks[0]["plan"]["errors"]
     assert "watched.yaml:" in message and "linaer" in message
@@ -379,6 +427,12 @@ def test_invalid_revision_raises_on_every_rank(ranks: list[dict[str, Any]]) -> N
         kind, message, seconds = r["failures"]["invalid"]
         assert kind == "SpecError" and "linaer" in message
         assert seconds < 10
+
+
+def test_different_structures_are_named_not_crashed(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        kind, message, _ = r["failures"]["layout"]
+        assert kind == "DistributedError" and "different tensors" in message
 
 
 def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:
