@@ -440,3 +440,33 @@ def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) 
     assert kind == "DistributedError"
     assert "missing-rank check" in message and "1" in message
     assert 1.5 < seconds < 15
+
+
+def test_self_check_without_a_process_group(capsys: pytest.CaptureFixture[str]) -> None:
+    with torch.random.fork_rng(devices=[]):
+        code = csd.main([str(ROOT / "specs" / "pggan_tiny.yaml"), "--steps-per-phase", "1", "--batch", "4"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("in sync on every rank") == 7  # 3 fades, 3 collapses, done
+    assert "generator, discriminator on 1 rank(s), gloo, cpu" in out
+
+
+@pytest.mark.slow
+def test_self_check_under_torchrun(tmp_path: Path) -> None:
+    """The README's torchrun command, on two CPU processes with gloo."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if any(name == "lo" for _, name in socket.if_nameindex()):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "chainspec.distributed", str(ROOT / "specs" / "pggan_tiny.yaml"), "--steps-per-phase", "1",
+           "--batch", "4", "--timeout", "30"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HARNESS_TIMEOUT, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "on 2 rank(s), gloo, cpu" in done.stdout
+    assert "every growth step kept the ranks equal" in done.stdout
