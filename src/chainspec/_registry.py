@@ -94,7 +94,8 @@ class NodeType:
             for key in args:
                 if key not in names:
                     close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-                    hint = f"did you mean {close[0]!r}?" if close else f"{self.name} takes {', '.join(names) or 'no arguments'}"
+                    takes = ", ".join(names) or "no arguments"
+                    hint = f"did you mean {close[0]!r}?" if close else f"{self.name} takes {takes}"
                     problems.append((key, f"unknown argument {key!r}", hint))
         known = {k: _tuples(v) for k, v in args.items() if self.accepts_extra or k in names}
         try:
@@ -104,7 +105,8 @@ class NodeType:
                 loc = err["loc"]
                 key = str(loc[0]) if loc else None
                 if err["type"] == "missing":
-                    problems.append((None, f"missing required argument {key!r}", f"{self.name} needs {_required(self)}"))
+                    problems.append((None, f"missing required argument {key!r}",
+                                     f"{self.name} needs {_required(self)}"))
                     continue
                 value = known.get(key) if key else None
                 problems.append((key, f"{err['msg'].rstrip('.').lower()}, got {value!r}", _type_hint(self, key)))
@@ -218,7 +220,7 @@ def _param_hints(fn: Callable[..., Any]) -> dict[str, Any]:
             continue
         if isinstance(ann, str):
             try:
-                ann = eval(ann, namespace)  # noqa: S307 - annotation strings of registered Python code, not spec text
+                ann = eval(ann, namespace)  # annotation strings of registered Python code, never spec text
             except Exception:
                 ann = Any
         out[name] = ann
@@ -431,11 +433,22 @@ def _import_type(name: str, allow_imports: tuple[str, ...]) -> NodeType:
     if name in _IMPORTED:
         return _IMPORTED[name]
     module_name, _, attr = name.partition(":")
+    parts = attr.split(".")
+    # Private and dunder names are no node types, and walking them (``__globals__``,
+    # ``__builtins__``) is the classic way out of a namespace.
+    if not all(part.isidentifier() and not part.startswith("_") for part in parts):
+        raise ImportError(f"{attr!r} is not a public name; name a class or function as module:Name")
     obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
+    for part in parts:
         obj = getattr(obj, part)
+    # Allowing a module allows what it defines, not everything it imports:
+    # ``mypkg:os.system`` must not slip through an allow-list naming ``mypkg``.
+    home = getattr(obj, "__module__", None)
+    if not isinstance(home, str) or not import_allowed(f"{home}:", allow_imports):
+        raise ImportError(f"{attr!r} is defined in {home or 'no module'!s}, outside the allowed modules "
+                          f"({', '.join(allow_imports)}); allow that module or name the type by it")
     if not callable(obj):
-        raise KeyError(name)
+        raise ImportError(f"{attr!r} is a {type(obj).__name__}, not a class or function")
     args, extra = _signature_args(obj)
     node_type = NodeType(name, obj, args, _first_line(obj), f"import {name}", extra)
     _IMPORTED[name] = node_type

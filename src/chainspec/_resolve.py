@@ -131,8 +131,8 @@ class _Resolver:
             self.check_part_ids(typedef.nodes, ("types", name, "nodes"))
             for param in typedef.params:
                 if param in self.model.vars:
-                    self.report(("types", name, "params", param), f"parameter {param!r} hides the spec var of that name",
-                                "rename one of them")
+                    self.report(("types", name, "params", param),
+                                f"parameter {param!r} hides the spec var of that name", "rename one of them")
         graph = {n: [p.type for p in t.nodes if p.type in self.model.types] for n, t in self.model.types.items()}
         for cycle in _cycles(graph):
             self.cyclic.update(cycle)
@@ -150,8 +150,8 @@ class _Resolver:
             if why:
                 self.report((*path, i, "id"), why, "pick another id")
             if part.id in seen:
-                self.report((*path, i, "id"), f"duplicate id {part.id!r} (also at {format_path((*path, seen[part.id]))})",
-                            "ids must be unique")
+                first = format_path((*path, seen[part.id]))
+                self.report((*path, i, "id"), f"duplicate id {part.id!r} (also at {first})", "ids must be unique")
             seen.setdefault(part.id, i)
 
     def check_defaults(self) -> None:
@@ -222,10 +222,11 @@ class _Resolver:
             shapes.append(tuple(dims))
         return tuple(shapes)
 
-    def unknown_type(self, path: Path, type_name: str) -> None:
+    def unknown_type(self, path: Path, type_name: str, reason: Exception | None = None) -> None:
         if is_import_path(type_name):
             if import_allowed(type_name, self.allow_imports):
-                self.report(path, f"cannot import node type {type_name!r}", "check the module and attribute names")
+                why = f" ({reason})" if isinstance(reason, (ImportError, AttributeError)) else ""
+                self.report(path, f"cannot import node type {type_name!r}{why}", "check the module and attribute names")
             else:
                 self.report(path, f"import path {type_name!r} is not allowed",
                             "the calling code must pass allow_imports=[...] naming its module")
@@ -259,8 +260,8 @@ class _Resolver:
             return self.expand_composite(type_name, typedef, values, path, label, (*stack, type_name)) if ok else None
         try:
             node_type = get_type(type_name, allow_imports=self.allow_imports)
-        except (KeyError, ImportError, AttributeError):
-            self.unknown_type((*path, "type"), type_name)
+        except (KeyError, ImportError, AttributeError) as exc:
+            self.unknown_type((*path, "type"), type_name, exc)
             return None
         kwargs, arg_problems = node_type.validate(values)
         # An arg whose expression failed is already reported; it is not also missing.
@@ -282,7 +283,8 @@ class _Resolver:
         for key in values:
             if key not in params:
                 close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
-                hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {', '.join(params) or 'no parameters'}"
+                takes = ", ".join(params) or "no parameters"
+                hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {takes}"
                 self.report((*path, "args", key), f"unknown parameter {key!r} of composite type {name!r}", hint, label)
                 bad = True
         params.update(values)
@@ -295,8 +297,7 @@ class _Resolver:
         if bad:
             return None
         scope = {**self.scope, **params}
-        where = path if len(stack) == 1 else path
-        inner_label = f" (in {format_path(where)}{label})" if stack else label
+        inner_label = f" (in {format_path(path)}{label})" if stack else label
         parts: list[tuple[str, Tree]] = []
         for j, part in enumerate(typedef.nodes):
             sub = self.expand(part.type, part.args, scope, ("types", name, "nodes", j), inner_label, stack)
