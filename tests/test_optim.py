@@ -238,3 +238,18 @@ def test_check_override_types() -> None:
     assert _optim.check_override(opt, {"lr": 0.1, "betas": [0.5, 0.9], "amsgrad": True}) == []
     problems = _optim.check_override(opt, {"betas": 0.5, "amsgrad": 1})
     assert [p[0] for p in problems] == ["betas", "amsgrad"]
+
+
+def test_groups_follow_chain_order_after_a_move() -> None:
+    text = MLP.replace("{id: act2, type: relu}", "{id: act2, type: relu}\n      - {id: fc_x, type: linear, args: "
+                                                 "{in_features: 16, out_features: 16}}")
+    spec, net, opt = trained("sgd", text)
+    lines = text.splitlines(keepends=True)
+    moved = next(line for line in lines if "id: fc_x" in line)
+    lines.remove(moved)
+    lines.insert(next(i for i, line in enumerate(lines) if "id: act1" in line) + 1, moved)
+    plan = chainspec.diff(spec, chainspec.loads("".join(lines)))
+    assert [op.kind for op in plan.ops] == ["move"]
+    plan.apply(net, opt)
+    assert opt.param_groups[0]["params"] == list(net.parameters())
+    assert [n for n, _ in net.named_parameters()][:4] == ["fc1.weight", "fc1.bias", "fc_x.weight", "fc_x.bias"]

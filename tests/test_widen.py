@@ -253,3 +253,34 @@ def test_preserve_needs_the_same_layers() -> None:
                         "{id: fc2, type: eq_linear, args: {in_features: 16, out_features: 16}, init: preserve}")
     with pytest.raises(chainspec.SpecError, match="same layers before and after"):
         chainspec.diff(spec, chainspec.loads(new)).apply(net)
+
+
+TRANSPOSED = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [3, 4, 4]
+    nodes:
+      - {{id: up, type: conv_transpose2d, args: {{in_channels: 3, out_channels: {w}}}, init: preserve}}
+      - {{id: act, type: leaky_relu, args: {{negative_slope: 0.2}}}}
+      - {{id: c, type: conv2d, args: {{in_channels: {w}, out_channels: 2, kernel_size: 1}}, init: preserve}}
+"""
+
+ONE_D = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [3, 10]
+    nodes:
+      - {{id: c1, type: conv1d, args: {{in_channels: 3, out_channels: {w}, padding: 1}}, init: preserve}}
+      - {{id: bn, type: batchnorm1d, args: {{num_features: {w}}}, init: preserve}}
+      - {{id: act, type: gelu}}
+      - {{id: pool, type: maxpool2d, args: {{kernel_size: 1}}}}
+      - {{id: c2, type: conv1d, args: {{in_channels: {w}, out_channels: 2, padding: 1}}, init: preserve}}
+"""
+
+
+@pytest.mark.parametrize("template", [TRANSPOSED, ONE_D], ids=["conv_transpose2d", "conv1d+batchnorm1d"])
+def test_widening_other_layer_kinds(template: str) -> None:
+    net = assert_same_function(template.format(w=4), template.format(w=7))
+    assert sum(p.numel() for p in net.parameters()) > 0

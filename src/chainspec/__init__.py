@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._chain import Chain, Node, NodeNotFoundError
     from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from ._compile import ChainSummary, NodeSummary
-    from ._diff import Op, Plan, diff
+    from ._diff import Op, Plan, PlanSet, diff
     from ._grow import Grower, GrowthEvent
     from ._watch import SpecWatcher
 
@@ -49,6 +49,7 @@ __all__ = [
     "Op",
     "Plan",
     "PlanError",
+    "PlanSet",
     "Problem",
     "Schedule",
     "Spec",
@@ -75,6 +76,7 @@ _LAZY = {
     "NodeSummary": "._compile",
     "Op": "._diff",
     "Plan": "._diff",
+    "PlanSet": "._diff",
     "diff": "._diff",
     "SpecWatcher": "._watch",
     "Checkpoint": "._checkpoint",

@@ -196,7 +196,7 @@ class _Job:
         if self.optimizer is None:
             return
         _optim.carry_out(self.optimizer, self.removed, self.placements)
-        if self.placements:
+        if self.placements or any(op.kind == "move" for op in self.plan.ops):
             _optim.sort_params(self.optimizer, {id(p): i for i, p in enumerate(self.chain.parameters())})
         if self.policy == "reset":
             _optim.clear_state(self.optimizer, self.chain.parameters())
