@@ -14,6 +14,7 @@ import importlib
 import inspect
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -318,7 +319,9 @@ def load_plugins() -> list[str]:
     """Register the node types of installed plugins (entry-point group ``chainspec.types``).
 
     Each entry point names a factory (function or ``nn.Module`` class); it is
-    registered under the entry point's name. Called once automatically.
+    registered under the entry point's name. Called once automatically. A
+    plugin that fails to import, or whose name is taken, is skipped with a
+    warning: one broken package must not take chainspec (or other plugins) down.
 
     Example:
         >>> isinstance(load_plugins(), list)
@@ -326,11 +329,19 @@ def load_plugins() -> list[str]:
     """
     added = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name.lower() in _REGISTRY:
+        origin = f"plugin {ep.dist.name if ep.dist is not None else ep.value}"
+        existing = _REGISTRY.get(ep.name.lower())
+        if existing is not None:
+            if existing.origin != origin:
+                warnings.warn(f"chainspec: node type {ep.name!r} of {origin} is ignored: the name is taken by "
+                              f"{existing.origin}", stacklevel=2)
             continue
-        factory = ep.load()
-        dist = ep.dist.name if ep.dist is not None else ep.value
-        _add(ep.name, factory, f"plugin {dist}")
+        try:
+            _add(ep.name, ep.load(), origin)
+        except Exception as exc:
+            warnings.warn(f"chainspec: cannot load node type {ep.name!r} from {origin} ({ep.value}): "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)
+            continue
         added.append(ep.name.lower())
     return added
 
