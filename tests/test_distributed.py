@@ -122,6 +122,7 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
     for step in range(PLAN_STEPS):
         if step in GROW_AT:
             result = csd.grow(spec, model, opt)
+            assert isinstance(result.model, nn.Module)
             spec, model = result.spec, result.model
             out["plans"].append(str(result.plan))
             out["broadcast"].append(result.broadcast.get("net", []))
@@ -131,6 +132,7 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
         if watcher.error is not None and step == BROKEN_AT:
             out["errors"].append(str(watcher.error))
         if plan is not None:
+            assert isinstance(watcher.model, nn.Module)
             model, spec = watcher.model, watcher.spec
             out["plans"].append(str(plan))
         x = torch.randn(GLOBAL_BATCH, 6, generator=data)
@@ -142,7 +144,9 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
         out["snapshots"].append(_snapshot(chain))
         out["rank_diff"].append(_sync_check(chain))
         out["ids"].append(chain.ids())
-        out["adam_steps"].append(float(opt.state[chain["fc0"].module.weight]["step"]))
+        weight = chain["fc0"].module.weight
+        assert isinstance(weight, torch.Tensor)
+        out["adam_steps"].append(float(opt.state[weight]["step"]))
     out["ddp_type"] = type(model).__name__
     if world > 1:  # the DDP from before the first growth step is disabled, and leads to the live one
         out["stale"] = _timed(lambda: first(torch.zeros(1, 6)))
@@ -312,7 +316,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], where: str) -> None:
     assert sorted(got) == sorted(want), f"{where}: different tensors {sorted(set(got) ^ set(want))}"
     for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{where} {k}: {m}")
+        def message(detail: str, key: str = key) -> str:
+            return f"{where} {key}: {detail}"
+
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=message)
 
 
 # -- the tests -------------------------------------------------------------------------------------------
@@ -438,7 +445,7 @@ def test_different_structures_are_named_not_crashed(ranks: list[dict[str, Any]])
 def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:
     kind, message, seconds = ranks[0]["failures"]["barrier"]
     assert kind == "DistributedError"
-    assert "missing-rank check" in message and "1" in message
+    assert "missing-rank check" in message and "Ranks 1 failed" in message
     assert 1.5 < seconds < 15
 
 
@@ -470,3 +477,23 @@ def test_self_check_under_torchrun(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "on 2 rank(s), gloo, cpu" in done.stdout
     assert "every growth step kept the ranks equal" in done.stdout
+
+
+def test_watcher_refuses_a_revision_mid_fade(tmp_path: Path) -> None:
+    """In one process (the same code path, no collectives): the chain holds blend nodes, so nothing applies."""
+    spec = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
+    g = spec.build("generator", stage=0)
+    opt = torch.optim.Adam(g.parameters())
+    grower = csd.DistributedGrower(chainspec.Grower(spec, {"generator": g}, {"generator": opt},
+                                                    schedule=chainspec.Schedule.lengths(spec.stages, stabilize=4,
+                                                                                        fade=4)))
+    path = tmp_path / "g.yaml"
+    path.write_text(spec.text, encoding="utf-8")
+    errors: list[Exception] = []
+    watcher = csd.DistributedSpecWatcher(path, {"generator": g}, {"generator": opt}, spec=spec,
+                                         on_error=errors.append)
+    assert [(e.kind, e.stage) for e in grower.step(4)] == [("fade", 1)]
+    ids = g.ids()
+    path.write_text(spec.text.replace("slope: 0.2 ", "slope: 0.1 "), encoding="utf-8")
+    assert watcher.poll() is None
+    assert g.ids() == ids and len(errors) == 1 and isinstance(errors[0], chainspec.PlanError)

@@ -387,10 +387,6 @@ def current(model: nn.Module) -> nn.Module:
     return model
 
 
-def _parameter_ids(module: nn.Module) -> list[int]:
-    return [id(p) for p in module.parameters()]
-
-
 # -- applying plans in lockstep ----------------------------------------------------------------------
 
 @dataclass
@@ -997,7 +993,9 @@ def main(argv: list[str] | None = None) -> int:
     from ._schedule import Schedule
     from ._spec import load
 
-    parser = argparse.ArgumentParser(prog="python -m chainspec.distributed", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m chainspec.distributed",
+        description="Grow a spec's chains under DDP on random data and check that the ranks stay equal.")
     parser.add_argument("spec", help="the spec file (every chain is built and grown)")
     parser.add_argument("--batch", type=int, default=8, help="per-rank batch size (default 8)")
     parser.add_argument("--steps-per-phase", type=int, default=4, help="training steps per stabilise or fade phase")
