@@ -11,6 +11,7 @@ every tag outside YAML's core schema.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ _CORE = "tag:yaml.org,2002:"
 #: Either way only the parser is used: composing and constructing are done here, safely.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALAR_TAGS = {_CORE + t for t in ("null", "bool", "int", "float", "str")}
+#: Floats as YAML 1.2 writes them. PyYAML follows YAML 1.1, where a float needs a
+#: dot and a signed exponent, so that ``eps: 1e-5`` would silently be a string.
+_FLOAT_12 = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 Path = tuple[str | int, ...]
 
@@ -263,6 +267,8 @@ def _new_node(loader: Any, event: Any, anchors: dict[str, yaml.Node]) -> yaml.No
     if isinstance(event, yaml.ScalarEvent):
         if tag is None or tag == "!":
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag == _CORE + "str" and not event.style and _FLOAT_12.fullmatch(event.value):
+                tag = _CORE + "float"  # 1e-5: a string to YAML 1.1, a float to YAML 1.2 and to people
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
     else:
         kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
