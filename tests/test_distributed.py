@@ -309,8 +309,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ref")
     watch = tmp / "watched.yaml"
     watch.write_text(SPEC, encoding="utf-8")
-    with torch.random.fork_rng(devices=[]):
-        return {"plan": scenario_plan(0, 1, watch), "grower": scenario_grower(0, 1)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each rank: tiny tensors, and the CPU is shared with the two ranks
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return {"plan": scenario_plan(0, 1, watch), "grower": scenario_grower(0, 1)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], where: str) -> None:
