@@ -230,6 +230,16 @@ def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
                                  all(torch.equal(v, before[k]) for k, v in chain.state_dict().items()))
     # Rank 0 sends an invalid revision: every rank raises the same SpecError.
     out["invalid"] = _timed(lambda: csd.apply_plan(spec, BROKEN if rank == 0 else None, chain, stage=2))
+    # Rank 0 forgets the revision: every rank is told, none waits for it.
+    out["no_revision"] = _timed(lambda: csd.apply_plan(spec, None, chain))
+    # The ranks count different batch sizes across a phase boundary: caught before anyone grows.
+    pggan = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
+    g = pggan.build("generator", stage=0)
+    grower = csd.DistributedGrower(chainspec.Grower(pggan, {"generator": g},
+                                                    schedule=chainspec.Schedule.lengths(pggan.stages, stabilize=8,
+                                                                                        fade=8)))
+    out["batch_sizes"] = _timed(lambda: grower.step(8 + rank))
+    out["batch_sizes_untouched"] = g.ids() == ["b4", "to_rgb_4"] and grower.stage == 0
     # Different structures cannot be synchronised: named, not a crash inside gloo.
     other_chain = chainspec.loads(SPEC).build(stage=rank)
     out["layout"] = _timed(lambda: csd.broadcast_module(other_chain))
@@ -445,6 +455,15 @@ def test_different_structures_are_named_not_crashed(ranks: list[dict[str, Any]])
     for r in ranks:
         kind, message, _ = r["failures"]["layout"]
         assert kind == "DistributedError" and "different tensors" in message
+
+
+def test_missing_revision_and_different_batch_sizes_raise_everywhere(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        kind, message, seconds = r["failures"]["no_revision"]
+        assert kind == "ValueError" and "rank 0 must pass the new revision" in message and seconds < 10
+        kind, message, seconds = r["failures"]["batch_sizes"]
+        assert kind == "DistributedError" and "different points of the schedule" in message and seconds < 10
+        assert r["failures"]["batch_sizes_untouched"]
 
 
 def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:

@@ -453,7 +453,12 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip() or '(no message)').splitlines()[0]}"
 
 
-def _settle(statuses: list[tuple[str, str]], here: int, local: BaseException | None, where: str) -> None:
+#: What differing digests mean, by default: the ranks' plans differ.
+_PLANS_DIFFER = ("the ranks computed different plans", "they run different revisions or stages")
+
+
+def _settle(statuses: list[tuple[str, str]], here: int, local: BaseException | None, where: str,
+            differ: tuple[str, str] = _PLANS_DIFFER) -> None:
     """Raise on every rank unless every rank reported ``("ok", digest)`` with rank ``src``'s digest.
 
     ``statuses`` holds each rank's ``("ok", digest)`` or ``("error", message)``. A rank that failed
@@ -468,10 +473,11 @@ def _settle(statuses: list[tuple[str, str]], here: int, local: BaseException | N
         raise DistributedError(f"{where} failed on other ranks ({ranks}); no rank changed its model")
     bad = _differing([d for _, d in statuses], here)
     if bad:
+        what, why = differ
         raise DistributedError(
-            f"{where}: the ranks computed different plans (rank {here}: {statuses[here][1]}, rank {bad[0]}: "
-            f"{statuses[bad[0]][1]}); they run different revisions or stages, so no rank changed its model. "
-            "Build every rank from the same spec and stage, and call the lockstep helpers at the same step")
+            f"{where}: {what} (rank {here}: {statuses[here][1]}, rank {bad[0]}: {statuses[bad[0]][1]}); {why}, "
+            "so no rank changed its model. Build every rank from the same spec and stage, and call the lockstep "
+            "helpers at the same step with the same arguments")
 
 
 def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
@@ -482,14 +488,20 @@ def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
         raise ValueError(f"broadcast must be 'new', 'all' or 'none', got {broadcast!r}")
     here = _src_index(src, group)
     barrier(timeout=timeout, group=group, where=f"before {where}")
-    payload = None
+    payload: tuple[str | None, str, tuple[str, ...]] | None = None
     if _rank() == src or not is_distributed():
-        if new is None:
-            raise ValueError(f"rank {src} must pass the new revision (a Spec or its text) to {where}")
-        payload = ((new.text, new.source, new.allow_imports) if isinstance(new, Spec)
-                   else (new, source or old.source, old.allow_imports))
+        if isinstance(new, Spec):
+            payload = (new.text, new.source, new.allow_imports)
+        elif isinstance(new, (str, bytes)):
+            payload = (new.decode("utf-8", "replace") if isinstance(new, bytes) else new, source or old.source,
+                       old.allow_imports)
+        else:  # tell the other ranks too, rather than leave them waiting for a revision
+            payload = (None, f"rank {src} must pass the new revision (a Spec or its text), got "
+                             f"{type(new).__name__}", ())
     text, src_source, allow_imports = _broadcast_object(payload, src=src, group=group,
                                                         where=f"broadcasting the revision for {where}")
+    if text is None:
+        raise ValueError(f"{where}: {src_source}")
     # Agree on the plans before anyone touches a model.
     local: BaseException | None = None
     plans = PlanSet()
@@ -940,7 +952,9 @@ class DistributedGrower:
             where = [grower.position, grower.images, grower.steps, grower.stage, grower.phase.kind, batch_size]
             positions = _gather(("ok", json.dumps(where)), group=self.group,
                                 where="comparing schedule positions before a growth step")
-            _settle(positions, here, None, "a growth step (schedule position, batch size)")
+            _settle(positions, here, None, "a growth step",
+                    ("the ranks are at different points of the schedule",
+                     "they were given different batch sizes or skipped steps"))
         before = {name: _named_tensors(t.chain) for name, t in self._targets.items()}
         if not crossing:
             events = grower.step(batch_size)
@@ -965,7 +979,8 @@ class DistributedGrower:
             bad = [f"rank {i}: {msg}" for i, (kind, msg) in enumerate(statuses) if kind == "error"]
             raise DistributedError(f"a growth step succeeded on some ranks and failed on others ({'; '.join(bad)}): "
                                    "the ranks now run different models; restart every rank from the last checkpoint")
-        _settle(statuses, here, local, "a growth step")
+        _settle(statuses, here, local, "a growth step",
+                ("the ranks grew into different structures", "their chains or schedules differ"))
         models, _ = _sync_targets(self._targets, before, broadcast=self.broadcast, src=self.src, group=self.group)
         for name, target in self._targets.items():
             target.model = models[name]
