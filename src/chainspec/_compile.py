@@ -20,7 +20,7 @@ from ._errors import Problem, SpecError
 from ._layers import Composite
 from ._memory import check_fits
 from ._resolve import Group, ResolvedChain, ResolvedNode, Tree
-from ._yaml import Document
+from ._yaml import Document, format_path
 
 #: Batch size of the meta tensor used for shape inference. Big enough for
 #: batch norm (which needs two samples) and a full minibatch-stddev group.
@@ -128,6 +128,16 @@ _EXPECTS: tuple[tuple[str, int, str], ...] = (
 
 def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torch.Tensor, previous: str | None,
                    exc: Exception) -> Problem:
+    """Say which node (or which part of a composite node) cannot take its input, and what it expected."""
+    path, label = node.path, f" ({node.id})"
+    failure = _failing_part(module, node.tree, x)
+    if failure is not None and failure[0][2] is not None:
+        # A part inside a composite cannot take what the part before it makes: the
+        # composite's definition is at fault, so report that part, at its line in
+        # ``types:``, and the chain node it is in. (When the first part fails, the
+        # node's input is wrong, and the node is reported.)
+        (type_name, index, previous), module, x, exc = failure
+        path, label = ("types", type_name, "nodes", index), f" (in {format_path(node.path)} ({node.id}))"
     shape = list(x.shape[1:])
     source = f"{previous} produces" if previous else "the chain input has"
     first = _first_leaf(module)
@@ -136,11 +146,38 @@ def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torc
         if isinstance(expected, int) and shape:
             actual = shape[dim] if len(shape) >= abs(dim) + (dim >= 0) else None
             if actual is not None and actual != expected:
-                return doc.problem(node.path, f"expects {expected} {what}, but {source} {actual} (shape {shape})",
-                                   None, label=f" ({node.id})")
+                return doc.problem(path, f"expects {expected} {what}, but {source} {actual} (shape {shape})",
+                                   None, label=label)
             break
-    return doc.problem(node.path, f"cannot take input of shape {shape} ({source} it): {_first_line(exc)}", None,
-                       label=f" ({node.id})")
+    return doc.problem(path, f"cannot take input of shape {shape} ({source} it): {_first_line(exc)}", None,
+                       label=label)
+
+
+def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
+        tuple[str, int, str | None], nn.Module, torch.Tensor, Exception] | None:
+    """Run a composite part by part (on meta tensors) to find the innermost part that fails.
+
+    Returns ``((composite type, part index, id of the part before it), part module,
+    the part's input, the error)`` for the innermost part that cannot take what
+    the part before it makes (the part before is None when the composite's first
+    part fails on the composite's own input), or None when ``tree`` is not a
+    composite or no single part fails.
+    """
+    if not isinstance(tree, Group):
+        return None
+    previous: str | None = None
+    for index, (part_id, sub) in enumerate(tree.parts):
+        part = module._modules[part_id]
+        assert part is not None
+        try:
+            y = part(x)
+        except Exception as exc:
+            inner = _failing_part(part, sub, x)
+            if inner is not None and inner[0][2] is not None:
+                return inner  # a later part inside this one fails: the fault is in there
+            return (tree.type, index, previous), part, x, exc  # this part cannot take its input
+        x, previous = y, part_id
+    return None
 
 
 def _first_leaf(module: nn.Module) -> nn.Module:
