@@ -16,26 +16,39 @@ def add_parser(sub: Any) -> None:
                        description="Validate SPEC, infer every shape on the meta device and print what it builds.")
     p.add_argument("spec", metavar="SPEC", help="the YAML spec file")
     p.add_argument("--chain", metavar="NAME", help="only this chain (default: all)")
-    p.add_argument("--stage", default="0", metavar="N|final|all",
+    p.add_argument("--stage", default="0", metavar="N|final|all", type=stage_arg,
                    help="the growth stage to show: a number, 'final', or 'all' (default: 0)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     p.add_argument("--save", metavar="PATH",
                    help="also build the real chains at the stage and save them as a checkpoint")
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                    help="allow node types named by import path under MODULE (repeatable)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)
+
+
+def stage_arg(text: str) -> str:
+    """Check the form of ``--stage`` (a usage error, exit 2); its range depends on the spec (exit 1).
+
+    Example:
+        >>> stage_arg("final"), stage_arg("3")
+        ('final', '3')
+    """
+    if text in ("final", "all") or (text.isdigit() and text.isascii()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a stage number, 'final' or 'all', got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary of each chain at the chosen stage(s)."""
+    if args.save and args.stage == "all":  # a usage error: exit 2 before any work
+        args.parser.print_usage(sys.stderr)
+        print("chainspec build: error: --save needs one stage, not 'all'", file=sys.stderr)
+        return 2
     spec = load(args.spec, allow_imports=args.allow_import)
     names = [args.chain] if args.chain else spec.chain_names
     for name in names:
         spec.resolved(name)  # unknown chain -> ValueError with a hint
-    if args.stage == "all":
-        stages = list(range(spec.stages))
-    else:
-        stages = [spec.stage_index(args.stage)]
+    stages = list(range(spec.stages)) if args.stage == "all" else [spec.stage_index(args.stage)]
     spec.check(stages)
     summaries = {stage: {name: spec.summary(name, stage=stage) for name in names} for stage in stages}
     if args.format == "json":
@@ -48,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_table(spec, summaries))
     if args.save:
-        if args.stage == "all":
-            raise ValueError("--save needs one stage, not 'all'")
         _save(spec, names, stages[0], args.save)
     return 0
 

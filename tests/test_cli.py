@@ -1,0 +1,205 @@
+"""``chainspec build`` and ``chainspec types``: output, JSON shape, exit codes, and no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chainspec
+from chainspec._registry import builtin_type_names
+from chainspec.cli import main
+
+BLOG_STAGES = [
+    {"chains": {"net": {"stage": 0, "params": 928, "nodes": [
+        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928}]}}},
+    {"chains": {"net": {"stage": 1, "params": 19_488, "nodes": [
+        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928},
+        {"id": "b2", "type": "conv_block", "output_shape": [64, 32, 32], "params": 18_560}]}}},
+    {"chains": {"net": {"stage": 2, "params": 93_472, "nodes": [
+        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928},
+        {"id": "b2", "type": "conv_block", "output_shape": [64, 32, 32], "params": 18_560},
+        {"id": "b3", "type": "conv_block", "output_shape": [128, 32, 32], "params": 73_984}]}}},
+]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+@pytest.mark.parametrize(("stage", "index"), [("0", 0), ("1", 1), ("2", 2), ("final", 2)])
+def test_build_json_per_stage(capsys, blog_path: Path, stage: str, index: int) -> None:
+    code, out, err = run(capsys, "build", str(blog_path), "--stage", stage, "--format", "json")
+    assert code == 0 and err == ""
+    assert json.loads(out) == BLOG_STAGES[index]
+
+
+def test_build_json_all_stages(capsys, blog_path: Path) -> None:
+    code, out, _ = run(capsys, "build", str(blog_path), "--stage", "all", "--format", "json")
+    assert code == 0
+    assert json.loads(out) == {"stages": BLOG_STAGES}
+    totals = [stage["chains"]["net"]["params"] for stage in json.loads(out)["stages"]]
+    assert totals == [928, 19_488, 93_472]
+
+
+def test_build_table(capsys, blog_path: Path) -> None:
+    code, out, _ = run(capsys, "build", str(blog_path), "--stage", "final")
+    assert code == 0
+    assert out == (
+        f"{blog_path}: chain 'net', stage 2 of 2, input [3, 32, 32]\n"
+        "  node   type        output shape   params\n"
+        "  b1     conv_block  [32, 32, 32]      928\n"
+        "  b2     conv_block  [64, 32, 32]   18,560\n"
+        "  b3     conv_block  [128, 32, 32]  73,984\n"
+        "  total              [128, 32, 32]  93,472\n")
+
+
+def test_build_table_defaults_to_stage_0_and_all_stages_print_a_table_each(capsys, blog_path: Path) -> None:
+    _, out, _ = run(capsys, "build", str(blog_path))
+    assert "stage 0 of 2" in out and "total              [32, 32, 32]     928" in out
+    _, out, _ = run(capsys, "build", str(blog_path), "--stage", "all")
+    assert [line.split(", ")[1] for line in out.splitlines() if line.startswith(str(blog_path))] == [
+        "stage 0 of 2", "stage 1 of 2", "stage 2 of 2"]
+
+
+GAN = """\
+chainspec: 1
+chains:
+  gen:
+    input_shape: [2]
+    nodes: [{id: fc, type: linear, args: {in_features: 2, out_features: 6}}]
+  disc:
+    input_shape: [6]
+    nodes:
+      - {id: fc, type: linear, args: {in_features: 6, out_features: 1}}
+      - {id: act, type: sigmoid, stage: 1}
+"""
+
+
+def test_build_several_chains_and_one_chain(capsys, write_spec) -> None:
+    path = write_spec(GAN, "gan.yaml")
+    _, out, _ = run(capsys, "build", str(path), "--format", "json", "--stage", "final")
+    assert json.loads(out) == {"chains": {
+        "gen": {"stage": 1, "params": 18, "nodes": [{"id": "fc", "type": "linear", "output_shape": [6], "params": 18}]},
+        "disc": {"stage": 1, "params": 7, "nodes": [
+            {"id": "fc", "type": "linear", "output_shape": [1], "params": 7},
+            {"id": "act", "type": "sigmoid", "output_shape": [1], "params": 0}]}}}
+    _, out, _ = run(capsys, "build", str(path), "--format", "json", "--chain", "disc")
+    assert list(json.loads(out)["chains"]) == ["disc"]
+
+
+def test_build_save_writes_a_checkpoint(capsys, blog_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "blog.pt"
+    code, _, err = run(capsys, "build", str(blog_path), "--stage", "1", "--save", str(target))
+    assert code == 0 and target.stat().st_size > 0
+    assert f"saved net at stage 1 to {target}" in err
+
+
+BAD = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [3, 8, 8]
+    nodes:
+      - {id: b1, type: conv3d}
+      - {id: b1, type: relu}
+"""
+
+MISMATCH = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [3, 8, 8]
+    nodes:
+      - {id: b1, type: conv2d, args: {in_channels: 3, out_channels: 64}}
+      - {id: b2, type: conv2d, args: {in_channels: 32, out_channels: 64}}
+"""
+
+
+@pytest.mark.parametrize(("argv", "code", "fragment"), [
+    # 1: the input is invalid (messages on stderr)
+    (["build", "{bad}"], 1, ":6:18: chains.net.nodes[0].type: unknown node type 'conv3d'; did you mean 'conv2d'?"),
+    (["build", "{bad}"], 1, ":7:10: chains.net.nodes[1].id: duplicate id 'b1'"),
+    (["build", "{mismatch}"], 1, ":7:9: chains.net.nodes[1] (b2): expects 32 input channels, but b1 produces 64 "
+                                 "(shape [64, 6, 6])"),
+    (["build", "{missing}"], 1, "missing.yaml: cannot read spec: No such file or directory"),
+    (["build", "{blog}", "--stage", "7"], 1, "stage 7 is out of range"),
+    (["build", "{blog}", "--chain", "nett"], 1, "has no chain 'nett'; did you mean 'net'?"),
+    (["types", "--filter", "nothing_like_this"], 1, "no node type matches 'nothing_like_this'"),
+    # 2: the command line is wrong
+    (["build"], 2, "the following arguments are required: SPEC"),
+    (["build", "{blog}", "--stage", "last"], 2, "expected a stage number, 'final' or 'all', got 'last'"),
+    (["build", "{blog}", "--format", "xml"], 2, "invalid choice: 'xml'"),
+    (["build", "{blog}", "--stage", "all", "--save", "x.pt"], 2, "--save needs one stage, not 'all'"),
+    (["build", "{blog}", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    ([], 2, "the following arguments are required: COMMAND"),
+])
+def test_exit_codes_and_messages(capsys, write_spec, blog_path: Path, tmp_path: Path, argv: list[str], code: int,
+                                 fragment: str) -> None:
+    paths = {"{bad}": str(write_spec(BAD, "bad.yaml")), "{mismatch}": str(write_spec(MISMATCH, "mm.yaml")),
+             "{missing}": str(tmp_path / "missing.yaml"), "{blog}": str(blog_path)}
+    status, out, err = run(capsys, *[paths.get(a, a) for a in argv])
+    assert status == code
+    assert fragment in err
+    assert out == ""
+
+
+def test_every_problem_goes_to_stderr_one_per_line(capsys, write_spec) -> None:
+    code, out, err = run(capsys, "build", str(write_spec(BAD, "bad.yaml")))
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 2
+
+
+def test_help_and_version_exit_0(capsys) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"chainspec {chainspec.__version__}"
+    code, out, _ = run(capsys, "build", "--help")
+    assert code == 0 and "--stage N|final|all" in out and "--format {table,json}" in out
+
+
+def test_types_lists_every_builtin_with_its_args(capsys) -> None:
+    code, out, _ = run(capsys, "types")
+    assert code == 0
+    listed = [line.split("(")[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert set(builtin_type_names()) <= set(listed)
+    assert "conv2d(in_channels: int >= 1, out_channels: int >= 1, kernel_size: int >= 1 | tuple[int >= 1, int >= 1]" \
+           " = 3," in out
+    assert "pixel_norm(eps: float = 1e-08)" in out
+    assert "minibatch_stddev(group_size: int >= 1 = 4)" in out
+    assert "    Appends the minibatch standard deviation as one extra channel" in out
+
+
+def test_types_filter_and_json(capsys) -> None:
+    code, out, _ = run(capsys, "types", "--filter", "pool")
+    assert code == 0
+    assert [line.split("(")[0] for line in out.splitlines() if not line.startswith(" ")] == [
+        "adaptive_avgpool2d", "avgpool2d", "maxpool2d"]
+    code, out, _ = run(capsys, "types", "--format", "json", "--filter", "eq_linear")
+    data = json.loads(out)
+    assert data == {"eq_linear": {
+        "description": "Fully connected layer with equalized learning rate (Karras et al. 2018, section 4.1).",
+        "origin": "builtin",
+        "args": {"in_features": {"type": "int >= 1"}, "out_features": {"type": "int >= 1"},
+                 "bias": {"type": "bool", "default": True}, "gain": {"type": "float", "default": 2 ** 0.5}}}}
+
+
+def test_the_installed_console_script(blog_path: Path, tmp_path: Path) -> None:
+    """The real entry point, in a fresh process: exit codes, and a bad spec never shows a traceback."""
+    ok = subprocess.run(["chainspec", "build", str(blog_path), "--stage", "all", "--format", "json"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and [s["chains"]["net"]["params"] for s in json.loads(ok.stdout)["stages"]] == [
+        928, 19_488, 93_472]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    failed = subprocess.run(["chainspec", "build", str(bad)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "unknown node type 'conv3d'" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    usage = subprocess.run([sys.executable, "-m", "chainspec", "build", "--stage"], capture_output=True, text=True,
+                           timeout=120)
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
