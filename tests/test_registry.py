@@ -314,3 +314,18 @@ def test_a_module_named_by_a_parent_package_is_allowed() -> None:
     spec = one_node_spec("torch.nn.modules.linear:Linear", {"in_features": 2, "out_features": 3}, [2],
                          allow_imports=["torch.nn"])
     assert isinstance(spec.build().n, nn.Linear)
+
+
+def test_defaults_may_name_an_allowed_import_path() -> None:
+    text = textwrap.dedent("""\
+        chainspec: 1
+        defaults:
+          "torch.nn.modules.linear:Linear": {bias: false}
+        chains:
+          net:
+            input_shape: [4]
+            nodes: [{id: fc, type: "torch.nn.modules.linear:Linear", args: {in_features: 4, out_features: 2}}]
+        """)
+    assert chainspec.loads(text, allow_imports=["torch.nn"]).build().fc.bias is None
+    with pytest.raises(SpecError, match=r"3:3: defaults.torch.nn.modules.linear:Linear: import path .* is not allowed"):
+        chainspec.loads(text)

@@ -156,8 +156,12 @@ class _Resolver:
 
     def check_defaults(self) -> None:
         for type_name in self.model.defaults:
-            if type_name not in self.model.types and not is_registered(type_name):
-                self.unknown_type(("defaults", type_name), type_name)
+            if type_name in self.model.types or is_registered(type_name):
+                continue
+            try:  # an import path is known if the caller allows it and it imports
+                get_type(type_name, allow_imports=self.allow_imports)
+            except (KeyError, ImportError, AttributeError) as exc:
+                self.unknown_type(("defaults", type_name), type_name, exc)
 
     def stage_count(self) -> int:
         last = 0
