@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from . import _optim
 from ._compile import instantiate
 from ._errors import PlanError, SpecError
+from ._torchstate import FunctionModes
 from ._widen import Entry, WidenError, keep_overlap, preserve
 
 if TYPE_CHECKING:
@@ -324,7 +325,11 @@ class _ChainSnapshot:
 
 
 class _RngSnapshot:
-    """torch's RNG states, so that a failed apply does not even consume random numbers."""
+    """torch's RNG states, so that a failed apply does not even consume random numbers.
+
+    Also torch's default-device context: an interrupt as a ``with torch.device("meta")``
+    block ends can skip its exit and leave every later tensor on the meta device.
+    """
 
     def __init__(self) -> None:
         self.cpu = torch.get_rng_state()
@@ -332,5 +337,7 @@ class _RngSnapshot:
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
+        self.modes = FunctionModes()
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
+        self.modes.restore()

@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import pickle
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -316,7 +314,9 @@ def _read(where: str, device: torch.device | str | None) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {where}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{where} is a directory, not a checkpoint") from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:
+        # Any failure to parse a foreign file is the same answer, whatever the unpickler raised on
+        # arbitrary bytes (KeyError, IndexError, struct.error, ... as well as UnpicklingError).
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise CheckpointError(f"cannot read checkpoint {where}: {text}; the file is truncated, corrupt, "
                               "or not a chainspec checkpoint") from None
