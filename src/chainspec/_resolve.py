@@ -100,6 +100,8 @@ class _Resolver:
         self.scope: dict[str, Any] = dict(model.vars)
         self.cyclic: set[str] = set()
         self.too_deep: dict[str, list[str]] = {}
+        #: Per-type defaults by canonical type name: (the key as written, the args).
+        self.defaults: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def report(self, path: Path, message: str, hint: str | None = None, label: str = "") -> None:
         problem = self.doc.problem(path, message, hint, label=label)
@@ -154,8 +156,18 @@ class _Resolver:
                 self.report((*path, i, "id"), f"duplicate id {part.id!r} (also at {first})", "ids must be unique")
             seen.setdefault(part.id, i)
 
+    def canonical(self, type_name: str) -> str:
+        """Registered type names are case-insensitive; composite names and import paths are not."""
+        return type_name if type_name in self.model.types or is_import_path(type_name) else type_name.lower()
+
     def check_defaults(self) -> None:
-        for type_name in self.model.defaults:
+        for type_name, args in self.model.defaults.items():
+            canonical = self.canonical(type_name)
+            if canonical in self.defaults:
+                self.report(("defaults", type_name), f"defaults for {canonical!r} are given twice (also as "
+                            f"{self.defaults[canonical][0]!r})", "merge them into one entry")
+                continue
+            self.defaults[canonical] = (type_name, args)
             if type_name in self.model.types or is_registered(type_name):
                 continue
             try:  # an import path is known if the caller allows it and it imports
@@ -241,14 +253,15 @@ class _Resolver:
 
     def expand(self, type_name: str, args: Mapping[str, Any], scope: dict[str, Any], path: Path, label: str,
                stack: tuple[str, ...]) -> Tree | None:
-        merged = {**self.model.defaults.get(type_name, {}), **args}
+        written, type_defaults = self.defaults.get(self.canonical(type_name), (type_name, {}))
+        merged = {**type_defaults, **args}
         values: dict[str, Any] = {}
         failed: set[str] = set()
         for key, raw in merged.items():
             try:
                 values[key] = substitute(raw, scope)
             except ExpressionError as exc:
-                arg_path = (*path, "args", key) if key in args else ("defaults", type_name, key)
+                arg_path = (*path, "args", key) if key in args else ("defaults", written, key)
                 self.report(arg_path, str(exc), None, label)
                 failed.add(key)
         ok = not failed
@@ -272,7 +285,7 @@ class _Resolver:
         arg_problems = [p for p in arg_problems if not (p[0] is None and any(
             p[1] == f"missing required argument {k!r}" for k in failed))]
         for key, message, hint in arg_problems:
-            arg_path = (*path, "args", key) if key in args or key is None else ("defaults", type_name, key)
+            arg_path = (*path, "args", key) if key in args or key is None else ("defaults", written, key)
             if key is None:
                 arg_path = (*path, "args") if (*path, "args") in self.doc.positions else path
             self.report(arg_path, message, hint, label)
@@ -300,8 +313,19 @@ class _Resolver:
             bad = True
         if bad:
             return None
-        scope = {**self.scope, **params}
         inner_label = f" (in {format_path(path)}{label})" if stack else label
+        # A default may be an expression of the spec vars, the given arguments and
+        # the parameters declared before it: ``params: {ch: null, out: "${ch * 2}"}``.
+        known = {**self.scope, **values}
+        for key, default in typedef.params.items():
+            if key not in values:
+                try:
+                    params[key] = substitute(default, known)
+                except ExpressionError as exc:
+                    self.report(("types", name, "params", key), str(exc), None, inner_label)
+                    return None
+            known[key] = params[key]
+        scope = {**self.scope, **params}
         parts: list[tuple[str, Tree]] = []
         for j, part in enumerate(typedef.nodes):
             sub = self.expand(part.type, part.args, scope, ("types", name, "nodes", j), inner_label, stack)
