@@ -12,7 +12,7 @@ exactly if anything raises in either phase, ``KeyboardInterrupt`` included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,15 +51,13 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
     if len({id(c) for c in chains}) != len(chains):
         raise PlanError("the same chain is given twice; apply one plan per chain")
     rng = _RngSnapshot()
+    undo: list[Callable[[], None]] = [rng.restore]
+    # One try from here on: an interrupt between any two lines (even while snapshotting) is rolled back.
     try:
         jobs = [_Job(plan, chain, optimizer, policy) for plan, chain, optimizer in items]
-    except BaseException:
-        rng.restore()
-        raise
-    chain_snapshots = [_ChainSnapshot(job.chain) for job in jobs]
-    optimizers = {id(job.optimizer): job.optimizer for job in jobs if job.optimizer is not None}
-    optimizer_snapshots = [_optim.snapshot(o) for o in optimizers.values()]
-    try:
+        undo += [_ChainSnapshot(job.chain).restore for job in jobs]
+        optimizers = {id(job.optimizer): job.optimizer for job in jobs if job.optimizer is not None}
+        undo += [_optim.snapshot(o).restore for o in optimizers.values()]
         for job in jobs:
             job.splice()
         for job in jobs:
@@ -67,12 +65,17 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
         for job in jobs:
             job.record()
     except BaseException:
-        for snap in chain_snapshots:
-            snap.restore()
-        for osnap in optimizer_snapshots:
-            osnap.restore()
-        rng.restore()
+        _rollback(undo[::-1])
         raise
+
+
+def _rollback(steps: Sequence[Callable[[], None]]) -> None:
+    """Run every restore, newest first; one cut short by a second exception (another Ctrl-C) runs again."""
+    for restore in steps:
+        try:
+            restore()
+        except BaseException:
+            restore()  # restores are idempotent: they set, never adjust
 
 
 class _Job:
@@ -334,10 +337,10 @@ class _RngSnapshot:
     def __init__(self) -> None:
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.modes = FunctionModes()
 
     def restore(self) -> None:
+        self.modes.restore()
         torch.set_rng_state(self.cpu)
-        self.modes = FunctionModes()
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
-        self.modes.restore()
