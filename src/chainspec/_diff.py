@@ -59,7 +59,7 @@ class Matching:
     Example:
         >>> m = match_ids(["a", "b", "c", "d"], ["a", "c", "b", "e"])
         >>> sorted(m.stay), m.moved, m.inserted, m.removed
-        (['a', 'c'], ['b'], ['e'], ['d'])
+        (['a', 'b'], ('c',), ('e',), ('d',))
     """
 
     stay: frozenset[str]
