@@ -318,6 +318,9 @@ def _read(where: str, device: torch.device | str | None) -> dict[str, Any]:
         # Any failure to parse a foreign file is the same answer, whatever the unpickler raised on
         # arbitrary bytes (KeyError, IndexError, struct.error, ... as well as UnpicklingError).
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if "deserialize object on a CUDA device" in text:
+            raise CheckpointError(f"cannot read checkpoint {where}: it was saved on a GPU and this machine has "
+                                  "none; load it with device='cpu'") from None
         raise CheckpointError(f"cannot read checkpoint {where}: {text}; the file is truncated, corrupt, "
                               "or not a chainspec checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
