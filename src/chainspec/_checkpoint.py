@@ -138,8 +138,9 @@ def _check_matches(spec: Spec, name: str, chain: Chain, stage: int) -> None:
 
 def _id_differences(actual: list[str], expected: list[str]) -> str:
     """Which ids one list has and the other lacks, or that only their order differs."""
-    extra = [i for i in actual if i not in set(expected)]
-    missing = [i for i in expected if i not in set(actual)]
+    actual_ids, expected_ids = set(actual), set(expected)  # once: the lists can have thousands of ids
+    extra = [i for i in actual if i not in expected_ids]
+    missing = [i for i in expected if i not in actual_ids]
     parts = []
     if extra:
         parts.append(f"not in the spec: {', '.join(extra)}")
