@@ -79,8 +79,9 @@ class Spec:
             ValueError: the stage is out of range.
 
         Example:
-            >>> loads("chainspec: 1\\nchains: {c: {input_shape: [1], nodes: [{id: a, type: relu}]}}").stage_index("final")
-            0
+            >>> spec = loads("chainspec: 1\\nstages: 3\\nchains: {c: {input_shape: [1], nodes: [{id: a, type: relu}]}}")
+            >>> spec.stage_index("final"), spec.stage_index("1")
+            (2, 1)
         """
         if stage == "final":
             return self.stages - 1
@@ -307,9 +308,9 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path, tuple[Any, ...]]:
     path: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        inside_dict = isinstance(node, dict) and part in node
+        inside_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if inside_dict or inside_list:
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and i == len(loc) - 1:
             path.append(part)  # an extra or missing key of this mapping
