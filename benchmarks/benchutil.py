@@ -1,0 +1,187 @@
+"""Shared helpers of the benchmark areas: timing, rows, the machine description.
+
+Every figure a benchmark reports is a ratio against a baseline measured in the
+same process, right next to it: :func:`compare` times the baseline and the
+candidate in interleaved rounds (A B B A ...), so that drift and noise from
+other processes on a shared CPU hit both alike, and takes the median of the
+per-round ratios.
+
+Example:
+    >>> base, cand, ratio = compare(lambda: sum(range(100)), lambda: sum(range(100)), rounds=3, number=10)
+    >>> 0.2 < ratio < 5
+    True
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: Set by ``run.py --quick`` (and the smoke test): tiny sizes and repetition counts.
+QUICK = os.environ.get("CHAINSPEC_BENCH_QUICK", "") not in ("", "0")
+
+Row = dict[str, Any]
+
+
+def set_quick(quick: bool) -> None:
+    """Switch every area to tiny sizes and repetition counts (for development and the smoke test)."""
+    global QUICK
+    QUICK = quick
+
+
+def pick(full: Any, quick: Any) -> Any:
+    """``quick`` under ``--quick``, else ``full``."""
+    return quick if QUICK else full
+
+
+def _timed(fn: Callable[[], Any], number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - start
+
+
+def calibrate(fn: Callable[[], Any], *, min_time: float | None = None) -> int:
+    """How many calls of ``fn`` take at least ``min_time`` seconds (like ``timeit.Timer.autorange``)."""
+    target = min_time if min_time is not None else pick(0.05, 0.002)
+    number = 1
+    while True:
+        if _timed(fn, number) >= target or number >= 1 << 20:
+            return number
+        number *= 2
+
+
+def compare(baseline: Callable[[], Any], candidate: Callable[[], Any], *, rounds: int | None = None,
+            number: int | None = None) -> tuple[float, float, float]:
+    """Time two callables in interleaved rounds; return (baseline s/call, candidate s/call, ratio).
+
+    Each round times ``number`` calls of each, in alternating order; the times
+    are the medians over rounds and the ratio is the median of the per-round
+    ratios candidate/baseline. The garbage collector is off while timing (as in
+    ``timeit``), so that a collection triggered by one side is not billed to it.
+    """
+    rounds = rounds if rounds is not None else pick(15, 3)
+    baseline()  # warm-up: caches, lazy initialisation, allocator pools
+    candidate()
+    if number is None:
+        number = max(calibrate(baseline), calibrate(candidate))
+    base_times: list[float] = []
+    cand_times: list[float] = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(rounds):
+            if i % 2 == 0:
+                b = _timed(baseline, number)
+                c = _timed(candidate, number)
+            else:
+                c = _timed(candidate, number)
+                b = _timed(baseline, number)
+            base_times.append(b / number)
+            cand_times.append(c / number)
+    finally:
+        if enabled:
+            gc.enable()
+    ratios = [c / b for b, c in zip(base_times, cand_times, strict=True)]
+    return statistics.median(base_times), statistics.median(cand_times), statistics.median(ratios)
+
+
+def interleaved(cases: dict[Any, Callable[[], Any]], *, number: int, rounds: int | None = None
+                ) -> tuple[dict[Any, float], dict[Any, float]]:
+    """Time several callables round-robin; return each one's median s/call and median ratio to the first.
+
+    Like :func:`compare`, for more than two: in every round each case is
+    timed once (the order rotating from round to round), and each case's
+    ratio is the median over rounds of its time over the first case's time
+    in the same round.
+    """
+    rounds = rounds if rounds is not None else pick(15, 3)
+    keys = list(cases)
+    for fn in cases.values():
+        fn()
+    times: dict[Any, list[float]] = {k: [] for k in keys}
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            shift = r % len(keys)
+            for k in keys[shift:] + keys[:shift]:
+                times[k].append(_timed(cases[k], number) / number)
+    finally:
+        if enabled:
+            gc.enable()
+    first = keys[0]
+    ratios = {k: statistics.median(t / b for t, b in zip(times[k], times[first], strict=True)) for k in keys}
+    return {k: statistics.median(v) for k, v in times.items()}, ratios
+
+
+def median_time(fn: Callable[[], Any], *, rounds: int | None = None, number: int = 1,
+                setup: Callable[[], Any] | None = None) -> float:
+    """The median over ``rounds`` of the time per call of ``fn``; ``setup`` runs untimed before each round."""
+    rounds = rounds if rounds is not None else pick(7, 2)
+    times = []
+    for _ in range(rounds):
+        if setup is not None:
+            setup()
+        times.append(_timed(fn, number) / number)
+    return statistics.median(times)
+
+
+def row(area: str, case: str, baseline: str, *, base: float | None, value: float | None, ratio: float | None,
+        target: float | str | None = None, unit: str = "s", note: str = "", ok: bool | None = None) -> Row:
+    """One line of the results table.
+
+    ``base`` and ``value`` are the baseline's and the candidate's figures in
+    ``unit`` (seconds unless told); ``ratio`` is value/baseline; ``target`` is
+    the largest acceptable ratio, if there is one (``ok`` is then computed
+    unless given), or a goal in words (``"< 0.5 s"``) with ``ok`` given.
+    """
+    if ok is None and isinstance(target, float | int) and ratio is not None:
+        ok = ratio <= target
+    return {"area": area, "case": case, "baseline": baseline, "base": base, "value": value, "ratio": ratio,
+            "target": target, "unit": unit, "note": note, "ok": ok}
+
+
+def machine(threads: int | None = None) -> dict[str, str]:
+    """The CPU model, core count, OS, Python and torch versions, and torch's thread count (or ``threads``)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch threads": str(threads if threads is not None else torch.get_num_threads()),
+    }
+
+
+def fmt_amount(value: float | None, unit: str) -> str:
+    """A figure with a readable unit: seconds as s/ms/µs, bytes as KiB/MiB, counts as is."""
+    if value is None:
+        return "-"
+    if unit == "s":
+        for scale, name in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+            if abs(value) >= scale or name == "µs":
+                return f"{value / scale:.3g} {name}"
+    if unit == "B":
+        for scale, name in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+            if abs(value) >= scale:
+                return f"{value / scale:.3g} {name}"
+        return f"{value:.0f} B"
+    return f"{value:g}" + (f" {unit}" if unit not in ("", "count") else "")

@@ -1,0 +1,255 @@
+"""Run chainspec's benchmarks, print the table and write ``benchmarks/results.md``.
+
+Usage:
+    python benchmarks/run.py                 # everything: a few minutes on 2 CPU cores
+    python benchmarks/run.py --only forward,splice
+    python benchmarks/run.py --quick         # tiny sizes and counts, to check the harness (writes nothing)
+
+Every figure is a ratio against a baseline measured in the same run, right
+next to it (see ``benchutil.compare``). An area whose dependency is missing is
+skipped with a note, so the harness always runs. torch runs on one thread
+unless ``--threads`` says otherwise: the figures compare Python-side overhead,
+and one thread keeps them steady on a shared machine.
+
+Example:
+    >>> render_table([])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import benchutil  # noqa: E402
+from benchutil import Row, fmt_amount, machine  # noqa: E402
+
+#: Area name -> (module, what it needs, or None). Run in this order.
+AREAS: dict[str, tuple[str, Callable[[], str | None] | None]] = {}
+
+
+def _needs_attr(*names: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        import chainspec
+
+        absent = [n for n in names if not hasattr(chainspec, n)]
+        return f"chainspec has no {', '.join(absent)} yet" if absent else None
+
+    return missing
+
+
+def _needs_files(*paths: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        absent = [p for p in paths if not (ROOT / p).exists()]
+        return f"{', '.join(absent)} does not exist yet" if absent else None
+
+    return missing
+
+
+def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        return next((why for check in checks if (why := check()) is not None), None)
+
+    return missing
+
+
+AREAS.update({
+    "forward": ("bench_forward", None),
+    "compile": ("bench_compile", None),
+    "splice": ("bench_splice", None),
+    "memory": ("bench_memory", _needs_attr("diff")),
+    "revision": ("bench_revision", _needs_attr("diff")),
+    "growth": ("bench_growth", _all(_needs_attr("Grower", "diff"),
+                                    _needs_files("specs/pggan_tiny.yaml", "specs/pggan.yaml"))),
+    "validate": ("bench_validate", _needs_files("benchmarks/bench_validate.py", "schemas/chainspec.schema.json")),
+})
+
+#: What each area's figures mean, written under the table.
+NOTES = {
+    "forward": "Chain, nn.Sequential and the naive list hold the very same module objects; "
+               "forward runs under torch.no_grad(), forward+backward with autograd.",
+    "compile": "torch.compile with the default inductor backend; inductor's on-disk caches are off for the run so "
+               "that neither side gets the other's compiled graph. A chain whose cached order is stale (just "
+               "built or just spliced) compiles twice: once around a graph break while it walks its links, once "
+               "into the steady-state graph.",
+    "splice": "nn.Identity modules; each figure is one insert_after + remove near the middle.",
+    "memory": "Each cycle applies a one-node revision and its reverse through plan.apply(chain, optimizer), "
+              "with an Adam step after each.",
+    "revision": "Both revisions are loaded before timing. A 10,000-node spec has more YAML values than the "
+                "loader's guard against generated documents allows (50,000); the benchmark raises it for its "
+                "own generated specs.",
+    "growth": "Grower.step into the fade-in of stage k+1 (plans applied to G and D with their Adam optimizers, "
+              "old paths blended back in) against building both at k+1 with new optimizers.",
+    "validate": "Cold start: each command is a fresh process, as in a pre-commit hook.",
+}
+
+
+def _validate_rows(module: Any, quick: bool) -> list[Row]:
+    """bench_validate reports its own dicts; turn them into table rows against check-jsonschema."""
+    raw = module.run(repeats=1 if quick else 7)
+    baseline = getattr(module, "BASELINE", "check-jsonschema")
+    base = next((r["median_s"] for r in raw if r["name"] == baseline), None)
+    return [benchutil.row("validate", r["name"], baseline, base=base, value=r["median_s"], ratio=r["ratio"],
+                          note=f"{r['files']} spec files, median of {r['repeats']}")
+            for r in raw if r["name"] != baseline]
+
+
+def run_area(name: str, quick: bool) -> tuple[list[Row], str | None]:
+    """Run one area; return its rows and, if it was skipped or failed, why."""
+    module_name, check = AREAS[name]
+    why = check() if check is not None else None
+    if why is not None:
+        return [], f"skipped: {why}"
+    module = importlib.import_module(module_name)
+    if name == "validate":
+        return _validate_rows(module, quick), None
+    params = inspect.signature(module.run).parameters
+    return (module.run(quick=quick) if "quick" in params else module.run()), None
+
+
+def _ratio(r: Row) -> str:
+    if r["ratio"] is None:
+        return r["note"] if r["note"] in ("RecursionError",) else "-"
+    return f"{r['ratio']:.3g}"
+
+
+def _target(r: Row) -> str:
+    t = r["target"]
+    if t is None:
+        return ""
+    return t if isinstance(t, str) else f"≤ {t:g}"
+
+
+def _status(r: Row) -> str:
+    return {True: "ok", False: "**MISSED**", None: ""}[r["ok"]]
+
+
+def render_table(rows: list[Row]) -> str:
+    """The rows as a Markdown table (which also reads well as plain text)."""
+    header = ["area", "case", "baseline", "baseline figure", "figure", "ratio", "target", "", "note"]
+    body = []
+    for r in rows:
+        base = "RecursionError" if r["note"] == "RecursionError" else fmt_amount(r["base"], r["unit"])
+        note = "" if r["note"] == "RecursionError" else r["note"]
+        body.append([r["area"], r["case"], r["baseline"], base, fmt_amount(r["value"], r["unit"]), _ratio(r),
+                     _target(r), _status(r), note])
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+             for line in [header, *body]]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[Row], skipped: dict[str, str], info: dict[str, str], seconds: float,
+                    argv: list[str]) -> str:
+    """The whole results file: machine, command, table, notes, skipped areas."""
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join(["python benchmarks/run.py", *argv])
+    lines = ["# chainspec benchmark results", "",
+             f"`{command}`, {when}, {seconds:.0f} s in all.", "",
+             "Machine: " + ", ".join(f"{k} {v}" if k != "cpu" else v for k, v in info.items()) + ".", "",
+             "Each ratio is figure / baseline figure, both measured in this run (interleaved, median of "
+             "repeated runs); below 1 means faster or smaller than the baseline.", "",
+             render_table(rows), ""]
+    areas = [a for a in AREAS if any(r["area"] == a for r in rows)]
+    if areas:
+        lines += ["Notes:", ""]
+        lines += [f"- **{a}**: {NOTES[a]}" for a in areas if a in NOTES]
+        lines.append("")
+    for area, why in skipped.items():
+        lines.append(f"- **{area}** {why}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _in_child(area: str, args: argparse.Namespace) -> tuple[list[Row], str | None]:
+    """Run one area in a fresh Python process, so that no area sees another's leftovers.
+
+    (torch.compile's caches, objects the memory area would count, allocator state.)
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", area, "--rows", str(out),
+               "--threads", str(args.threads), *(["--quick"] if args.quick else [])]
+        proc = subprocess.run(cmd, cwd=ROOT)
+        if proc.returncode != 0 or not out.exists():
+            return [], f"failed (exit {proc.returncode}): see the traceback above"
+        result = json.loads(out.read_text(encoding="utf-8"))
+    return result["rows"], result["why"]
+
+
+def _child(area: str, quick: bool, threads: int, rows_path: Path) -> int:
+    import torch
+
+    torch.set_num_threads(threads)
+    benchutil.set_quick(quick)
+    rows, why = run_area(area, quick)
+    rows_path.write_text(json.dumps({"rows": rows, "why": why}), encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen areas; print each area's rows as they come and the whole table at the end."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description="Run chainspec's benchmarks.")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and counts; writes no results file")
+    parser.add_argument("--only", default="", help=f"comma-separated areas among: {', '.join(AREAS)}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: benchmarks/results.md; none with --quick)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one area in this process
+    parser.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.child, args.quick, args.threads, args.rows)
+    chosen = [a.strip() for a in args.only.split(",") if a.strip()] or list(AREAS)
+    unknown = [a for a in chosen if a not in AREAS]
+    if unknown:
+        parser.error(f"unknown area(s) {unknown}; choose among {list(AREAS)}")
+
+    info = machine(args.threads)
+    print("chainspec benchmarks on " + ", ".join(f"{k} {v}" if k != "cpu" else v for k, v in info.items())
+          + (" (quick)" if args.quick else ""), flush=True)
+    start = time.perf_counter()
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    failed = False
+    for area in chosen:
+        t0 = time.perf_counter()
+        print(f"\n== {area}", flush=True)
+        got, why = _in_child(area, args)
+        if why:
+            skipped[area] = why
+            failed = failed or why.startswith("failed")
+            print(f"   {why}", flush=True)
+            continue
+        rows += got
+        print(render_table(got), flush=True)
+        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    print("\n" + render_table(rows))
+    missed = [r for r in rows if r["ok"] is False]
+    print(f"\n{len(rows)} figures, {len(missed)} target(s) missed, {len(skipped)} area(s) skipped, "
+          f"{seconds:.0f} s.")
+    out = args.out if args.out is not None else (None if args.quick else HERE / "results.md")
+    if out is not None:
+        out.write_text(render_markdown(rows, skipped, info, seconds, argv), encoding="utf-8")
+        print(f"wrote {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
