@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ def _case(path: Path, stage: int, rounds: int) -> list[Row]:
     spec = chainspec.load(path)
     rebuild, step, setup = [], [], []
     for _ in range(rounds):
+        gc.collect()  # on both sides: a pending full collection would land in whatever runs next
         start = time.perf_counter()
         chains = spec.build_all(stage=stage + 1)
         _optimizers(chains)
@@ -58,6 +60,7 @@ def _case(path: Path, stage: int, rounds: int) -> list[Row]:
         del chains
         grower, made = _trained(spec, stage)
         setup.append(made)
+        gc.collect()
         start = time.perf_counter()
         events = grower.step(1)
         step.append(time.perf_counter() - start)

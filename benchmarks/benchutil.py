@@ -150,7 +150,7 @@ def row(area: str, case: str, baseline: str, *, base: float | None, value: float
 
 def machine(threads: int | None = None) -> dict[str, str]:
     """The CPU model, core count, OS, Python and torch versions, and torch's thread count (or ``threads``)."""
-    import torch
+    from importlib.metadata import version
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -166,9 +166,15 @@ def machine(threads: int | None = None) -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch threads": str(threads if threads is not None else torch.get_num_threads()),
+        "torch": version("torch"),
+        "torch threads": str(threads) if threads is not None else _torch_threads(),
     }
+
+
+def _torch_threads() -> str:
+    import torch
+
+    return str(torch.get_num_threads())
 
 
 def fmt_amount(value: float | None, unit: str) -> str:

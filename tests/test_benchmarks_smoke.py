@@ -1,0 +1,85 @@
+"""Smoke test of the benchmark harness: every area imports, one runs at minimal sizes, run.py writes a table.
+
+Speed itself is measured by ``python benchmarks/run.py``, never asserted here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+AREAS = ["bench_forward", "bench_compile", "bench_splice", "bench_memory", "bench_revision", "bench_growth"]
+
+
+@pytest.fixture
+def quick():
+    import benchutil
+
+    benchutil.set_quick(True)
+    yield
+    benchutil.set_quick(False)
+
+
+@pytest.mark.parametrize("name", AREAS)
+def test_each_area_imports_and_has_run(name: str) -> None:
+    module = importlib.import_module(name)
+    assert callable(module.run) and module.__doc__
+
+
+def test_splice_area_at_minimal_sizes(quick: None) -> None:
+    import bench_splice
+
+    rows = bench_splice.run()
+    chain_rows = [r for r in rows if r["case"].startswith("Chain")]
+    assert chain_rows[0]["ratio"] == 1.0  # the first size is its own baseline
+    last = chain_rows[-1]
+    assert last["target"] == 2.0 and last["ok"] == (last["ratio"] <= 2.0)
+    assert all(r["value"] > 0 and r["base"] > 0 for r in rows)
+
+
+def test_revision_spec_text_fits_the_loader_and_diffs_to_one_insert() -> None:
+    import bench_revision
+
+    import chainspec
+
+    old = chainspec.loads(bench_revision.spec_text(50))
+    new = chainspec.loads(bench_revision.spec_text(50, extra_after=25))
+    plan = chainspec.diff(old, new)
+    assert [(op.kind, op.node_id, op.after) for op in plan.ops] == [("insert", "extra", old.resolved().nodes[25].id)]
+    assert len(bench_revision.spec_text(10_000, extra_after=5_000).encode()) < 256 * 1024
+
+
+def test_naive_list_dies_where_chain_does_not() -> None:
+    import bench_forward
+    import torch
+    from torch import nn
+
+    layers = [nn.Identity() for _ in range(sys.getrecursionlimit())]
+    limit = bench_forward.naive_limit(layers, torch.zeros(1))
+    assert 1 < limit < len(layers)  # the exact depth depends on the caller's own stack depth
+    assert bench_forward._naive_runs(layers[: limit // 2], torch.zeros(1))
+    assert not bench_forward._naive_runs(layers, torch.zeros(1))
+
+
+def test_run_py_writes_a_results_table(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--quick", "--only", "splice", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = out.read_text(encoding="utf-8")
+    assert "Machine: " in text and "torch " in text
+    assert "| splice | Chain insert_after + remove, 1,000 nodes" in text
+    assert "Chain insert_after + remove" in proc.stdout
+
+
+def test_run_py_rejects_an_unknown_area() -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "nope"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "unknown area" in proc.stderr
