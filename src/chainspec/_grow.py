@@ -356,7 +356,8 @@ class Grower:
         """
         state: dict[str, Any] = {"version": STATE_VERSION, "unit": self.schedule.unit, "position": self.position,
                                  "images": self.images, "steps": self.steps, "stage": self.stage,
-                                 "phase": self.phase.kind, "alpha": self.alpha, "fade": {}}
+                                 "phase": self.phase.kind, "alpha": self.alpha, "schedule": self.schedule.to_dict(),
+                                 "fade": {}}
         for name, blend in self.blends.items():
             modules = blend.old_modules()
             weights = {f"{node_id}.{key}": value.detach().clone() for node_id, module in modules.items()
@@ -482,6 +483,8 @@ class Grower:
                         policy: str | None = None) -> Grower:
         """Resume from a checkpoint written by :meth:`save`: its chains and optimizers, grown and blended as saved.
 
+        The schedule is the one the run was saved with, unless ``schedule`` is given.
+
         Example:
             >>> ckpt = chainspec.load_checkpoint("run/last.pt")  # doctest: +SKIP
             >>> grower = chainspec.Grower.from_checkpoint(ckpt)  # doctest: +SKIP
@@ -491,8 +494,11 @@ class Grower:
             raise CheckpointError("the checkpoint has no grower state; save it with Grower.save")
         keys = checkpoint.extra.get("grower_optimizers", {})
         optimizers = {name: checkpoint.optimizers[key] for name, key in keys.items() if key in checkpoint.optimizers}
+        state = checkpoint.extra["grower"]
+        if schedule is None and "schedule" in state:
+            schedule = Schedule.from_dict(state["schedule"])
         grower = cls(checkpoint.spec, checkpoint.chains, optimizers, schedule=schedule, policy=policy)
-        grower.load_state_dict(checkpoint.extra["grower"])
+        grower.load_state_dict(state)
         return grower
 
 

@@ -12,6 +12,7 @@ what ``chainspec validate`` checks and what :class:`chainspec.Grower` follows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,6 +147,21 @@ class Schedule:
         return {"unit": self.unit, "policy": self.policy,
                 "phases": [{"kind": p.kind, "stage": p.stage, "start": p.start, "end": p.end} for p in self.phases]}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        """The inverse of :meth:`to_dict`.
+
+        Example:
+            >>> sched = Schedule.lengths(3, stabilize=5, fade=2, unit="steps")
+            >>> Schedule.from_dict(sched.to_dict()) == sched
+            True
+        """
+        phases = tuple(Phase(p["kind"], int(p["stage"]), int(p["start"]), None if p["end"] is None else int(p["end"]))
+                       for p in data["phases"])
+        if not phases or phases[-1].end is not None or any(p.end is None for p in phases[:-1]):
+            raise ValueError("a schedule's phases must end with exactly one open-ended 'done' phase")
+        return cls(phases, data["unit"], data["policy"])
+
 
 def growth_problems(model: SpecModel, doc: Document, stages: int) -> list[Problem]:
     """The whole-document checks of a spec's ``growth`` section: stages in range, no duplicates, no fade into 0.
@@ -156,7 +172,7 @@ def growth_problems(model: SpecModel, doc: Document, stages: int) -> list[Proble
         >>> doc = parse_yaml(text, "g.yaml")
         >>> model = SpecModel.model_construct(growth=GrowthSpec.model_validate(doc.data["growth"]))
         >>> growth_problems(model, doc, 2)[0].format()
-        'g.yaml:2:31: growth.per_stage[0].fade: nothing fades into stage 0; remove fade here (stage 0 only stabilizes)'
+        'g.yaml:2:33: growth.per_stage[0].fade: nothing fades into stage 0; remove fade here (stage 0 only stabilizes)'
     """
     growth = model.growth
     if growth is None:

@@ -1,0 +1,332 @@
+"""Train the tiny PG-GAN (specs/pggan_tiny.yaml) with WGAN-GP, growing 4x4 -> 32x32 with fade-ins, on a CPU.
+
+The training images are drawn on the fly (no download): a soft two-colour
+gradient with one disc or square on it. Otherwise it follows Karras et al.
+2018: WGAN-GP (lambda 10) with the drift term (0.001), Adam (lr 0.001, betas
+0, 0.99), real images faded between resolutions exactly as the generator's
+output is, samples drawn from a moving average of the generator, and the
+schedule in the spec (stabilise, then fade in each new resolution). It takes
+two critic steps per generator step (the paper: one), which trains these tiny
+networks faster; the schedule counts the real images the critic sees.
+
+    python examples/train_pggan.py                        # a few minutes on 2 CPU cores
+    python examples/train_pggan.py --stop-at 9000         # stop mid-fade (a checkpoint is written) ...
+    python examples/train_pggan.py --resume               # ... and carry on from it
+
+Writes into --out (default runs/pggan_tiny): samples_stage{k}.png when stage k
+is done (a grid from fixed latents, upscaled for viewing), reals.png, and
+checkpoint.pt (chains, optimizers, grower state, RNG; written at --save-every
+images, at each stage's end and at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import chainspec
+from chainspec import Grower, Schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+FINAL_RES = 32
+
+
+# -- data: procedural images ----------------------------------------------------------------------
+
+def make_images(n: int, seed: int, res: int = FINAL_RES) -> torch.Tensor:
+    """``n`` RGB images in [-1, 1]: a two-colour gradient background with one disc or square, seeded by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    coords = (torch.arange(res, dtype=torch.float32) + 0.5) / res
+    y, x = torch.meshgrid(coords, coords, indexing="ij")  # (res, res) in (0, 1)
+    c0, c1, fg = (torch.rand(n, 3, 1, 1, generator=gen) for _ in range(3))
+    angle = torch.rand(n, 1, 1, generator=gen) * 2 * math.pi
+    t = (0.5 + (x - 0.5) * torch.cos(angle) + (y - 0.5) * torch.sin(angle)).clamp(0, 1)  # (n, res, res)
+    image = c0 + (c1 - c0) * t[:, None]
+    cx, cy = (0.25 + 0.5 * torch.rand(n, 1, 1, generator=gen) for _ in range(2))
+    radius = 0.12 + 0.16 * torch.rand(n, 1, 1, generator=gen)
+    square = torch.rand(n, 1, 1, generator=gen) < 0.5
+    dist = torch.where(square, torch.maximum((x - cx).abs(), (y - cy).abs()), ((x - cx) ** 2 + (y - cy) ** 2).sqrt())
+    mask = torch.sigmoid((radius - dist) * res * 2)[:, None]  # soft, anti-aliased edge
+    image = image * (1 - mask) + fg * mask
+    return image * 2 - 1
+
+
+def reals_at(images: torch.Tensor, res: int, alpha: float) -> torch.Tensor:
+    """Real images at the current resolution, faded like the generator's output while a stage fades in."""
+    x = F.avg_pool2d(images, images.shape[-1] // res) if images.shape[-1] != res else images
+    if alpha < 1.0:
+        low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+        x = (1 - alpha) * low + alpha * x
+    return x
+
+
+# -- loss -----------------------------------------------------------------------------------------
+
+def critic_loss(d: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, gp_weight: float = 10.0,
+                drift: float = 0.001) -> tuple[torch.Tensor, float]:
+    """WGAN-GP critic loss with PG-GAN's drift term; returns the loss and the Wasserstein estimate."""
+    d_real, d_fake = d(real), d(fake)
+    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
+    penalty = (grad.flatten(1).norm(dim=1) - 1).square().mean()
+    loss = d_fake.mean() - d_real.mean() + gp_weight * penalty + drift * d_real.square().mean()
+    return loss, float(d_real.detach().mean() - d_fake.detach().mean())
+
+
+# -- PNG output (zlib only) ---------------------------------------------------------------------------
+
+def write_png(path: Path, pixels: torch.Tensor) -> None:
+    """Write a (H, W, 3) uint8 tensor as an 8-bit RGB PNG."""
+    h, w, _ = pixels.shape
+    rows = torch.cat([torch.zeros(h, 1, dtype=torch.uint8), pixels.reshape(h, w * 3)], dim=1)  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.numpy().tobytes(), 9))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data + chunk(b"IEND", b""))
+    os.replace(tmp, path)
+
+
+def save_grid(path: Path, images: torch.Tensor, cell: int = 64, pad: int = 2) -> None:
+    """Tile images in [-1, 1] into a square grid, each upscaled (nearest) to ``cell`` pixels."""
+    n = images.shape[0]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    big = F.interpolate(images.detach().float().cpu().clamp(-1, 1), size=(cell, cell), mode="nearest")
+    grid = torch.ones(3, rows * (cell + pad) + pad, cols * (cell + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, left = pad + r * (cell + pad), pad + c * (cell + pad)
+        grid[:, top:top + cell, left:left + cell] = big[i]
+    write_png(path, ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous())
+
+
+# -- progress bar ---------------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, a line every few seconds otherwise)."""
+
+    def __init__(self, total: int, width: int = 24, every: float = 5.0) -> None:
+        self.total, self.width, self.every = total, width, every
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+        self.done_at_start: int | None = None
+
+    def update(self, done: int, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.done_at_start is None:
+            self.done_at_start = done
+        if not force and now - self.last < (0.1 if self.tty else self.every):
+            return
+        self.last = now
+        frac = min(1.0, done / self.total) if self.total else 1.0
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        rate = (done - self.done_at_start) / max(now - self.start, 1e-9)
+        line = f"[{bar}] {frac:6.1%} {text} {rate:,.0f} img/s"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(110)[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        sys.stderr.write(("\r" + " " * 110 + "\r" if self.tty else "") + text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- training -----------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", default=str(ROOT / "specs" / "pggan_tiny.yaml"), help="the PG-GAN spec")
+    p.add_argument("--out", default="runs/pggan_tiny", help="output directory (samples, checkpoint)")
+    p.add_argument("--batch", type=int, default=16, help="minibatch size (a multiple of 4, for minibatch stddev)")
+    p.add_argument("--stabilize", type=int, help="images per stabilise phase (default: the spec's)")
+    p.add_argument("--fade", type=int, help="images per fade-in (default: the spec's)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (PG-GAN: 0.001)")
+    p.add_argument("--n-critic", type=int, default=2,
+                   help="critic steps per generator step (PG-GAN: 1; 2 trains these tiny networks faster)")
+    p.add_argument("--ema-halflife", type=int, default=2000,
+                   help="half-life in images of the generator average used for the samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the latents")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: layers this small run fastest on one; 0: torch's default)")
+    p.add_argument("--save-every", type=int, default=4000, help="checkpoint every this many images")
+    p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) once this many images are seen")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    args = p.parse_args(argv)
+    if args.batch < 4 or args.batch % 4:
+        p.error(f"--batch must be a positive multiple of 4 (minibatch stddev groups of 4), got {args.batch}")
+    return args
+
+
+def schedule_for(spec: chainspec.Spec, args: argparse.Namespace) -> Schedule:
+    """The spec's schedule, or its stage count with the phase lengths given on the command line."""
+    if args.stabilize is None and args.fade is None:
+        return Schedule.from_model(spec.model.growth, spec.stages)
+    base = Schedule.from_model(spec.model.growth, spec.stages)
+    stabilize = args.stabilize if args.stabilize is not None else 6000
+    fade = args.fade if args.fade is not None else 6000
+    return Schedule.lengths(spec.stages, stabilize=stabilize, fade=fade, unit="images", policy=base.policy)
+
+
+class Ema:
+    """An exponential moving average of the generator (PG-GAN's ``Gs``), grown in lockstep with it.
+
+    It is a chain of its own with its own :class:`Grower` (no optimizer), so it fades exactly like
+    the generator; new layers start as copies of the generator's. Parameters are matched by name:
+    the blend keeps state_dict keys stable, so both chains always have the same names.
+    """
+
+    def __init__(self, spec: chainspec.Spec, g: chainspec.Chain, schedule: Schedule, halflife: int,
+                 state: dict | None = None) -> None:
+        with torch.random.fork_rng(devices=[]):  # its own initial weights are overwritten: draw no random numbers
+            self.chain = spec.build("generator", stage=0, device=next(g.parameters()).device)
+            self.grower = Grower(spec, chains={"generator": self.chain}, schedule=schedule)
+            if state is not None:
+                self.grower.load_state_dict(state["grower"])
+        self.chain.load_state_dict(state["weights"] if state is not None else g.state_dict())
+        self.chain.eval()
+        self.g, self.spec, self.halflife = g, spec, halflife
+
+    def step(self, images: int, events: list[chainspec.GrowthEvent]) -> None:
+        """Follow the generator's growth (new layers copied from it), then average its weights in."""
+        with torch.random.fork_rng(devices=[]):
+            self.grower.step(images)
+        for event in events:
+            if event.kind in ("fade", "grow"):
+                plan = self.grower.transition("generator", event.stage).plan
+                for op in plan.ops:
+                    if op.kind in ("insert", "replace") and op.node_id in self.chain and op.node_id in self.g:
+                        self.chain[op.node_id].module.load_state_dict(self.g[op.node_id].module.state_dict())
+        beta = 0.5 ** (images / self.halflife)
+        mine = dict(self.chain.named_parameters())
+        with torch.no_grad():
+            for name, param in self.g.named_parameters():
+                mine[name].lerp_(param, 1 - beta)
+
+    def state_dict(self) -> dict:
+        return {"grower": self.grower.state_dict(), "weights": self.chain.state_dict()}
+
+
+def train_step(g: chainspec.Chain, d: chainspec.Chain, g_opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer,
+               grower: Grower, args: argparse.Namespace, latent: int) -> tuple[float, float, float]:
+    """``n_critic`` critic steps on fresh batches, then one generator step; returns the losses and W estimate."""
+    res = 4 * 2**grower.stage
+    first = grower.images // args.batch  # batches are numbered by images seen, so a resumed run draws the same
+    device = args.device
+    loss_d = wdist = 0.0
+    for i in range(args.n_critic):
+        real = reals_at(make_images(args.batch, seed=first + i).to(device), res, grower.alpha)
+        z = torch.randn(args.batch, latent, generator=torch.Generator().manual_seed(10**9 + first + i)).to(device)
+        d_opt.zero_grad(set_to_none=True)
+        loss, wdist = critic_loss(d, real, g(z).detach())
+        loss.backward()
+        d_opt.step()
+        loss_d = loss.item()
+    z = torch.randn(args.batch, latent, generator=torch.Generator().manual_seed(2 * 10**9 + first)).to(device)
+    g_opt.zero_grad(set_to_none=True)
+    loss = -d(g(z)).mean()
+    loss.backward()
+    g_opt.step()
+    return loss_d, loss.item(), wdist
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    spec = chainspec.load(args.spec)
+    schedule = schedule_for(spec, args)
+    latent = spec.summary("generator").input_shape[0]
+
+    if args.resume:
+        ckpt = chainspec.load_checkpoint(ckpt_path, device=args.device)
+        grower = Grower.from_checkpoint(ckpt, schedule=schedule)
+        ema = Ema(spec, grower.chains["generator"], schedule, args.ema_halflife, state=ckpt.extra["ema"])
+        ckpt.restore_rng()
+        fixed_z = ckpt.extra["fixed_z"].to(args.device)
+        print(f"resumed {ckpt_path} at {grower.images:,} images: stage {grower.stage} ({grower.phase.kind}), "
+              f"alpha {grower.alpha:.4f}", file=sys.stderr)
+    else:
+        torch.manual_seed(args.seed)
+        chains = spec.build_all(stage=0, device=args.device)
+        opts = {name: torch.optim.Adam(chain.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8)
+                for name, chain in chains.items()}
+        grower = Grower(spec, chains=chains, optimizers=opts, schedule=schedule)
+        ema = Ema(spec, chains["generator"], schedule, args.ema_halflife)
+        fixed_z = torch.randn(16, latent, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
+        save_grid(out / "reals.png", make_images(16, seed=-1))
+    g, d = grower.chains["generator"], grower.chains["discriminator"]
+    g_opt, d_opt = grower.optimizers["generator"], grower.optimizers["discriminator"]
+    assert g_opt is not None and d_opt is not None
+    total = min(schedule.total, args.stop_at or schedule.total)
+    progress = Progress(total)
+
+    def save(note: str) -> None:
+        grower.save(ckpt_path, extra={"fixed_z": fixed_z.cpu(), "ema": ema.state_dict()})
+        progress.message(f"checkpoint {ckpt_path} ({note}): stage {grower.stage} {grower.phase.kind}, "
+                         f"alpha {grower.alpha:.4f}, {grower.images:,} images")
+
+    def samples(stage: int) -> None:
+        with torch.no_grad():
+            save_grid(out / f"samples_stage{stage}.png", ema.chain(fixed_z))
+        progress.message(f"stage {stage} ({4 * 2**stage}x{4 * 2**stage}) done: {out}/samples_stage{stage}.png")
+
+    per_step = args.batch * args.n_critic  # real images shown to the critic per training step
+    next_save = (grower.images // args.save_every + 1) * args.save_every
+    loss_d = loss_g = wdist = 0.0
+    while not grower.done and (args.stop_at is None or grower.images < args.stop_at):
+        loss_d, loss_g, wdist = train_step(g, d, g_opt, d_opt, grower, args, latent)
+        phase = grower.phase
+        ending = phase.kind == "stabilize" and phase.end is not None and grower.images + per_step >= phase.end
+        if ending:
+            samples(grower.stage)  # the stage is complete: its samples, before the next one grows in
+        events = grower.step(per_step)
+        ema.step(per_step, events)
+        for event in events:
+            if event.kind in ("fade", "grow"):
+                plans = "; ".join(f"{n}: {grower.transition(n, event.stage).plan.summary()}" for n in grower.chains)
+                progress.message(f"stage {event.stage}: {'fading in' if event.kind == 'fade' else 'growing to'} "
+                                 f"{4 * 2**event.stage}x{4 * 2**event.stage} ({plans})")
+            elif event.kind == "stabilize":
+                progress.message(f"stage {event.stage}: fade-in complete, alpha = 1")
+        if ending or grower.images >= next_save:
+            save(f"end of stage {phase.stage}" if ending else "periodic")
+            next_save = (grower.images // args.save_every + 1) * args.save_every
+        progress.update(grower.images, f"stage {grower.stage} {4 * 2**grower.stage:>2}px {grower.phase.kind:9} "
+                        f"a={grower.alpha:.3f} {grower.images:>7,}/{total:,} img  D {loss_d:+.3f} "
+                        f"G {loss_g:+.3f} W {wdist:+.3f}")
+    progress.update(grower.images, f"stage {grower.stage} a={grower.alpha:.3f} {grower.images:,} img "
+                    f"D {loss_d:+.3f} G {loss_g:+.3f}", force=True)
+    progress.close()
+    if grower.done:
+        samples(grower.stage)
+    save("end of training" if grower.done else f"stopped at {grower.images:,} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

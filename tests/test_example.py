@@ -1,0 +1,135 @@
+"""examples/train_pggan.py runs one very short schedule end to end, and resumes mid-fade exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+import chainspec
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_pggan.py"
+#: 16 images per phase, 4 per step: 112 images, 28 steps over the 4 stages.
+SHORT = ["--stabilize", "16", "--fade", "16", "--batch", "4", "--n-critic", "1", "--ema-halflife", "50"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, str(SCRIPT), *SHORT, *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def read_png(path: Path) -> torch.Tensor:
+    """Decode an 8-bit RGB PNG with filter 0 rows (what the example writes) into (H, W, 3) uint8."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, kind
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color) == (8, 2)
+    raw = zlib.decompress(chunks[b"IDAT"])
+    rows = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(height, 1 + 3 * width)
+    assert torch.all(rows[:, 0] == 0)
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+def example_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_pggan", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("full")
+    return out, run("--out", str(out)).stderr
+
+
+def test_the_short_schedule_runs_through_every_stage(full_run: tuple[Path, str]) -> None:
+    _, log = full_run
+    for stage in range(4):
+        assert f"stage {stage} ({4 * 2**stage}x{4 * 2**stage}) done" in log
+    assert "stage 1: fading in 8x8 (generator: 2 to insert, 1 to remove" in log
+    assert "stage 3: fade-in complete, alpha = 1" in log
+    # The progress bar shows stage, alpha, images seen and losses.
+    bar = [line for line in log.splitlines() if line.startswith("[")]
+    assert bar and "stage 3" in bar[-1] and "a=1.000" in bar[-1] and "112 img" in bar[-1]
+    assert " D " in bar[-1] and " G " in bar[-1]
+
+
+def test_a_sample_grid_per_stage(full_run: tuple[Path, str]) -> None:
+    out, _ = full_run
+    for name in ["reals.png", *(f"samples_stage{k}.png" for k in range(4))]:
+        image = read_png(out / name)
+        assert image.shape == (4 * 66 + 2, 4 * 66 + 2, 3), name  # 16 cells of 64 px with 2 px gaps
+        assert image.float().std() > 5, name  # not a blank image
+    # Stage 0 samples are 4x4 images shown at 64 px: blocks of 16 identical pixels.
+    cell = read_png(out / "samples_stage0.png")[2:66, 2:66]
+    assert torch.equal(cell[::16, ::16].repeat_interleave(16, 0).repeat_interleave(16, 1), cell)
+
+
+def test_the_checkpoint_is_a_chainspec_checkpoint(full_run: tuple[Path, str]) -> None:
+    out, _ = full_run
+    ckpt = chainspec.load_checkpoint(out / "checkpoint.pt")
+    assert ckpt.stage == 3 and ckpt.extra["grower"]["phase"] == "done"
+    grower = chainspec.Grower.from_checkpoint(ckpt)
+    image = grower.chains["generator"](ckpt.extra["fixed_z"])
+    assert image.shape == (16, 3, 32, 32)
+
+
+def test_stop_mid_fade_and_resume_gives_the_same_run(full_run: tuple[Path, str], tmp_path: Path) -> None:
+    first = run("--out", str(tmp_path), "--stop-at", "24")  # 16 images of stage 0, 8 into the fade to 8x8
+    assert "stopped at 24 images" in first.stderr
+    ckpt = chainspec.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (ckpt.stage, ckpt.alpha, ckpt.extra["grower"]["phase"]) == (1, 0.5, "fade")
+    second = run("--out", str(tmp_path), "--resume")
+    assert "resumed" in second.stderr and "stage 1 (fade), alpha 0.5000" in second.stderr
+    resumed = chainspec.load_checkpoint(tmp_path / "checkpoint.pt")
+    straight = chainspec.load_checkpoint(full_run[0] / "checkpoint.pt")
+    for name in ("generator", "discriminator"):
+        mine, theirs = resumed.chains[name].state_dict(), straight.chains[name].state_dict()
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert torch.equal(mine[key], theirs[key]), f"{name}.{key}"
+    for key, value in straight.extra["ema"]["weights"].items():
+        assert torch.equal(resumed.extra["ema"]["weights"][key], value), key
+
+
+def test_png_writer_round_trips(tmp_path: Path) -> None:
+    pixels = torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8)
+    example_module().write_png(tmp_path / "x.png", pixels)
+    assert torch.equal(read_png(tmp_path / "x.png"), pixels)
+
+
+def test_procedural_images_and_faded_reals() -> None:
+    module = example_module()
+    images = module.make_images(8, seed=3)
+    assert images.shape == (8, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, module.make_images(8, seed=3))
+    low = module.reals_at(images, 8, 1.0)
+    assert low.shape == (8, 3, 8, 8)
+    faded = module.reals_at(images, 8, 0.0)  # alpha 0: the 4x4 image, upsampled, like G's blended output
+    torch.testing.assert_close(faded, torch.nn.functional.interpolate(module.reals_at(images, 4, 1.0), scale_factor=2))
+
+
+def test_batch_must_suit_minibatch_stddev() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--batch", "6"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "multiple of 4" in done.stderr
