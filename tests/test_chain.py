@@ -151,6 +151,32 @@ def test_splicing_returns_the_node_or_the_old_module() -> None:
     assert chain.ids() == ["p", "a", "b", "c", "x"]
 
 
+def test_setting_and_deleting_node_attributes() -> None:
+    chain = digits(3)
+    assert spelled(chain) == 123
+    chain.b = Digit(7)  # a replace: same id, same place
+    assert spelled(chain) == 173 and chain["b"].module.k == 7 and chain.ids() == ["a", "b", "c"]
+    del chain.b  # a remove
+    assert chain.ids() == ["a", "c"] and spelled(chain) == 13 and not hasattr(chain, "b")
+    with pytest.raises(ChainspecError, match=r"chain 'net' has no node 'zz': a module set as an attribute would "
+                                             r"never run; add it with append"):
+        chain.zz = Digit(1)
+    chain.name, chain.stage = "renamed", 3  # plain attributes are still plain
+    assert (chain.name, chain.stage) == ("renamed", 3)
+
+
+def test_tools_that_swap_modules_in_place_are_honoured() -> None:
+    """Quantization's convert writes the new modules into ``_modules``; the chain runs them."""
+    chain = Chain([("fc", nn.Linear(8, 8)), ("act", nn.ReLU()), ("out", nn.Linear(8, 2))])
+    quantized = torch.ao.quantization.quantize_dynamic(chain, {nn.Linear}, dtype=torch.qint8)
+    assert type(quantized["fc"].module).__name__ == "Linear" and quantized["fc"].module is quantized.fc
+    assert type(quantized.fc).__module__.startswith("torch.ao.nn.quantized")
+    x = torch.randn(3, 8)
+    by_hand = quantized.out(quantized.act(quantized.fc(x)))
+    assert torch.equal(quantized(x), by_hand) and not torch.equal(quantized(x), chain(x))
+    assert type(chain.fc) is nn.Linear  # the original is untouched
+
+
 def test_splicing_never_walks_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:
     """Splicing is O(1): no operation iterates over the nodes (checked structurally, not by timing)."""
     chain = Chain([(f"n{i}", Digit(1)) for i in range(1000)])

@@ -115,7 +115,10 @@ def test_nested_composite_errors_name_the_innermost_fault() -> None:
      "chains.net.nodes[0] (l): cannot take input of shape [4, 4, 4] (the chain input has it): "),
     ("{id: c, type: conv2d, args: {in_channels: 4, out_channels: 4, kernel_size: 9}}",
      "chains.net.nodes[0] (c): cannot take input of shape [4, 4, 4] (the chain input has it): "),
-], ids=["factory refuses its args", "wrong trailing shape", "kernel larger than the input"])
+    ("{id: t, type: conv_transpose2d, args: {in_channels: 2, out_channels: 4}}",
+     "chains.net.nodes[0] (t): expects 2 input channels, but the chain input has 4 (shape [4, 4, 4])"),
+], ids=["factory refuses its args", "wrong trailing shape", "kernel larger than the input",
+        "transposed conv (lenient on meta)"])
 def test_build_and_run_failures_are_located(node: str, expected: str) -> None:
     spec = chainspec.loads(f"chainspec: 1\nchains:\n  net:\n    input_shape: [4, 4, 4]\n    nodes: [{node}]\n")
     with pytest.raises(SpecError, match=re.escape(expected)):

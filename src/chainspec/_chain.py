@@ -38,7 +38,8 @@ class NodeNotFoundError(ChainspecError, KeyError):
 class Node:
     """One link of a :class:`Chain`: an id, a module, and the neighbours.
 
-    Nodes are created by the chain; treat ``prev`` and ``next`` as read-only.
+    Nodes are created by the chain; treat ``prev`` and ``next`` as read-only,
+    and swap a node's module with ``chain.replace`` (or ``chain.<id> = module``).
 
     Example:
         >>> chain = Chain([("a", nn.ReLU()), ("b", nn.Tanh())])
@@ -46,15 +47,35 @@ class Node:
         ('a', 'b', 'a')
     """
 
-    __slots__ = ("_owner", "id", "module", "next", "prev", "type")
+    __slots__ = ("_module", "_owner", "_table", "id", "next", "prev", "type")
 
     def __init__(self, node_id: str, module: nn.Module, node_type: str | None = None) -> None:
         self.id = node_id
-        self.module = module
+        self._module = module
+        # The owning chain's ``_modules``: while the node is linked (``_owner``
+        # set), the module registered there is the node's module, even when a
+        # tool swapped it by writing ``_modules`` directly (as quantization does).
+        self._table: dict[str, nn.Module | None] | None = None
         self.type = node_type or type(module).__name__
         self.prev: Node | None = None
         self.next: Node | None = None
         self._owner: int | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        """The node's module (while it is linked: the one registered on its chain under its id)."""
+        table = self._table
+        if table is not None and self._owner is not None:
+            module = table.get(self.id)
+            if module is not None:
+                return module
+        return self._module
+
+    @module.setter
+    def module(self, module: nn.Module) -> None:
+        self._module = module
+        if self._table is not None and self._owner is not None:
+            self._table[self.id] = module
 
     def __repr__(self) -> str:
         return f"Node({self.id!r}, type={self.type!r})"
@@ -98,10 +119,10 @@ class Chain(nn.Module):
         # tuple rather than following ``next`` links: torch.compile would
         # otherwise guard on ``_head.next.next...``, a chain of attribute
         # accesses as deep as the chain itself, and hit the recursion limit.
-        self._order: tuple[tuple[str, nn.Module], ...] | None = None
+        self._order: tuple[str, ...] | None = None
 
-    def _flat(self) -> tuple[tuple[str, nn.Module], ...]:
-        """``(id, module)`` of every node, head to tail, from the cache or rebuilt."""
+    def _flat(self) -> tuple[str, ...]:
+        """The node ids, head to tail, from the cache or rebuilt."""
         order = self._order
         if order is None:
             # While torch.compile traces, walk the links outside the trace so
@@ -163,8 +184,9 @@ class Chain(nn.Module):
         order = self._order
         if order is None:
             order = self._flat()
-        for _node_id, module in order:
-            x = module(x)
+        modules = self._modules  # by id, not Node.module: a tool may have swapped a module in _modules
+        for node_id in order:
+            x = modules[node_id](x)
         return x
 
     def capture(self, x: Any, ids: Iterable[str]) -> tuple[Any, dict[str, Any]]:
@@ -181,8 +203,9 @@ class Chain(nn.Module):
         for node_id in wanted:
             self._node(node_id)
         features: dict[str, Any] = {}
-        for node_id, module in self._flat():
-            x = module(x)
+        modules = self._modules
+        for node_id in self._flat():
+            x = modules[node_id](x)
             if node_id in wanted:
                 features[node_id] = x
         return x, features
@@ -216,7 +239,7 @@ class Chain(nn.Module):
         node = self._node(ref)
         self._unlink(node)
         del self._links[node.id]
-        del self._modules[node.id]
+        node._module = self._modules.pop(node.id) or node._module
         node._owner = None
         return node
 
@@ -226,11 +249,9 @@ class Chain(nn.Module):
         if not isinstance(module, nn.Module):
             raise TypeError(f"node {node.id!r}: expected an nn.Module, got {type(module).__name__}")
         old = node.module
-        node.module = module
+        node.module = module  # also registers it on the chain
         if node_type is not None:
             node.type = node_type
-        self._modules[node.id] = module
-        self._stale()
         return old
 
     def move_after(self, ref: NodeRef, anchor: NodeRef | None) -> Node:
@@ -296,6 +317,7 @@ class Chain(nn.Module):
         if node.id not in self._links:
             self._links[node.id] = node
             self._modules[node.id] = node.module
+            node._table = self._modules
         node._owner = id(self)
         return node
 
@@ -312,6 +334,25 @@ class Chain(nn.Module):
         node.prev = node.next = None
 
     # -- module plumbing -------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``chain.b2 = module`` is a replace: the node keeps its id and place and
+        # forward runs the new module. Tools that swap children this way (FSDP's
+        # auto-wrap, quantization's prepare/convert) then work on chains too.
+        links = self.__dict__.get("_links")
+        if links is not None and isinstance(value, nn.Module) and not name.startswith("_"):
+            if name in links:
+                self.replace(name, value)
+                return
+            raise ChainspecError(f"chain {self.name!r} has no node {name!r}: a module set as an attribute would "
+                                 "never run; add it with append, prepend, insert_after or insert_before")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get("_links", ()):
+            self.remove(name)  # ``del chain.b2`` unlinks the node as well
+            return
+        super().__delattr__(name)
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickle (and deepcopy) the order as a flat list, not the links: following
         # ``next`` pointers recursively would hit the recursion limit on long chains.
@@ -327,6 +368,7 @@ class Chain(nn.Module):
         self._reset_links()
         for node_id, node_type in order:
             node = Node(node_id, self._modules[node_id], node_type)  # type: ignore[arg-type]
+            node._table = self._modules
             self._links[node_id] = node
             prev = self._tail
             node.prev = prev
@@ -420,9 +462,9 @@ def _quoted(keys: list[str]) -> str:
     return ", ".join(f'"{k}"' for k in keys)
 
 
-def _walk(chain: Chain) -> tuple[tuple[str, nn.Module], ...]:
-    """Follow the links head to tail once and cache the result on the chain."""
-    order = tuple((node.id, node.module) for node in chain)
+def _walk(chain: Chain) -> tuple[str, ...]:
+    """Follow the links head to tail once and cache the ids on the chain."""
+    order = tuple(node.id for node in chain)
     chain._order = order
     return order
 

@@ -95,6 +95,9 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
                     module = module.to(dtype)
         except Exception as exc:  # a factory rejecting legal-looking args, e.g. groups not dividing channels
             return None, [doc.problem(node.path, f"cannot build: {_first_line(exc)}", None, label=f" ({node.id})")]
+        for sub in module.modules():
+            if isinstance(sub, _TRANSPOSED):
+                sub.register_forward_pre_hook(_check_channels)
         try:
             y = module(x)
         except Exception as exc:
@@ -105,6 +108,18 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         rows.append(NodeSummary(node.id, node.type, tuple(y.shape[1:]), _count(module)))
         x, previous = y, node.id
     return ChainSummary(chain.name, stage, input_shape, tuple(rows)), []
+
+
+#: Modules whose meta kernels accept any channel count, unlike their CPU and CUDA kernels.
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _check_channels(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Refuse, on the meta device too, an input whose channel count the module cannot take."""
+    x = args[0] if args else None
+    expected = getattr(module, "in_channels", None)
+    if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] != expected:
+        raise RuntimeError(f"expected input to have {expected} channels, but got {x.shape[1]} channels")
 
 
 def _count(module: nn.Module) -> int:

@@ -58,6 +58,7 @@ RESERVED_IDS: frozenset[str] = frozenset({
     "node",
     "nodes",
     "parameters",
+    "placement",
     "pop",
     "prepend",
     "register_backward_hook",
