@@ -28,10 +28,22 @@ class Problem:
         where = self.source
         if self.line is not None:
             where += f":{self.line}:{self.col if self.col is not None else 1}"
-        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        path, message = _clip(self.path), _clip(self.message)
+        text = f"{where}: {path}: {message}" if path else f"{where}: {message}"
         if self.hint:
-            text += f"; {self.hint}"
+            text += f"; {_clip(self.hint)}"
         return printable(text)
+
+
+#: Longest path, message or hint a problem prints. Messages quote values from the spec; a
+#: 200 kB string must not turn one line of output into 200 kB.
+MAX_PART = 300
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_PART:
+        return text
+    return f"{text[:MAX_PART - 60]} ... {text[-40:]} ({len(text):,} characters)"
 
 
 def printable(text: str) -> str:

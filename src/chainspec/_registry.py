@@ -102,13 +102,18 @@ class NodeType:
         try:
             model = self.args_model.model_validate(known)
         except ValidationError as exc:
+            # A union (int | tuple[int, int]) fails once per branch: report one error per argument, the
+            # one that got deepest into the value (the branch whose shape the value has).
+            best: dict[str | None, Any] = {}
             for err in exc.errors(include_url=False):
                 loc = err["loc"]
                 key = str(loc[0]) if loc else None
                 if err["type"] == "missing":
                     problems.append((None, f"missing required argument {key!r}",
                                      f"{self.name} needs {_required(self)}"))
-                    continue
+                elif key not in best or len(loc) > len(best[key]["loc"]):
+                    best[key] = err
+            for key, err in best.items():
                 value = known.get(key) if key else None
                 problems.append((key, f"{err['msg'].rstrip('.').lower()}, got {value!r}", _type_hint(self, key)))
             return {}, problems

@@ -20,7 +20,7 @@ from ._errors import Problem, SpecError
 from ._migrate import migrate
 from ._model import SpecModel
 from ._resolve import ResolvedChain, resolve
-from ._yaml import MAX_BYTES, Document, Path, parse_yaml, too_big
+from ._yaml import MAX_BYTES, Document, Path, format_path, parse_yaml, too_big
 
 if TYPE_CHECKING:
     import torch
@@ -210,13 +210,26 @@ def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterabl
         # Report the whole-document problems too, where the structure allows it.
         lenient = _without_bad_keys(doc, problems)
         if lenient is not None:
-            problems += [p for p in resolve(lenient, doc, allow_imports)[2] if p not in problems]
+            # Not again for values the YAML layer refused: they read as None, and "got None" is noise.
+            problems += [p for p in resolve(lenient, doc, allow_imports)[2]
+                         if p not in problems and not _about_refused(p, doc)]
         raise SpecError(problems)
     chains, stages, problems = resolve(model, doc, allow_imports)
     if problems:
         raise SpecError(problems)
     plain = text.decode("utf-8") if isinstance(text, bytes) else text
     return Spec(model, doc, plain, chains, stages, tuple(allow_imports))
+
+
+def _about_refused(problem: Problem, doc: Document) -> bool:
+    """Whether ``problem`` is about a value the YAML layer refused (at, under or around it): a repeat."""
+    where = problem.path.split(" (", 1)[0]
+    for path in doc.rejected:
+        refused = format_path(path)
+        if any(a == b or a.startswith(b + ".") or a.startswith(b + "[") for a, b in ((where, refused),
+                                                                                     (refused, where))):
+            return True
+    return False
 
 
 def validate_structure(text: str | bytes, source: str) -> tuple[SpecModel | None, Document, list[Problem]]:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ._errors import Problem
+from ._expr import MAX_INT
 
 #: Largest spec file accepted. Real specs are a few kilobytes; refusing huge
 #: files up front keeps validation fast (well under a second) and memory bounded.
@@ -57,6 +58,8 @@ class Document:
     data: Any = None
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: Paths of values the walker refused (a bad tag, NaN, a huge integer); they read as None.
+    rejected: set[Path] = field(default_factory=set)
 
     def where(self, path: Path) -> tuple[int | None, int | None]:
         """Return the position of ``path``, or of its closest recorded ancestor."""
@@ -164,6 +167,18 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
 
 def _empty(source: str) -> Problem:
     return Problem(source, 1, 1, "", "file is empty", "a spec needs at least 'chainspec: 1' and 'chains:'")
+
+
+def abbreviate(text: str, limit: int = 40) -> str:
+    """``text``, or its start and end with the length between, for quoting a scalar in a message.
+
+    Example:
+        >>> abbreviate("9" * 5000)
+        '9999999999999999...9999999999999999 (5000 characters)'
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:16]}...{text[-16:]} ({len(text)} characters)"
 
 
 def too_big(source: str, size: int | None) -> Problem:
@@ -327,6 +342,7 @@ class _Walker:
         self.stack: set[int] = set()
 
     def fail(self, node: yaml.Node, path: Path, message: str, hint: str | None = None) -> None:
+        self.doc.rejected.add(path)
         self.doc.problems.append(Problem(self.doc.source, node.start_mark.line + 1, node.start_mark.column + 1,
                                          format_path(path), message, hint))
 
@@ -365,11 +381,27 @@ class _Walker:
         if node.tag not in _SCALAR_TAGS:
             self.fail(node, path, f"unsupported tag {node.tag!r}", "specs never construct Python objects")
             return None
-        value = self.loader.construct_object(node)
+        try:
+            value = self.loader.construct_object(node)
+        except ValueError:  # an integer with more digits than Python converts (sys.get_int_max_str_digits)
+            value = MAX_INT + 1
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            # One bound for every integer, the same as for ${...} results: far above any real size,
+            # count or schedule length, and it keeps 5,000-digit numbers out of arithmetic and messages.
+            self.fail(node, path, f"integer {abbreviate(node.value)} is too large (the limit is 2**63)",
+                      "use a smaller number")
+            return None
         if isinstance(value, float) and not math.isfinite(value):
-            self.fail(node, path, f"{node.value!r} is not a finite number", "use an ordinary number")
+            self.fail(node, path, f"{abbreviate(node.value)!r} is not a finite number", "use an ordinary number")
             return None
         return value
+
+    def key(self, node: yaml.ScalarNode) -> str:
+        """A mapping key as text: the constructed scalar (``1``, ``True``), or its source if that fails."""
+        try:
+            return str(self.loader.construct_object(node))
+        except ValueError:  # a key of thousands of digits
+            return str(node.value)
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -379,7 +411,7 @@ class _Walker:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
                 self.fail(key_node, path, "mapping keys must be plain strings")
                 continue
-            key = str(self.loader.construct_object(key_node))
+            key = self.key(key_node)
             if key in seen:
                 if seen[key] >= 0:
                     self.fail(key_node, (*path, key),
@@ -389,7 +421,7 @@ class _Walker:
             self.doc.positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = self.value(value_node, (*path, key))
         for key_node, value_node in merged:
-            key = str(self.loader.construct_object(key_node))
+            key = self.key(key_node)
             if key not in seen:
                 seen[key] = -1
                 out[key] = self.value(value_node, (*path, key))
