@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 #: What ``policy`` may be: surviving parameters keep their optimizer state, or lose it.
 POLICIES = ("keep", "reset")
 #: Chain attributes that record the revision a chain was built from.
-BOOKKEEPING = ("stage", "spec")
+BOOKKEEPING = ("stage", "spec", "placement")
 _MISSING = object()
 
 
@@ -84,7 +84,9 @@ class _Job:
     def __init__(self, plan: Plan, chain: Chain, optimizer: Optimizer | None, policy: str) -> None:
         self.plan, self.chain, self.optimizer, self.policy = plan, chain, optimizer, policy
         _check_chain(plan, chain)
-        device, dtype = _placement(chain.parameters(), chain.buffers())
+        # A chain with no tensors left (every weighted node removed) still has the device and
+        # dtype it was built with: new nodes go there, not to torch's defaults.
+        device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.__dict__.get("placement"))
         self.device, self.dtype = device, dtype
         if not (plan.is_empty and plan.same_input):
             shape_check(plan, dtype)
@@ -208,6 +210,7 @@ class _Job:
     def record(self) -> None:
         self.chain.stage = self.plan.new_stage
         self.chain.spec = self.plan.new_spec
+        self.chain.placement = (self.device, self.dtype)
 
 
 def shape_check(plan: Plan, dtype: torch.dtype | None) -> None:
