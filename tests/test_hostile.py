@@ -261,12 +261,15 @@ HUGE = 10**30
 
 
 @pytest.mark.parametrize("body, fragment", [
-    (f"id: a, type: linear, args: {{in_features: 4, out_features: {HUGE}}}", "less than or equal to"),
+    (f"id: a, type: linear, args: {{in_features: 4, out_features: {HUGE}}}", "the limit is 2**63"),
     (f"id: a, type: linear, args: {{in_features: 4, out_features: {2**31}}}", "less than or equal to"),
-    ("id: a, type: linear, args: {in_features: 4, out_features: 0xFFFFFFFFFFFFFFFFFFFFFFFF}", "less than or equal"),
-    (f"id: a, type: conv2d, args: {{in_channels: 4, out_channels: 4, kernel_size: [{HUGE}, 3]}}", "less than"),
-    (f"id: a, type: relu, stage: {HUGE}", "less than or equal to"),
-    (f"id: a, type: relu, until: {HUGE}", "less than or equal to"),
+    ("id: a, type: linear, args: {in_features: 4, out_features: 0xFFFFFFFFFFFFFFFFFFFFFFFF}", "too large"),
+    ("id: a, type: linear, args: {in_features: 4, out_features: 0xFFFFFFFF}", "less than or equal"),
+    (f"id: a, type: conv2d, args: {{in_channels: 4, out_channels: 4, kernel_size: [{HUGE}, 3]}}", "too large"),
+    (f"id: a, type: conv2d, args: {{in_channels: 4, out_channels: 4, kernel_size: [{2**40}, 3]}}", "less than"),
+    (f"id: a, type: relu, stage: {HUGE}", "too large"),
+    ("id: a, type: relu, stage: 5000", f"less than or equal to {MAX_STAGES - 1}"),
+    (f"id: a, type: relu, until: {HUGE}", "too large"),
     ('id: a, type: linear, args: {in_features: 4, out_features: "${10**30}"}', "too large"),
     ('id: a, type: linear, args: {in_features: 4, out_features: "${9**9**9}"}', "too large"),
     ('id: a, type: linear, args: {in_features: 4, out_features: "${2**62}"}', "less than or equal to"),
@@ -275,7 +278,42 @@ HUGE = 10**30
 def test_huge_integers(body: str, fragment: str) -> None:
     err = spec_error(node(body))
     assert_at(err, 6, fragment)
+    assert len(err.problems) == 1, err  # one problem per bad number, not echoes of it
     assert len(str(err)) < 2000, "a huge number must not flood the message"
+
+
+@pytest.mark.parametrize("where", ["arg", "stage", "vars", "growth", "key", "float"])
+def test_numbers_with_thousands_of_digits(where: str) -> None:
+    # Python refuses to convert integers past 4,300 digits (a ValueError); none may escape, or flood the output.
+    digits = "9" * 5000
+    text = {
+        "arg": node(f"id: a, type: linear, args: {{in_features: 4, out_features: {digits}}}"),
+        "stage": node(f"id: a, type: relu, stage: {digits}"),
+        "vars": f"chainspec: 1\nvars: {{w: {digits}}}\n" + HEAD.removeprefix("chainspec: 1\n")
+                + "      - {id: a, type: relu}\n",
+        "growth": f"chainspec: 1\ngrowth: {{stabilize: {digits}}}\n" + HEAD.removeprefix("chainspec: 1\n")
+                  + "      - {id: a, type: relu}\n",
+        "key": node(f"id: a, type: relu, args: {{{digits[:1000]}: 1}}"),
+        "float": node(f"id: a, type: dropout, args: {{p: 1{digits}.5}}"),
+    }[where]
+    err = spec_error(text)
+    assert len(str(err)) < 1000, str(err)
+    if where != "key":
+        assert "too large" in str(err) or "not a finite number" in str(err)
+        assert "got None" not in str(err)  # the refused value is not reported a second time
+
+
+def test_long_values_are_clipped_in_messages() -> None:
+    err = spec_error(node(f"id: a, type: dropout, args: {{p: '{'k' * 100_000}'}}"))
+    assert_at(err, 6, "args.p", "100,0")
+    assert len(str(err)) < 1000
+
+
+def test_refused_values_are_not_reported_twice_but_other_problems_are() -> None:
+    err = spec_error(HEAD + "      - {id: a, type: linear, args: {in_features: .nan, out_features: 3}}\n"
+                     "      - {id: b, type: relux}\n")
+    assert [p.line for p in err.problems] == [6, 7]
+    assert "not a finite number" in err.problems[0].message and "relux" in err.problems[1].message
 
 
 def test_huge_input_shape_and_stage_count() -> None:
@@ -283,8 +321,12 @@ def test_huge_input_shape_and_stage_count() -> None:
     assert_at(spec_error(shape), 4, "input_shape")
     err = spec_error(f"chainspec: 1\nstages: {HUGE}\n" + HEAD.removeprefix("chainspec: 1\n")
                      + "      - {id: a, type: relu}\n")
+    assert_at(err, 2, "stages", "too large")
+    err = spec_error("chainspec: 1\nstages: 1001\n" + HEAD.removeprefix("chainspec: 1\n")
+                     + "      - {id: a, type: relu}\n")
     assert_at(err, 2, "stages", f"less than or equal to {MAX_STAGES}")
-    assert_at(spec_error("chainspec: 10000000000000000000000000\nchains: {}\n"), 1, "format version")
+    assert_at(spec_error("chainspec: 10000000000000000000000000\nchains: {}\n"), 1, "chainspec", "too large")
+    assert_at(spec_error("chainspec: 1000000\nchains: {}\n"), 1, "chainspec", "version")
 
 
 def test_many_stages_stay_fast_and_are_reported_as_ranges() -> None:
@@ -300,7 +342,10 @@ def test_many_stages_stay_fast_and_are_reported_as_ranges() -> None:
 def test_vars_holding_huge_numbers() -> None:
     text = f"chainspec: 1\nvars: {{big: {HUGE}}}\n" + HEAD.removeprefix("chainspec: 1\n") \
         + '      - {id: a, type: linear, args: {in_features: 4, out_features: "${big * 2}"}}\n'
-    assert_at(spec_error(text), 7, "too large")
+    assert_at(spec_error(text), 2, "vars.big", "too large")
+    text = f"chainspec: 1\nvars: {{big: {2**62}}}\n" + HEAD.removeprefix("chainspec: 1\n") \
+        + '      - {id: a, type: linear, args: {in_features: 4, out_features: "${big * 4}"}}\n'
+    assert_at(spec_error(text), 7, "args.out_features", "too large")
 
 
 def test_weights_that_cannot_fit_are_refused_before_allocating() -> None:
@@ -370,7 +415,10 @@ SIZE_ARGS = [
 def test_zero_and_negative_sizes(type_name: str, arg: str, args: dict[str, int], value: int) -> None:
     given = ", ".join(f"{k}: {value if k == arg else v}" for k, v in {**args, arg: value}.items())
     err = spec_error(node(f"id: a, type: {type_name}, args: {{{given}}}"))
-    assert_at(err, 6, f"args.{arg} (a)", "greater than or equal to 1", f"got {value}", ">= 1")
+    if abs(value) > 2**63:  # refused as a number before it is read as a size
+        assert_at(err, 6, f"args.{arg}", "too large")
+    else:
+        assert_at(err, 6, f"args.{arg} (a)", "greater than or equal to 1", f"got {value}", ">= 1")
 
 
 def test_negative_padding_and_bad_probability() -> None:
@@ -417,8 +465,10 @@ def test_part_ids_colliding_inside_composites(part_id: str) -> None:
 def test_reserved_ids_cover_every_public_attribute() -> None:
     """Any attribute of an nn.Module, a Chain or a composite (an nn.Sequential) is refused as an id."""
     missing = set()
-    for obj in (nn.Module(), nn.Sequential(), Chain(), Composite("x", [])):
+    built = chainspec.loads(node("id: a, type: linear, args: {in_features: 4, out_features: 2}")).build()
+    for obj in (nn.Module(), nn.Sequential(), Chain(), built, Composite("x", [])):
         missing |= {name for name in dir(obj) if id_problem(name) is None}
+    missing.discard("a")  # the built chain's own node
     assert not missing, f"add to chainspec._reserved.RESERVED_IDS: {sorted(missing)}"
 
 

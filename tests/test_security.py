@@ -26,6 +26,7 @@ import yaml
 import chainspec
 from chainspec import CheckpointError, SpecError
 from chainspec._expr import MAX_DEPTH as MAX_EXPR_DEPTH
+from chainspec._errors import MAX_PART
 from chainspec._expr import MAX_INT, MAX_LENGTH, ExpressionError, evaluate
 from chainspec._model import MAX_DIM, MAX_STAGES
 from chainspec._resolve import MAX_COMPOSITE_DEPTH
@@ -342,8 +343,9 @@ def test_names_in_a_checkpoint_are_looked_up_safely(tmp_path: Path, field: str, 
 
 def test_security_doc_states_the_bounds_in_force() -> None:
     text = DOC.read_text(encoding="utf-8")
+    assert MAX_INT == 2**63
     for value in (f"{MAX_BYTES:,}", f"{MAX_VALUES:,}", f"{MAX_DEPTH}", f"{MAX_COMPOSITE_DEPTH}", f"{MAX_STAGES:,}",
-                  f"{MAX_DIM:,}", f"{MAX_LENGTH}", f"{MAX_EXPR_DEPTH}", "2**63", "weights_only=True"):
+                  f"{MAX_DIM:,}", f"{MAX_LENGTH}", f"{MAX_EXPR_DEPTH}", "2**63", f"{MAX_PART}", "weights_only=True"):
         assert value in text, f"docs/security.md does not state {value}"
 
 
