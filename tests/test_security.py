@@ -25,8 +25,8 @@ import yaml
 
 import chainspec
 from chainspec import CheckpointError, SpecError
-from chainspec._expr import MAX_DEPTH as MAX_EXPR_DEPTH
 from chainspec._errors import MAX_PART
+from chainspec._expr import MAX_DEPTH as MAX_EXPR_DEPTH
 from chainspec._expr import MAX_INT, MAX_LENGTH, ExpressionError, evaluate
 from chainspec._model import MAX_DIM, MAX_STAGES
 from chainspec._resolve import MAX_COMPOSITE_DEPTH
