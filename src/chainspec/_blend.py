@@ -92,9 +92,9 @@ class BlendSwap(nn.Module):
 class BlendMerge(nn.Module):
     """Last blend node: ``(1 - alpha) * post(old) + alpha * new``.
 
-    ``alpha`` is a non-persistent buffer: it follows ``.to()`` and never
-    appears in the state_dict (the chain's keys stay those of its real nodes),
-    and changing it in place does not make ``torch.compile`` recompile.
+    ``alpha`` is a non-persistent buffer, changed in place: it follows
+    ``.to()``, never appears in the state_dict (the chain's keys stay those of
+    its real nodes), and is not a constant ``torch.compile`` would specialise on.
     """
 
     alpha: Tensor
