@@ -316,6 +316,21 @@ def test_refused_values_are_not_reported_twice_but_other_problems_are() -> None:
     assert "not a finite number" in err.problems[0].message and "relux" in err.problems[1].message
 
 
+def test_input_shapes_too_large_for_a_tensor() -> None:
+    # Each dimension is legal; together they overflow torch's size arithmetic (on the meta device too).
+    err = spec_error("chainspec: 1\nchains:\n  net:\n    input_shape: [2147483647, 2147483647, 2147483647]\n"
+                     "    nodes: [{id: a, type: relu}]\n")
+    assert_at(err, 4, "input_shape", "too large for a tensor")
+    err = spec_error('chainspec: 1\nchains:\n  net:\n    input_shape: ["${2**62}"]\n'
+                     "    nodes: [{id: a, type: relu}]\n")
+    assert_at(err, 4, "input_shape[0]", "at stage 0", "not an integer in 1..2147483647")
+
+
+def test_unpaired_surrogates() -> None:
+    # Text decoded with errors="surrogateescape" can hold them; libyaml cannot encode them.
+    assert_at(spec_error("chainspec: 1\ndescription: \udcff\n"), 2, "unpaired surrogate U+DCFF")
+
+
 def test_huge_input_shape_and_stage_count() -> None:
     shape = f"chainspec: 1\nchains:\n  net:\n    input_shape: [{HUGE}]\n    nodes: [{{id: a, type: relu}}]\n"
     assert_at(spec_error(shape), 4, "input_shape")

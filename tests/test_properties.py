@@ -200,28 +200,62 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
         for _ in range(draw(st.integers(1, 6))):
             layer, width = draw(vector_layer(width))
             nodes.append(layer)
-    used: set[str] = set()
-    for node in nodes:
-        node_id = draw(IDS)
-        while node_id in used and draw(st.integers(0, 9)) > 0:
-            node_id = draw(IDS)
-        used.add(node_id)
-        node["id"] = node_id
+    decorate(draw, nodes)
+    shape = draw(grown(shape))
+    spec: dict[str, Any] = {"chainspec": 1, "vars": {"w": 1}}
+    if any(n["type"] == "blk" for n in nodes):
+        spec["types"] = {"blk": {"params": {"i": None, "o": None}, "nodes": [
+            {"id": "fc", "type": "linear", "args": {"in_features": "${i}", "out_features": "${o}"}},
+            {"id": "act", "type": "relu"}]}}
+    spec.update(draw(extras()))
+    spec["chains"] = {draw(st.sampled_from(["net", "g", "forward"])): {"input_shape": shape, "nodes": nodes}}
+    return spec
+
+
+def decorate(draw: st.DrawFn, nodes: list[dict[str, Any]]) -> None:
+    """Ids (now and then an odd or repeated one), stages, and the occasional init or optim override."""
+    for i, node in enumerate(nodes):
+        node["id"] = draw(IDS) if draw(st.integers(0, 9)) == 0 else f"n{i}"
         if not node["args"] and draw(st.booleans()):
             del node["args"]
         if draw(st.integers(0, 5)) == 0:
             node["stage"] = draw(st.integers(0, 3))
         if draw(st.integers(0, 9)) == 0:
             node["until"] = draw(st.integers(0, 4))
-    spec: dict[str, Any] = {"chainspec": 1, "vars": {"w": 1}}
-    if any(n["type"] == "blk" for n in nodes):
-        spec["types"] = {"blk": {"params": {"i": None, "o": None}, "nodes": [
-            {"id": "fc", "type": "linear", "args": {"in_features": "${i}", "out_features": "${o}"}},
-            {"id": "act", "type": "relu"}]}}
+        if draw(st.integers(0, 9)) == 0:
+            node["init"] = draw(st.sampled_from(["fresh", "keep", "preserve", "bogus"]))
+        if draw(st.integers(0, 9)) == 0:
+            node["optim"] = draw(st.sampled_from([{"lr": 0.1}, {"betas": [0.0, 0.99]}, {"lr": "x"}, {"l r": 1}]))
+
+
+@st.composite
+def grown(draw: st.DrawFn, shape: list[Any]) -> list[Any]:
+    """Now and then an input entry that grows with the stage, or an expression that fails."""
+    shape = list(shape)
+    if draw(st.integers(0, 5)) == 0:
+        j = draw(st.integers(0, len(shape) - 1))
+        shape[j] = draw(st.sampled_from([f"${{{shape[j]} + 0 * stage}}", "${stage}", "${stage - 1}", "${2**62}",
+                                         "${w}", "${nope}", "${1.5}", "${stage * 2 + 1}"]))
+    return shape
+
+
+@st.composite
+def extras(draw: st.DrawFn) -> dict[str, Any]:
+    """Optional top-level sections: stages, growth, defaults."""
+    out: dict[str, Any] = {}
+    if draw(st.integers(0, 5)) == 0:
+        out["stages"] = draw(st.integers(1, 5))
+    if draw(st.integers(0, 5)) == 0:
+        out["growth"] = draw(st.fixed_dictionaries({}, optional={
+            "unit": st.sampled_from(["images", "steps", "epochs"]),
+            "stabilize": st.sampled_from([0, 1, 800_000, -1, 2**62]),
+            "fade": st.sampled_from([0, 10, -5]),
+            "policy": st.sampled_from(["keep", "reset", "x"]),
+            "per_stage": st.lists(st.fixed_dictionaries({"stage": st.integers(0, 6)}, optional={
+                "stabilize": st.integers(-1, 10), "fade": st.integers(-1, 10)}), max_size=3)}))
     if draw(st.integers(0, 4)) == 0:
-        spec["defaults"] = {"linear": {"bias": draw(st.sampled_from([False, True, 0, "no"]))}}
-    spec["chains"] = {draw(st.sampled_from(["net", "g", "forward"])): {"input_shape": shape, "nodes": nodes}}
-    return spec
+        out["defaults"] = {"linear": {"bias": draw(st.sampled_from([False, True, 0, "no"]))}}
+    return out
 
 
 def render(spec: dict[str, Any]) -> str:

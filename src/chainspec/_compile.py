@@ -85,7 +85,12 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
     """Shape-check a chain at ``stage`` on the meta device; return its summary or the problems."""
     rows: list[NodeSummary] = []
     input_shape = chain.input_shape_at(stage)
-    x = torch.empty((PROBE_BATCH, *input_shape), device="meta", dtype=dtype or torch.float32)
+    try:
+        x = torch.empty((PROBE_BATCH, *input_shape), device="meta", dtype=dtype or torch.float32)
+    except RuntimeError as exc:  # each dimension is legal, but together they overflow a tensor's size
+        where = ("chains", chain.name, "input_shape")
+        return None, [doc.problem(where, f"input shape {list(input_shape)} is too large for a tensor: "
+                                         f"{_first_line(exc)}", "use smaller dimensions")]
     previous: str | None = None
     for node in nodes if nodes is not None else chain.at(stage):
         try:

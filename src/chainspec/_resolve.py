@@ -15,7 +15,7 @@ from typing import Any
 
 from ._errors import Problem
 from ._expr import ExpressionError, substitute
-from ._model import NodeSpec, PartSpec, SpecModel, TypeDef
+from ._model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
 from ._registry import get_type, import_allowed, is_import_path, is_registered, suggest
 from ._reserved import id_problem
 from ._schedule import growth_problems
@@ -229,10 +229,10 @@ class _Resolver:
                         self.report(("chains", name, "input_shape", j), f"{exc} (at stage {stage})")
                         bad.add(j)
                     else:
-                        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
                             self.report(("chains", name, "input_shape", j),
-                                        f"{entry!r} gives {value!r} at stage {stage}, not a positive integer",
-                                        "an input dimension must be an integer >= 1 at every stage")
+                                        f"{entry!r} gives {value!r} at stage {stage}, not an integer in "
+                                        f"1..{MAX_DIM}", "an input dimension must be an integer >= 1 at every stage")
                             bad.add(j)
                 dims.append(value if j not in bad else 1)
             shapes.append(tuple(dims))

@@ -118,6 +118,14 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     if len(text) > MAX_BYTES:
         doc.problems.append(too_big(source, len(text)))
         return doc
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a file name decoded with surrogateescape
+        before = text[:exc.start]
+        doc.problems.append(Problem(source, before.count("\n") + 1, exc.start - (before.rfind("\n") + 1) + 1, "",
+                                    f"text holds an unpaired surrogate U+{ord(text[exc.start]):04X}, which is "
+                                    "not Unicode", "save the file as UTF-8"))
+        return doc
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         doc.problems.append(_empty(source))
         return doc
