@@ -51,7 +51,7 @@ def run() -> list[Row]:
     sizes = pick((10, 100, 1_000, 10_000, 100_000), (10, 1_000))
     rows: list[Row] = []
     cycles = {n: _chain_cycle(n) for n in sizes}
-    times, ratios = interleaved(cycles, number=pick(2_000, 50), rounds=pick(15, 3))
+    times, ratios = interleaved(cycles, number=pick(200, 50), rounds=pick(301, 3))
     base = times[sizes[0]]
     for n in sizes:
         target = 2.0 if n == sizes[-1] else None

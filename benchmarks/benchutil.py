@@ -49,7 +49,7 @@ def _timed(fn: Callable[[], Any], number: int) -> float:
 
 def calibrate(fn: Callable[[], Any], *, min_time: float | None = None) -> int:
     """How many calls of ``fn`` take at least ``min_time`` seconds (like ``timeit.Timer.autorange``)."""
-    target = min_time if min_time is not None else pick(0.05, 0.002)
+    target = min_time if min_time is not None else BLOCK
     number = 1
     while True:
         if _timed(fn, number) >= target or number >= 1 << 20:
@@ -57,20 +57,34 @@ def calibrate(fn: Callable[[], Any], *, min_time: float | None = None) -> int:
         number *= 2
 
 
+#: Seconds per timed block. Short on purpose: on a shared machine other
+#: processes preempt this one every few milliseconds (one call in ten of
+#: 400 µs takes several times longer), so long blocks are all disturbed and
+#: their ratios wander by 10%; with blocks well under a millisecond most
+#: escape untouched and the median of many settles within about 1% (a
+#: callable against itself).
+BLOCK = 0.0003
+
+
 def compare(baseline: Callable[[], Any], candidate: Callable[[], Any], *, rounds: int | None = None,
-            number: int | None = None) -> tuple[float, float, float]:
+            number: int | None = None, budget: float | None = None) -> tuple[float, float, float]:
     """Time two callables in interleaved rounds; return (baseline s/call, candidate s/call, ratio).
 
-    Each round times ``number`` calls of each, in alternating order; the times
-    are the medians over rounds and the ratio is the median of the per-round
-    ratios candidate/baseline. The garbage collector is off while timing (as in
-    ``timeit``), so that a collection triggered by one side is not billed to it.
+    Each round times a short block of ``number`` calls of each, in alternating
+    order (A B, B A, ...), for ``rounds`` rounds or, by default, as many as fit
+    in ``budget`` seconds (at least 31). The times are the medians over rounds
+    and the ratio is the median of the per-round ratios candidate/baseline.
+    The garbage collector is off while timing (as in ``timeit``), so that a
+    collection triggered by one side is not billed to it.
     """
-    rounds = rounds if rounds is not None else pick(15, 3)
     baseline()  # warm-up: caches, lazy initialisation, allocator pools
     candidate()
     if number is None:
         number = max(calibrate(baseline), calibrate(candidate))
+    if rounds is None:
+        block = max(_timed(baseline, number), _timed(candidate, number))
+        budget = budget if budget is not None else pick(2.0, 0.05)
+        rounds = min(max(int(budget / (2 * block)), pick(31, 3)), 5001)
     base_times: list[float] = []
     cand_times: list[float] = []
     enabled = gc.isenabled()
@@ -101,7 +115,7 @@ def interleaved(cases: dict[Any, Callable[[], Any]], *, number: int, rounds: int
     ratio is the median over rounds of its time over the first case's time
     in the same round.
     """
-    rounds = rounds if rounds is not None else pick(15, 3)
+    rounds = rounds if rounds is not None else pick(61, 3)
     keys = list(cases)
     for fn in cases.values():
         fn()
@@ -177,17 +191,42 @@ def _torch_threads() -> str:
     return str(torch.get_num_threads())
 
 
+def _num(value: float) -> str:
+    text = f"{value:.3g}"
+    return f"{value:,.0f}" if "e" in text else text
+
+
 def fmt_amount(value: float | None, unit: str) -> str:
-    """A figure with a readable unit: seconds as s/ms/µs, bytes as KiB/MiB, counts as is."""
+    """A figure with a readable unit: seconds as s/ms/µs, bytes as KiB/MiB, counts as is.
+
+    Example:
+        >>> fmt_amount(0.0009996, "s"), fmt_amount(3 << 20, "B"), fmt_amount(294307, "count")
+        ('1,000 µs', '3 MiB', '294,307')
+    """
     if value is None:
         return "-"
     if unit == "s":
         for scale, name in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
             if abs(value) >= scale or name == "µs":
-                return f"{value / scale:.3g} {name}"
+                return f"{_num(value / scale)} {name}"
     if unit == "B":
         for scale, name in ((1 << 20, "MiB"), (1 << 10, "KiB")):
             if abs(value) >= scale:
-                return f"{value / scale:.3g} {name}"
+                return f"{_num(value / scale)} {name}"
         return f"{value:.0f} B"
-    return f"{value:g}" + (f" {unit}" if unit not in ("", "count") else "")
+    text = f"{value:,}" if float(value).is_integer() else _num(value)
+    return text + (f" {unit}" if unit not in ("", "count") else "")
+
+
+def fmt_ratio(ratio: float) -> str:
+    """A ratio with two decimals where that reads best.
+
+    Example:
+        >>> fmt_ratio(1.0), fmt_ratio(0.0347), fmt_ratio(19100.4)
+        ('1.00', '0.035', '19,100')
+    """
+    if ratio >= 100:
+        return f"{ratio:,.0f}"
+    if ratio >= 0.1:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2g}"

@@ -36,7 +36,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import benchutil  # noqa: E402
-from benchutil import Row, fmt_amount, machine  # noqa: E402
+from benchutil import Row, fmt_amount, fmt_ratio, machine  # noqa: E402
 
 #: Area name -> (module, what it needs, or None). Run in this order.
 AREAS: dict[str, tuple[str, Callable[[], str | None] | None]] = {}
@@ -124,7 +124,7 @@ def run_area(name: str, quick: bool) -> tuple[list[Row], str | None]:
 def _ratio(r: Row) -> str:
     if r["ratio"] is None:
         return r["note"] if r["note"] in ("RecursionError",) else "-"
-    return f"{r['ratio']:.3g}"
+    return fmt_ratio(r["ratio"])
 
 
 def _target(r: Row) -> str:
