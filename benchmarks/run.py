@@ -76,6 +76,7 @@ AREAS.update({
     "growth": ("bench_growth", _all(_needs_attr("Grower", "diff"),
                                     _needs_files("specs/pggan_tiny.yaml", "specs/pggan.yaml"))),
     "validate": ("bench_validate", _needs_files("benchmarks/bench_validate.py", "schemas/chainspec.schema.json")),
+    "hostile": ("bench_hostile", None),
 })
 
 #: What each area's figures mean, written under the table.
@@ -95,6 +96,8 @@ NOTES = {
     "growth": "Grower.step into the fade-in of stage k+1 (plans applied to G and D with their Adam optimizers, "
               "old paths blended back in) against building both at k+1 with new optimizers.",
     "validate": "Cold start: each command is a fresh process, as in a pre-commit hook.",
+    "hostile": "Each hostile document is refused with a SpecError (see docs/security.md); in-process figures are "
+               "one loads() call, cold-start figures a fresh 'chainspec validate' process exiting 1.",
 }
 
 
