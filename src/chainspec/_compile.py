@@ -81,18 +81,33 @@ def build_module(tree: Tree) -> nn.Module:
 
 
 def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype | None = None,
-          nodes: list[ResolvedNode] | None = None) -> tuple[ChainSummary | None, list[Problem]]:
-    """Shape-check a chain at ``stage`` on the meta device; return its summary or the problems."""
+          nodes: list[ResolvedNode] | None = None, cache: dict[Any, Any] | None = None
+          ) -> tuple[ChainSummary | None, list[Problem]]:
+    """Shape-check a chain at ``stage`` on the meta device; return its summary or the problems.
+
+    ``cache``, shared across calls on the same spec, remembers each node's output for each input
+    shape: checking many stages of a chain that grows one node at a time then builds each node once.
+    """
     rows: list[NodeSummary] = []
     input_shape = chain.input_shape_at(stage)
+    x: torch.Tensor | None
     try:
         x = torch.empty((PROBE_BATCH, *input_shape), device="meta", dtype=dtype or torch.float32)
     except RuntimeError as exc:  # each dimension is legal, but together they overflow a tensor's size
         where = ("chains", chain.name, "input_shape")
         return None, [doc.problem(where, f"input shape {list(input_shape)} is too large for a tensor: "
                                          f"{_first_line(exc)}", "use smaller dimensions")]
+    shape, x_dtype = tuple(x.shape), x.dtype
     previous: str | None = None
     for node in nodes if nodes is not None else chain.at(stage):
+        key = (id(node), shape, x_dtype, dtype)
+        if cache is not None and key in cache:
+            shape, x_dtype, params = cache[key]
+            rows.append(NodeSummary(node.id, node.type, shape[1:], params))
+            x, previous = None, node.id  # made again only if a node after this one is not cached
+            continue
+        if x is None:
+            x = torch.empty(shape, device="meta", dtype=x_dtype)
         try:
             with torch.device("meta"):
                 module = build_module(node.tree)
@@ -111,7 +126,9 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
             return None, [doc.problem(node.path, f"returns {type(y).__name__}, not a tensor", None,
                                       label=f" ({node.id})")]
         rows.append(NodeSummary(node.id, node.type, tuple(y.shape[1:]), _count(module)))
-        x, previous = y, node.id
+        if cache is not None:
+            cache[key] = (tuple(y.shape), y.dtype, rows[-1].params)
+        x, shape, x_dtype, previous = y, tuple(y.shape), y.dtype, node.id
     return ChainSummary(chain.name, stage, input_shape, tuple(rows)), []
 
 

@@ -230,9 +230,11 @@ class _Resolver:
                         bad.add(j)
                     else:
                         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+                            what = (f"more than {MAX_DIM}" if isinstance(value, int) and value > MAX_DIM
+                                    else "not a positive integer")
                             self.report(("chains", name, "input_shape", j),
-                                        f"{entry!r} gives {value!r} at stage {stage}, not an integer in "
-                                        f"1..{MAX_DIM}", "an input dimension must be an integer >= 1 at every stage")
+                                        f"{entry!r} gives {value!r} at stage {stage}, {what}",
+                                        "an input dimension must be an integer >= 1 at every stage")
                             bad.add(j)
                 dims.append(value if j not in bad else 1)
             shapes.append(tuple(dims))

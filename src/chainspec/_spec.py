@@ -128,9 +128,17 @@ class Spec:
 
         problems: list[Problem] = []
         seen: set[str] = set()
+        # Stages with the same active nodes and the same input shape infer identically: check each such
+        # layout once, so 1,000 stages of one chain cost what its distinct layouts cost.
+        checked: set[tuple[str, tuple[str, ...], tuple[int, ...]]] = set()
+        cache: dict[Any, Any] = {}  # and each node once per input shape (see infer)
         for stage in range(self.stages) if stages is None else stages:
             for chain in self._chains.values():
-                for problem in infer(chain, stage, self._doc)[1]:
+                layout = (chain.name, tuple(n.id for n in chain.at(stage)), tuple(chain.input_shape_at(stage)))
+                if layout in checked:
+                    continue
+                checked.add(layout)
+                for problem in infer(chain, stage, self._doc, cache=cache)[1]:
                     if problem.format() not in seen:
                         seen.add(problem.format())
                         problems.append(problem)
