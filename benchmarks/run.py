@@ -73,6 +73,7 @@ AREAS.update({
     "splice": ("bench_splice", None),
     "memory": ("bench_memory", _needs_attr("diff")),
     "revision": ("bench_revision", _needs_attr("diff")),
+    "diff": ("bench_diff", _needs_attr("diff")),
     "growth": ("bench_growth", _all(_needs_attr("Grower", "diff"),
                                     _needs_files("specs/pggan_tiny.yaml", "specs/pggan.yaml"))),
     "validate": ("bench_validate", _needs_files("benchmarks/bench_validate.py", "schemas/chainspec.schema.json")),
@@ -83,16 +84,18 @@ AREAS.update({
 NOTES = {
     "forward": "Chain, nn.Sequential and the naive list hold the very same module objects; "
                "forward runs under torch.no_grad(), forward+backward with autograd.",
-    "compile": "torch.compile with the default inductor backend; inductor's on-disk caches are off for the run so "
-               "that neither side gets the other's compiled graph. A chain whose cached order is stale (just "
-               "built or just spliced) compiles twice: once around a graph break while it walks its links, once "
-               "into the steady-state graph.",
+    "compile": "torch.compile with the default inductor backend and cache settings, each side with an empty "
+               "inductor cache of its own; first-call times come from new processes. A chain whose cached order is "
+               "stale (just built or just spliced) compiles twice over its next two calls: once around a graph "
+               "break while it walks its links, once into the steady-state graph (mostly an inductor cache hit).",
     "splice": "nn.Identity modules; each figure is one insert_after + remove near the middle.",
     "memory": "Each cycle applies a one-node revision and its reverse through plan.apply(chain, optimizer), "
               "with an Adam step after each.",
     "revision": "Both revisions are loaded before timing. A 10,000-node spec has more YAML values than the "
                 "loader's guard against generated documents allows (50,000); the benchmark raises it for its "
                 "own generated specs.",
+    "diff": "Specs generated in memory; diff against difflib.SequenceMatcher on the same id lists (which finds "
+            "no moves and builds nothing), apply with Adam against Spec.build of the revision.",
     "growth": "Grower.step into the fade-in of stage k+1 (plans applied to G and D with their Adam optimizers, "
               "old paths blended back in) against building both at k+1 with new optimizers.",
     "validate": "Cold start: each command is a fresh process, as in a pre-commit hook.",
