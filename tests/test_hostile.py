@@ -12,9 +12,11 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 import chainspec
@@ -567,6 +569,40 @@ def test_hostile_expressions(expr: str, fragment: str) -> None:
     assert_at(err, 7, "args.out_features", fragment)
     # One problem for one bad expression: a failed expression is not also a missing argument.
     assert len(err.problems) == 1, err
+
+
+# -- a watched spec turned hostile ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload", ["bomb", "50MB", "python-tag", "zero-channels"])
+def test_a_watched_spec_turned_hostile_is_rejected_and_changes_nothing(tmp_path: Path, payload: str) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_text(node("id: fc, type: linear, args: {in_features: 4, out_features: 2}"))
+    net = chainspec.load(path).build()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    errors: list[Exception] = []
+    watcher = chainspec.SpecWatcher(path, net, on_error=errors.append, settle=0)
+    if payload == "50MB":
+        with path.open("r+b") as fh:
+            fh.truncate(50 * 1024 * 1024)  # sparse: reading it whole would still cost 50 MB
+    else:
+        path.write_text({"bomb": billion_laughs(),
+                         "python-tag": "chainspec: !!python/object/apply:os.system ['true']\nchains: {}\n",
+                         "zero-channels": node("id: fc, type: linear, args: {in_features: 4, out_features: 0}"),
+                         }[payload])
+    stamp = time.time_ns() + 2_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+    tracemalloc.start()
+    try:
+        assert watcher.poll() is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * MAX_BYTES, f"polling read {peak:,} bytes"  # the 50 MB file is never read whole
+    assert len(errors) == 1 and isinstance(errors[0], SpecError)
+    if payload == "50MB":
+        assert f"file is {50 * 1024 * 1024:,} bytes" in str(errors[0])
+    assert [n.id for n in net] == ["fc"]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
 
 
 # -- the command line ----------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from ._apply import apply_plans
 from ._diff import Plan, PlanSet, diff
+from ._errors import SpecError
 from ._spec import Spec, loads
+from ._yaml import MAX_BYTES, too_big
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -121,7 +123,16 @@ class SpecWatcher:
 
     def _read_bytes(self) -> bytes:
         with open(self.path, "rb") as handle:
-            return handle.read()
+            # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
+            # /dev/zero) must not be read whole into a training process.
+            return handle.read(MAX_BYTES + 1)
+
+    def _size(self) -> int | None:
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return None
+        return size if size > MAX_BYTES else None
 
     def _read_text_or_none(self) -> str | None:
         try:
@@ -158,6 +169,8 @@ class SpecWatcher:
 
     def _revise(self, raw: bytes) -> Plan | PlanSet | None:
         try:
+            if len(raw) > MAX_BYTES:
+                raise SpecError([too_big(os.fspath(self.path), self._size())])
             new = loads(raw, source=self.path, allow_imports=self.allow_imports)
             plans = PlanSet()
             for name in self.chains:
