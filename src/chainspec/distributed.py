@@ -59,8 +59,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ._apply import apply_plans
 from ._chain import Chain
 from ._diff import Plan, PlanSet, diff
-from ._errors import ChainspecError
-from ._spec import Spec, loads
+from ._errors import ChainspecError, SpecError
+from ._spec import Spec, load, loads
+from ._yaml import MAX_BYTES, too_big
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -742,7 +743,7 @@ class DistributedSpecWatcher:
     def _read_or_none(self) -> bytes | None:
         try:
             with open(self.path, "rb") as handle:
-                return handle.read()
+                return handle.read(MAX_BYTES + 1)  # never read a file too big to be a spec whole
         except OSError:
             return None
 
@@ -752,8 +753,7 @@ class DistributedSpecWatcher:
         error: Exception | None = None
         if self._is_src():
             try:
-                with open(self.path, "rb") as handle:
-                    current = loads(handle.read(), source=self.path, allow_imports=self.allow_imports)
+                current = load(self.path, allow_imports=self.allow_imports)  # reads at most MAX_BYTES + 1
                 message = ("ok", current.text)
             except (OSError, ChainspecError) as exc:
                 error, message = exc, ("error", str(exc))
@@ -780,6 +780,9 @@ class DistributedSpecWatcher:
     def _check(self, raw: bytes) -> tuple[str, str]:
         """``("revision", text)`` when ``raw`` is a valid revision that diffs cleanly, else ``("rejected", why)``."""
         try:
+            if len(raw) > MAX_BYTES:
+                size = os.stat(self.path).st_size
+                raise SpecError([too_big(os.fspath(self.path), size if size > MAX_BYTES else None)])
             new = loads(raw, source=self.path, allow_imports=self.allow_imports)
             for name, target in self._targets.items():
                 current = self._stage_of(target)
