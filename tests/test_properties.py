@@ -393,11 +393,15 @@ def revision_text(layers: list[Layer]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def definition(layers: list[Layer]) -> dict[str, str]:
-    """Each node's full definition, input width included: equal definitions mean an untouched node."""
+def definition(layers: list[Layer], *, weights_only: bool = False) -> dict[str, str]:
+    """Each node's definition, input width included: equal definitions mean an untouched node.
+
+    With ``weights_only``, only what shapes its weights (kind, widths): a node whose slope, dropout
+    rate, learning rate or init mode changed keeps its very parameters (the change is an update).
+    """
     out, width = {}, INPUT
     for layer in layers:
-        out[layer.id] = f"{layer}|in={width}"
+        out[layer.id] = f"{layer.kind}|{layer.width}|in={width}" if weights_only else f"{layer}|in={width}"
         if layer.kind == "linear":
             width = layer.width
     return out
@@ -479,7 +483,8 @@ def test_random_revisions_equal_a_build_from_scratch(history: list[list[Layer]],
     x = torch.linspace(-1, 1, 4 * INPUT, dtype=torch.float64).reshape(4, INPUT)
     net(x).square().mean().backward()
     opt.step()  # optimizer state to carry
-    original = {node.id: (node.module, state_bytes(node.module)) for node in net}
+    original = {node.id: (node.module, state_bytes(node.module), dict(node.module.named_parameters()))
+                for node in net}
     applied = [history[0]]
     for n, layers in enumerate(history[1:], start=1):
         try:
@@ -508,10 +513,16 @@ def test_random_revisions_equal_a_build_from_scratch(history: list[list[Layer]],
     assert sorted(in_optimizer) == sorted(id(p) for p in net.parameters())
     # Nodes defined identically in every applied revision were never touched.
     definitions = [definition(layers) for layers in applied]
+    shapes = [definition(layers, weights_only=True) for layers in applied]
     for node in net:
+        module, before, params = original.get(node.id, (None, None, None))
         if all(node.id in d and d[node.id] == definitions[0].get(node.id) for d in definitions):
-            module, before = original[node.id]
             assert node.module is module, f"{node.id} was rebuilt"
+        if all(node.id in d and d[node.id] == shapes[0].get(node.id) for d in shapes):
+            # Only its slope, rate, learning rate or init mode changed, if anything: the same
+            # parameter objects, bit for bit (buffers too).
+            assert params is not None and [n for n, _ in node.module.named_parameters()] == list(params), node.id
+            assert all(p is params[name] for name, p in node.module.named_parameters()), node.id
             assert state_bytes(node.module) == before, f"{node.id}'s weights changed"
     # And it trains.
     if any(True for _ in net.parameters()):
