@@ -132,7 +132,7 @@ class Fingerprint:
         self.attrs = {k: net.__dict__.get(k) for k in _apply.BOOKKEEPING}
         self.rng = bits(torch.get_rng_state())
         # An interrupt as a `with torch.device("meta")` block ends must not leave the meta device in force.
-        self.device = (torch.get_default_device(), torch._C._len_torch_function_stack())
+        self.device = (torch.get_default_device(), torch._C._len_torch_function_stack(), torch.is_grad_enabled())
         self.groups: list[Any] = []
         self.state: list[Any] = []
         if opt is not None:
@@ -259,6 +259,28 @@ def test_interrupt_at_any_line_of_apply(policy: str) -> None:
     # Only the last lines of apply (after its all-or-nothing block) may find it complete.
     assert completed and min(completed) > max(i for i, name in enumerate(names) if name == "record")
     finish(plan, new, net, opt, policy)
+
+
+def test_interrupt_that_skips_a_context_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C as a `with torch.device("meta")` or `no_grad` block ends skips its __exit__: the rollback
+    must still leave the default device and autograd as they were (the line tracer above cannot reach
+    inside torch's own context managers, so the skipped exits are simulated here)."""
+    old, net, opt = trained()
+    plan = chainspec.diff(old, chainspec.loads(NEW, source="new.yaml"))
+    real = _apply.shape_check
+
+    def cut_short(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        torch.device("meta").__enter__()  # entered, never exited
+        torch.set_grad_enabled(False)  # a no_grad() whose exit never ran
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_apply, "shape_check", cut_short)
+    before = Fingerprint(net, opt)
+    with pytest.raises(KeyboardInterrupt):
+        plan.apply(net, opt)
+    unchanged(net, opt, before)
+    assert torch.empty(1).device.type == "cpu" and torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize("error", [RuntimeError("factory failed (injected)"), MemoryError(),

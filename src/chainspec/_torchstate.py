@@ -1,12 +1,14 @@
-"""Putting torch's default-device context back after an interrupted ``with torch.device(...)``.
+"""Putting torch's thread-global modes back after an interrupted ``with torch.device(...)`` or ``no_grad``.
 
 ``with torch.device("meta"):`` pushes a mode on torch's function-mode stack
 and pops it in ``__exit__``. A ``KeyboardInterrupt`` delivered just as the
 block ends, before ``__exit__`` has run, skips the pop: every tensor the
-program creates afterwards lands on the meta device. Python cannot make a
-``with`` statement safe against that, so the code that promises to leave
-everything as it was (``plan.apply``'s rollback) records the stack first and
-restores it on failure.
+program creates afterwards lands on the meta device. ``torch.no_grad()``
+(used as a decorator by the function-preserving initialisation) has the same
+window, and would leave autograd off. Python cannot make a ``with`` statement
+safe against that, so the code that promises to leave everything as it was
+(``plan.apply``'s rollback) records these modes first and restores them on
+failure.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ except ImportError:  # pragma: no cover - very old or very new torch
 
 
 class FunctionModes:
-    """torch's function-mode stack and default device, restorable.
+    """torch's function-mode stack, default device and grad mode, restorable.
 
     Example:
         >>> saved = FunctionModes()
@@ -32,18 +34,21 @@ class FunctionModes:
         >>> _ = context.__enter__()  # entered, and never exited (an interrupt at the wrong moment)
         >>> torch.empty(1).device.type
         'meta'
+        >>> _ = torch.set_grad_enabled(False)  # a no_grad block cut short the same way
         >>> saved.restore()
-        >>> torch.empty(1).device.type
-        'cpu'
+        >>> torch.empty(1).device.type, torch.is_grad_enabled()
+        ('cpu', True)
     """
 
     def __init__(self) -> None:
         self.modes: list[Any] | None = (list(_get_current_function_mode_stack())
                                         if _get_current_function_mode_stack is not None else None)
         self.device = getattr(_device, "CURRENT_DEVICE", None)
+        self.grad = torch.is_grad_enabled()
 
     def restore(self) -> None:
-        """Put the stack back as it was when this object was made (a no-op when nothing changed)."""
+        """Put the stack and grad mode back as they were when this object was made (a no-op when unchanged)."""
+        torch.set_grad_enabled(self.grad)
         if self.modes is None or _get_current_function_mode_stack is None:
             return
         if list(_get_current_function_mode_stack()) != self.modes:
