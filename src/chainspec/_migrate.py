@@ -28,7 +28,9 @@ def migrate(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     if not isinstance(version, int) or isinstance(version, bool):
         return data, None  # the model reports the missing or mistyped version
     if version > FORMAT_VERSION:
-        return data, f"format version {version} is newer than this chainspec reads ({FORMAT_VERSION}); upgrade chainspec"
+        return data, (
+            f"format version {version} is newer than this chainspec reads ({FORMAT_VERSION}); upgrade chainspec"
+        )
     while version < FORMAT_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
