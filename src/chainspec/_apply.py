@@ -323,6 +323,7 @@ class _ChainSnapshot:
         chain._links = links
         chain._head = self.nodes[0] if self.nodes else None
         chain._tail = prev
+        chain._order = None  # forward's cached id order is rebuilt from the restored links
         for key, value in self.attrs.items():
             if value is _MISSING:
                 chain.__dict__.pop(key, None)
