@@ -117,8 +117,10 @@ def test_nested_composite_errors_name_the_innermost_fault() -> None:
      "chains.net.nodes[0] (c): cannot take input of shape [4, 4, 4] (the chain input has it): "),
     ("{id: t, type: conv_transpose2d, args: {in_channels: 2, out_channels: 4}}",
      "chains.net.nodes[0] (t): expects 2 input channels, but the chain input has 4 (shape [4, 4, 4])"),
+    ("{id: n, type: instancenorm2d, args: {num_features: 3}}",
+     "chains.net.nodes[0] (n): expects 3 input channels, but the chain input has 4 (shape [4, 4, 4])"),
 ], ids=["factory refuses its args", "wrong trailing shape", "kernel larger than the input",
-        "transposed conv (lenient on meta)"])
+        "transposed conv (lenient on meta)", "instance norm without weights (torch only warns)"])
 def test_build_and_run_failures_are_located(node: str, expected: str) -> None:
     spec = chainspec.loads(f"chainspec: 1\nchains:\n  net:\n    input_shape: [4, 4, 4]\n    nodes: [{node}]\n")
     with pytest.raises(SpecError, match=re.escape(expected)):

@@ -116,7 +116,7 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         except Exception as exc:  # a factory rejecting legal-looking args, e.g. groups not dividing channels
             return None, [doc.problem(node.path, f"cannot build: {_first_line(exc)}", None, label=f" ({node.id})")]
         for sub in module.modules():
-            if isinstance(sub, _TRANSPOSED):
+            if isinstance(sub, _LAX_CHANNELS):
                 sub.register_forward_pre_hook(_check_channels)
         try:
             y = module(x)
@@ -132,14 +132,16 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
     return ChainSummary(chain.name, stage, input_shape, tuple(rows)), []
 
 
-#: Modules whose meta kernels accept any channel count, unlike their CPU and CUDA kernels.
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: Modules that accept a wrong channel count on the meta device (transposed convs,
+#: whose CPU and CUDA kernels refuse it) or everywhere with only a warning (instance
+#: norms without affine weights or running stats ignore ``num_features``).
+_LAX_CHANNELS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.modules.instancenorm._InstanceNorm)
 
 
 def _check_channels(module: nn.Module, args: tuple[Any, ...]) -> None:
     """Refuse, on the meta device too, an input whose channel count the module cannot take."""
     x = args[0] if args else None
-    expected = getattr(module, "in_channels", None)
+    expected = getattr(module, "in_channels", None) or getattr(module, "num_features", None)
     if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] != expected:
         raise RuntimeError(f"expected input to have {expected} channels, but got {x.shape[1]} channels")
 
