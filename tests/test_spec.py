@@ -634,3 +634,18 @@ def test_spec_repr() -> None:
     spec = chainspec.loads(STAGED, source="staged.yaml")
     assert repr(spec) == "Spec('staged.yaml', chains=['net'], stages=3)"
     assert isinstance(spec, Spec)
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ("growth: {stabilise: 10}\n",
+     "x.yaml:1:10: growth.stabilise: unknown key 'stabilise'; did you mean 'stabilize'?"),
+    ("growth: {per_stage: [{stage: 1, fades: 3}]}\n",
+     "x.yaml:1:33: growth.per_stage[0].fades: unknown key 'fades'; did you mean 'fade'?"),
+    ("vars: [1, 2]\n",
+     "x.yaml:1:1: vars: input should be a valid dictionary, got a list"),
+])
+def test_misspelt_growth_keys_and_wrong_containers_get_a_hint(section: str, expected: str) -> None:
+    text = section + HEAD + "      - {id: a, type: relu}\n"
+    with pytest.raises(SpecError) as info:
+        chainspec.loads(text, source="x.yaml")
+    assert str(info.value).splitlines()[0] == expected

@@ -314,8 +314,8 @@ def pydantic_problems(exc: ValidationError, doc: Document, data: Any) -> list[Pr
             message = message[0].lower() + message[1:]
             if rest:
                 message = f"{message}, got {err['input']!r}" if "input" in err else message
-            elif "input" in err and not isinstance(err["input"], (dict, list)):
-                message += f", got {err['input']!r}"
+            elif "input" in err:
+                message += f", got {_describe(err['input'])}"
         if (path, kind) in seen or (kind != "missing" and (path, "*") in seen):
             continue
         seen.add((path, kind))
@@ -344,9 +344,18 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path, tuple[Any, ...]]:
 
 
 
+def _describe(value: Any) -> str:
+    """A short description of a wrong value: itself if scalar, else its kind ('a list', 'a mapping')."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
 def _fields_at(path: Path, data: Any) -> list[str]:
     """The keys allowed in the mapping at ``path``, for 'did you mean' hints."""
-    from ._model import ChainSpec, NodeSpec, TypeDef
+    from ._model import ChainSpec, GrowthSpec, NodeSpec, StagePhases, TypeDef
 
     if path == ():
         return list(SpecModel.model_fields)
@@ -358,4 +367,8 @@ def _fields_at(path: Path, data: Any) -> list[str]:
         return list(TypeDef.model_fields)
     if len(path) == 4 and path[0] == "types" and path[2] == "nodes":
         return ["id", "type", "args"]
+    if path == ("growth",):
+        return list(GrowthSpec.model_fields)
+    if len(path) == 3 and path[:2] == ("growth", "per_stage"):
+        return list(StagePhases.model_fields)
     return []

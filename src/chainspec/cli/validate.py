@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             for problem in result.problems:
                 print(problem.format())
         if not args.quiet:
+            sys.stdout.flush()  # the problems before the summary, also when both streams share one pipe
             print(summary(results), file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1
 
