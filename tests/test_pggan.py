@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import chainspec
 
@@ -142,6 +143,32 @@ def test_cli_builds_every_stage_by_shape_inference() -> None:
     assert stages[8]["chains"]["generator"]["params"] == 23_079_187
     assert stages[8]["chains"]["discriminator"]["params"] == 23_077_137
     assert stages[8]["chains"]["generator"]["nodes"][-1]["output_shape"] == [3, 1024, 1024]
+
+
+class _Allocations(TorchDispatchMode):
+    """Records the size of every tensor that an aten op returns off the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_cli_build_of_every_stage_allocates_no_weight_or_activation(capsys: pytest.CaptureFixture[str]) -> None:
+    from chainspec.cli import main
+
+    with _Allocations() as seen:
+        assert main(["build", str(PGGAN), "--stage", "all"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stage 8 of 8") == 2 and "[16, 1024, 1024]" in out
+    # A real build would allocate the 4.2M-weight dense layer, a forward a 16x1024x1024 activation.
+    assert seen.largest < 1_000, seen.largest
 
 
 def test_tiny_spec_has_the_same_structure() -> None:
