@@ -114,6 +114,17 @@ def test_steps_unit_counts_optimizer_steps(tiny: chainspec.Spec) -> None:
     assert (grower.alpha, grower.steps, grower.images) == (0.25, 3, 64)
 
 
+def test_the_specs_growth_section_can_count_steps(tiny: chainspec.Spec) -> None:
+    text = TINY.read_text().replace("unit: images ", "unit: steps  ").replace("stabilize: 6000 ", "stabilize: 2 ")
+    text = text.replace("fade: 6000 ", "fade: 4 ").replace("stabilize: 12000}", "stabilize: 3}")
+    spec = chainspec.loads(text)
+    grower = Grower(spec, chains=spec.build_all(stage=0))  # no schedule given: the spec's, in steps
+    assert (grower.schedule.unit, grower.schedule.total) == ("steps", 2 + 3 * (4 + 2) + 1)
+    assert grower.step() == [] and [e.kind for e in grower.step()] == ["fade"]
+    grower.step()
+    assert (grower.stage, grower.alpha, grower.steps, grower.images) == (1, 0.25, 3, 0)
+
+
 def test_images_unit_needs_the_batch_size(tiny: chainspec.Spec) -> None:
     _, _, grower = make(tiny)
     with pytest.raises(ValueError, match="pass the batch size"):
