@@ -243,6 +243,9 @@ def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
     # Different structures cannot be synchronised: named, not a crash inside gloo.
     other_chain = chainspec.loads(SPEC).build(stage=rank)
     out["layout"] = _timed(lambda: csd.broadcast_module(other_chain))
+    # The apply fails on rank 1 only, after its splice (an out-of-memory error on one GPU, a Ctrl-C):
+    # rank 0 had applied too, and rolls back, so both ranks still run the same model.
+    out.update(_fail_on_one_rank(rank))
     # Rank 1 never reaches the barrier: rank 0's monitored barrier names it within the timeout.
     flag = tmp / "barrier_seen"
     if rank == 0:
@@ -252,6 +255,45 @@ def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
         deadline = time.monotonic() + 60
         while not flag.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+    return out
+
+
+def _fail_on_one_rank(rank: int) -> dict[str, Any]:
+    from chainspec import _apply
+
+    spec = chainspec.loads(SPEC, source="mine.yaml")
+    torch.manual_seed(5)  # the same weights on both ranks
+    chain = spec.build(stage=0)
+    opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
+    chain(torch.randn(4, 6)).sum().backward()
+    opt.step()
+    before, adam = _snapshot(chain), [s["exp_avg"].clone() for s in opt.state.values()]
+    out: dict[str, Any] = {}
+    real = _apply._Job.update_optimizer
+    for key, error in (("one_rank_fails", RuntimeError("CUDA out of memory (injected)")),
+                       ("one_rank_interrupted", KeyboardInterrupt())):
+        def update_optimizer(job: Any, error: BaseException = error) -> None:
+            real(job)
+            if rank == 1:
+                raise error
+
+        _apply._Job.update_optimizer = update_optimizer  # type: ignore[method-assign]
+        start = time.monotonic()
+        try:
+            csd.grow(spec, chain, opt)
+            out[key] = ("none", "did not raise", time.monotonic() - start)
+        except BaseException as exc:  # KeyboardInterrupt too: it is what rank 1 must raise
+            out[key] = (type(exc).__name__, str(exc), time.monotonic() - start)
+        finally:
+            _apply._Job.update_optimizer = real  # type: ignore[method-assign]
+        out[key + "_untouched"] = (chain.ids() == ["fc0", "act0", "out"] and chain.stage == 0
+                                   and all(torch.equal(v, before[k]) for k, v in chain.state_dict().items())
+                                   and len(opt.state) == len(adam) and all(
+                                       torch.equal(s["exp_avg"], a) for s, a in zip(opt.state.values(), adam,
+                                                                                    strict=True)))
+    csd.grow(spec, chain, opt)  # the same growth step then succeeds on both ranks
+    out["grown_after_failures"] = chain.ids()
+    out["grown_after_failures_diff"] = _sync_check(chain)
     return out
 
 
@@ -464,6 +506,22 @@ def test_missing_revision_and_different_batch_sizes_raise_everywhere(ranks: list
         kind, message, seconds = r["failures"]["batch_sizes"]
         assert kind == "DistributedError" and "different points of the schedule" in message and seconds < 10
         assert r["failures"]["batch_sizes_untouched"]
+
+
+def test_an_apply_failing_on_one_rank_is_rolled_back_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    for rank, r in enumerate(ranks):
+        failures = r["failures"]
+        for key, own in (("one_rank_fails", "RuntimeError"), ("one_rank_interrupted", "KeyboardInterrupt")):
+            kind, message, seconds = failures[key]
+            if rank == 1:
+                assert kind == own, message
+            else:
+                assert kind == "DistributedError", message
+                assert "failed on other ranks" in message and "rank 1" in message and "rolled back" in message
+            assert seconds < 10, f"{key} took {seconds:.1f}s on rank {rank}"
+            assert failures[key + "_untouched"], f"{key}: rank {rank} changed its model or optimizer"
+        assert failures["grown_after_failures"] == ["fc0", "act0", "fc1", "act1", "out"]
+        assert failures["grown_after_failures_diff"] == 0.0
 
 
 def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:

@@ -36,8 +36,13 @@ BOOKKEEPING = ("stage", "spec", "placement")
 _MISSING = object()
 
 
-def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy: str = "keep") -> None:
+def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy: str = "keep",
+                confirm: Callable[[], None] | None = None) -> None:
     """Apply several plans (for example a generator's and a discriminator's) as one all-or-nothing step.
+
+    ``confirm``, if given, is called once everything is applied, before the snapshot is dropped; if it
+    raises, the apply is rolled back as if it had failed. The distributed helpers use it to commit only
+    once every rank has applied its plans.
 
     Example:
         >>> import chainspec
@@ -64,6 +69,8 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
             job.update_optimizer()
         for job in jobs:
             job.record()
+        if confirm is not None:
+            confirm()
     except BaseException:
         _rollback(undo[::-1])
         raise

@@ -10,7 +10,9 @@ constructed. The helpers here do all three:
   the revision (``broadcast_object_list``); every rank diffs it against the
   revision it runs, and the ranks compare digests of their plans before any
   of them touches its model. Then each rank applies the plan (all or
-  nothing, optimizer included), the new parameters and buffers are broadcast
+  nothing, optimizer included, and across the ranks: a rank keeps its
+  change only once every rank confirms it applied its own, so a failure on
+  one rank rolls all of them back), the new parameters and buffers are broadcast
   from ``src``, and each DDP is re-wrapped with the keyword arguments it was
   built with. Optimizer state survives: the optimizer holds the chain's
   Parameter objects, which the splice keeps, and the diff engine adds the new
@@ -40,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -517,22 +520,30 @@ def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
     except Exception as exc:
         local, status = exc, ("error", _short(exc))
     _settle(_gather(status, group=group, where=f"comparing plans for {where}"), here, local, where)
-    # Apply, all or nothing on each rank; then make sure no rank is left behind.
+    # Apply, all or nothing across the ranks: each rank applies its plans, then, before dropping its
+    # snapshot, learns whether every rank did. If one failed (out of memory on one GPU, an interrupt),
+    # the others roll back too, so the ranks stay in step; a rank that died or hangs makes the others'
+    # confirmation time out, which rolls them back as well.
     before = {name: _named_tensors(t.chain) for name, t in targets.items()}  # keeps them alive: ids stay unique
+    confirmed = False
+
+    def confirm(done: tuple[str, str] = ("ok", "applied")) -> None:
+        nonlocal confirmed
+        confirmed = True
+        applied = _gather(done, group=group, where=f"confirming {where}")
+        failed = [f"rank {i}: {msg}" for i, (kind, msg) in enumerate(applied) if kind == "error"]
+        if failed and done[0] == "ok":
+            raise DistributedError(f"{where} failed on other ranks ({'; '.join(failed)}); every rank rolled back, "
+                                   "so no rank changed its model")
+
     try:
-        apply_plans([(plans[name], t.chain, t.optimizer) for name, t in targets.items()], policy=policy)
-        done: tuple[str, str] = ("ok", "applied")
-    except Exception as exc:
-        local, done = exc, ("error", _short(exc))
-    applied = _gather(done, group=group, where=f"confirming {where}")
-    if any(kind == "error" for kind, _ in applied):
-        if all(kind == "error" for kind, _ in applied):
-            assert local is not None
-            raise local  # every rank rolled back: still in step
-        ok = [i for i, (kind, _) in enumerate(applied) if kind == "ok"]
-        bad = [f"rank {i}: {msg}" for i, (kind, msg) in enumerate(applied) if kind == "error"]
-        raise DistributedError(f"{where} succeeded on ranks {ok} but failed on others ({'; '.join(bad)}): the ranks "
-                               "now run different models; restart every rank from the last checkpoint")
+        apply_plans([(plans[name], t.chain, t.optimizer) for name, t in targets.items()], policy=policy,
+                    confirm=confirm)
+    except BaseException as exc:  # rolled back here; tell the other ranks, unless they have been told
+        if not confirmed and is_distributed():
+            with contextlib.suppress(DistributedError):
+                confirm(("error", _short(exc)))
+        raise
     models, sent = _sync_targets(targets, before, broadcast=broadcast, src=src, group=group)
     barrier(timeout=timeout, group=group, where=f"after {where}")
     return LockstepResult(plan=next(iter(plans.values())) if len(plans) == 1 else plans, spec=revised,
