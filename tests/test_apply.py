@@ -198,6 +198,40 @@ def test_plan_must_start_from_the_chains_revision() -> None:
         plan.apply(net, opt)
 
 
+def test_a_plan_applied_twice_is_refused_even_when_the_ids_match() -> None:
+    # A replace keeps the ids: only the revision the chain records tells that it already ran.
+    spec, net, opt = trained()
+    plan = chainspec.diff(spec, chainspec.loads(edit_replace(MLP), source="wide.yaml"))
+    plan.apply(net, opt)
+    with Unchanged(net, opt), pytest.raises(chainspec.PlanError,
+                                            match=r"node 'fc2' is as in wide\.yaml .*not as in net\.yaml"):
+        plan.apply(net, opt)
+
+
+def test_a_plan_from_an_equal_revision_loaded_again_applies() -> None:
+    spec, net, opt = trained()
+    chainspec.diff(spec, chainspec.loads(edit_update(MLP), source="rev1.yaml")).apply(net, opt)
+    again = chainspec.loads("# the same revision, read again\n" + edit_update(MLP), source="rev1.yaml")
+    chainspec.diff(again, chainspec.loads(edit_remove(edit_update(MLP)))).apply(net, opt)
+    assert "drop" not in net.ids()
+
+
+def test_an_update_draws_no_random_numbers() -> None:
+    # The rebuilt conv's own initialisation is thrown away: it must not shift the RNG stream
+    # that dropout and later inits draw from.
+    conv = ("chainspec: 1\nchains: {c: {input_shape: [3, 8, 8], nodes: [{id: conv, type: conv2d, "
+            "args: {in_channels: 3, out_channels: 4, kernel_size: 3, padding: 1}}]}}")
+    spec = chainspec.loads(conv)
+    net = spec.build()
+    weight = net["conv"].module.weight
+    plan = chainspec.diff(spec, chainspec.loads(conv.replace("padding: 1", "padding: 1, padding_mode: reflect")))
+    assert [op.kind for op in plan.ops] == ["update"]
+    before = torch.get_rng_state()
+    plan.apply(net)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert net["conv"].module.padding_mode == "reflect" and net["conv"].module.weight is weight
+
+
 def test_bad_policy() -> None:
     spec, net, _ = trained()
     with pytest.raises(chainspec.PlanError, match="policy must be 'keep' or 'reset'"):

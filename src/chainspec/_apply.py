@@ -117,7 +117,12 @@ class _Job:
         device, dtype = (self.device, self.dtype) if old is None else _placement(
             old.parameters(), old.buffers(), default=(self.device, self.dtype))
         try:
-            module = instantiate(op.new, device=device, dtype=dtype)
+            if op.kind == "update":
+                # Its own initialisation is thrown away (_adopt): drawing it must not shift the RNG stream.
+                with _rng_untouched(device):
+                    module = instantiate(op.new, device=device, dtype=dtype)
+            else:
+                module = instantiate(op.new, device=device, dtype=dtype)
         except Exception as exc:
             text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise SpecError([self.plan.new_spec.problem(op.new.path, f"cannot build node {op.node_id!r}: "
@@ -266,16 +271,50 @@ def _factories(tree: Any) -> tuple[int, ...]:
 def _check_chain(plan: Plan, chain: Chain) -> None:
     ids = tuple(node.id for node in chain)
     if ids == plan.old_ids:
-        return
-    for i, (have, want) in enumerate(zip(ids, plan.old_ids, strict=False)):
-        if have != want:
-            detail = f"node {i} is {have!r}, the plan expects {want!r}"
-            break
+        detail = _revision_difference(plan, chain)
+        if detail is None:
+            return
     else:
-        detail = f"it has {len(ids)} nodes, the plan expects {len(plan.old_ids)}"
+        detail = next((f"node {i} is {have!r}, the plan expects {want!r}"
+                       for i, (have, want) in enumerate(zip(ids, plan.old_ids, strict=False)) if have != want),
+                      f"it has {len(ids)} nodes, the plan expects {len(plan.old_ids)}")
     raise PlanError(f"chain {chain.name!r} is not the revision this plan starts from ({plan.old_spec.source}, "
                     f"chain {plan.chain!r}, stage {plan.old_stage}): {detail}; diff against the revision "
                     "the chain runs now (chain.spec, chain.stage after a previous apply)")
+
+
+def _revision_difference(plan: Plan, chain: Chain) -> str | None:
+    """How the revision a chain records (``chain.spec`` at ``chain.stage``) differs from the plan's old one.
+
+    Same ids are not enough: a replace keeps them, so a plan applied twice would otherwise rebuild
+    nodes that already have their new shapes. A chain that records no revision (fresh from
+    ``Spec.build``) is taken at its word. None when they agree.
+    """
+    recorded, stage = chain.__dict__.get("spec"), chain.__dict__.get("stage")
+    if recorded is None or (recorded is plan.old_spec and stage == plan.old_stage):
+        return None
+    from ._diff import tree_key
+    from ._spec import Spec
+
+    if not isinstance(recorded, Spec) or not isinstance(stage, int):
+        return None
+    try:
+        nodes = recorded.resolved(plan.chain).at(stage)
+    except ValueError:
+        return f"it runs {recorded.source}, which has no chain {plan.chain!r}"
+    for have, want in zip(nodes, plan.old_nodes, strict=False):
+        if have.id != want.id or (have.tree != want.tree and tree_key(have.tree) != tree_key(want.tree)):
+            return (f"node {want.id!r} is as in {recorded.source} (stage {stage}), not as in "
+                    f"{plan.old_spec.source} (stage {plan.old_stage})")
+    return None
+
+
+def _rng_untouched(device: torch.device) -> Any:
+    """A context that gives back torch's CPU RNG state (and ``device``'s, for CUDA) on exit."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.random.fork_rng(devices=[index])
+    return torch.random.fork_rng(devices=[])
 
 
 def _placement(*tensors: Any, default: tuple[torch.device, torch.dtype | None] | None = None
