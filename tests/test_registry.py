@@ -199,6 +199,34 @@ def test_register_type_function_and_class(fresh_types: list[str]) -> None:
         chainspec.loads(spec.text.replace("features: 3", "features: x"))
 
 
+def test_register_type_used_bare_registers_and_returns_the_class(fresh_types: list[str]) -> None:
+    """``@register_type`` without parentheses works like ``@register_type()``, not silently wrong."""
+
+    @chainspec.register_type
+    class Doubler(nn.Module):
+        """Multiplies by two."""
+
+        def __init__(self, bias: bool = False) -> None:
+            super().__init__()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    @chainspec.register_type(replace=True)
+    def Halver() -> nn.Module:
+        return _Scale(0.5)
+
+    fresh_types.extend(["doubler", "halver"])
+    assert isinstance(Doubler, type) and issubclass(Doubler, nn.Module)  # unchanged, not the inner decorator
+    assert get_type("doubler").factory is Doubler and get_type("halver").factory is Halver
+    net = one_node_spec("doubler", {"bias": True}, [3]).build()
+    assert torch.equal(net(torch.ones(1, 3)), torch.full((1, 3), 2.0))
+    with pytest.raises(TypeError, match=r"register_type: the name must be a string, got int"):
+        chainspec.register_type(3)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"expected a function or an nn.Module class, got str"):
+        chainspec.register_type("oops")("not callable")  # type: ignore[type-var]
+
+
 class _Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()

@@ -271,11 +271,21 @@ def _add(name: str, factory: Callable[..., Any], origin: str, replace: bool = Fa
     return node_type
 
 
-def register_type(name: str | None = None, *, replace: bool = False) -> Callable[[F], F]:
+@typing.overload
+def register_type(name: F, *, replace: bool = False) -> F: ...
+
+
+@typing.overload
+def register_type(name: str | None = None, *, replace: bool = False) -> Callable[[F], F]: ...
+
+
+def register_type(name: str | F | None = None, *, replace: bool = False) -> Callable[[F], F] | F:
     """Register a function or ``nn.Module`` class as a node type; returns it unchanged.
 
     The keyword arguments of the function (or of the class's ``__init__``),
     with their annotations and defaults, become the type's argument schema.
+    Use it as ``@register_type("name")``, ``@register_type()`` or bare
+    ``@register_type``; the last two name the type after the callable.
 
     Args:
         name: the name specs use; defaults to the callable's name in lower case.
@@ -294,7 +304,14 @@ def register_type(name: str | None = None, *, replace: bool = False) -> Callable
         True
     """
 
+    if callable(name):  # bare ``@register_type``: the callable itself was passed
+        return register_type(None, replace=replace)(name)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"register_type: the name must be a string, got {type(name).__name__}")
+
     def decorator(factory: F) -> F:
+        if not callable(factory):
+            raise TypeError(f"register_type: expected a function or an nn.Module class, got {type(factory).__name__}")
         _add(name or factory.__name__, factory, f"{factory.__module__}.{factory.__qualname__}", replace)
         return factory
 
