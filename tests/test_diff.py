@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainspec
+from chainspec import _diff
 from chainspec._diff import longest_increasing, match_ids
 from chainspec._model import SpecModel
 from chainspec._resolve import resolve
@@ -90,6 +91,51 @@ def test_matching_is_a_longest_common_subsequence(perm: list[int], dropped: set[
     assert len(m.stay) == _lcs_length(old, new)
     assert set(m.inserted) == set(new) - set(old)
     assert set(m.removed) == set(old) - set(new)
+
+
+class CountedId(str):
+    """An id that counts how often it is compared for equality (a hash lookup compares once)."""
+
+    calls = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedId.calls += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+class CountedRank(int):
+    """A position that counts the ``<`` comparisons made on it (what ``bisect`` does)."""
+
+    calls = 0
+
+    def __lt__(self, other: object) -> bool:
+        CountedRank.calls += 1
+        return int.__lt__(self, other)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("order", ["same", "reversed", "shuffled"])
+def test_matching_ten_thousand_ids_is_n_log_n(order: str) -> None:
+    # Counted, not timed: a quadratic matching (a list lookup, a pairwise LCS) costs about n²/2 = 5e7
+    # comparisons here; hashing and patience sorting stay near n and n·log2(n) = 1.3e5.
+    import random
+
+    n = 10_000
+    old = [CountedId(f"n{i}") for i in range(n)]
+    new = [CountedId(f"n{i}") for i in range(n)]  # equal ids, distinct objects: lookups must compare
+    if order == "reversed":
+        new.reverse()
+    elif order == "shuffled":
+        random.Random(0).shuffle(new)
+    CountedId.calls = 0
+    matching = match_ids(old, new)
+    assert CountedId.calls <= 10 * n
+    assert len(matching.stay) + len(matching.moved) == n
+    rank = {node_id: CountedRank(i) for i, node_id in enumerate(old)}
+    CountedRank.calls = 0
+    longest_increasing(new, rank)
+    assert CountedRank.calls <= n * (n.bit_length() + 1)
 
 
 def test_longest_increasing_empty() -> None:
@@ -339,13 +385,24 @@ def big_spec(ids: list[str], source: str = "big.yaml", edits: dict[str, str] | N
     return Spec(model, doc, text, chains, stages, ())
 
 
-def test_ten_thousand_node_diff() -> None:
+def test_ten_thousand_node_diff(monkeypatch: pytest.MonkeyPatch) -> None:
     old_ids = [f"n{i}" for i in range(10_000)]
     new_ids = list(old_ids)
     new_ids.remove("n5000")  # remove
     new_ids.insert(100, "fresh")  # insert
     new_ids.remove("n42")
     new_ids.insert(9000, "n42")  # move
-    plan = chainspec.diff(big_spec(old_ids), big_spec(new_ids, edits={"n7": "u"}))
+    old, new = big_spec(old_ids), big_spec(new_ids, edits={"n7": "u"})
+    measured: list[str] = []
+    real = _diff._measure
+
+    def counting(spec: Spec, node: object) -> object:
+        measured.append(node.id)  # type: ignore[attr-defined]
+        return real(spec, node)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_diff, "_measure", counting)
+    plan = chainspec.diff(old, new)
     assert sorted(kinds(plan)) == [("insert", "fresh"), ("move", "n42"), ("remove", "n5000"), ("replace", "n7")]
     assert plan.param_delta == 72 - 72 - 8
+    # Only changed nodes are built (on the meta device), once per distinct definition: t and u.
+    assert len(measured) == 2
