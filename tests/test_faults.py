@@ -461,6 +461,38 @@ def test_sigkill_mid_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None
     assert chainspec.load_checkpoint(path).extra == {"n": 3}
 
 
+def test_a_killed_writers_temporary_file_is_cleaned_up_by_a_later_save(tmp_path: Path) -> None:
+    path, _, _ = saved_checkpoint(tmp_path)
+    proc = run_writer(tmp_path, path, "half")
+    wait_for(proc, "HALF")
+    (stray,) = [p for p in tmp_path.iterdir() if p.name.startswith(".last.pt.")]
+    assert stray.name.startswith(f".last.pt.{proc.pid}-") and stray.name.endswith(".tmp")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    # A live writer's file (here: a sleeping process's pid), however old, is never touched.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".last.pt.{sleeper.pid}-busy.tmp"
+        busy.write_bytes(b"in progress")
+        other = tmp_path / f".other.pt.{proc.pid}-x.tmp"  # another checkpoint's: not ours to judge
+        other.write_bytes(b"x")
+        old = time.time() - 2 * _checkpoint.STALE_AFTER_S
+        for p in (busy, other):
+            os.utime(p, (old, old))
+        spec, net, _ = trained()
+        chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, extra={"n": 3})
+        assert stray.exists()  # written to moments ago: perhaps a writer on another machine
+        os.utime(stray, (old, old))
+        chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, extra={"n": 4})
+        assert not stray.exists()
+        assert busy.exists() and other.exists()
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == sorted([busy.name, other.name])
+        assert chainspec.load_checkpoint(path).extra == {"n": 4}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     path, _, _ = saved_checkpoint(tmp_path)
     proc = run_writer(tmp_path, path, "loop")

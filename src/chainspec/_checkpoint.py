@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,7 +248,7 @@ def _check_plain(value: Any, where: str) -> None:
 def _atomic_save(payload: dict[str, Any], path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}-", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
     try:
@@ -268,6 +270,60 @@ def _atomic_save(payload: dict[str, Any], path: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    remove_stale_temporaries(path)
+
+
+#: A temporary file left by a dead writer is removed once it has not been written to for this long.
+STALE_AFTER_S = 60.0
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that writes of checkpoint ``path`` killed mid-way left behind.
+
+    :func:`save_checkpoint` writes to ``.NAME.PID-XXXX.tmp`` beside ``path`` and renames it over ``path``;
+    a writer killed with SIGKILL (or a power cut) leaves that file behind. It is never read, and each
+    successful save calls this to delete those of writers that are no longer running on this machine
+    and have not written for ``STALE_AFTER_S`` seconds (the age spares a writer on another machine
+    sharing the directory). Without ``os.kill`` probing (Windows) nothing is deleted.
+
+    Returns:
+        The paths deleted.
+
+    Example:
+        >>> remove_stale_temporaries("run/last.pt")  # doctest: +SKIP
+        ['run/.last.pt.4242-k3j2_x.tmp']
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(rf"\.{re.escape(os.path.basename(path))}\.(\d+)-[^/]*\.tmp")
+    removed: list[str] = []
+    if os.name != "posix":
+        return removed
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+            continue
+        stale = os.path.join(directory, name)
+        with contextlib.suppress(OSError):
+            if now - os.lstat(stale).st_mtime >= STALE_AFTER_S:
+                os.unlink(stale)
+                removed.append(stale)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (EPERM), or not a pid at all: leave it be
+        return True
+    return True
 
 
 # -- load -------------------------------------------------------------------------------------------
