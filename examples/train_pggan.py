@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     while not grower.done and (args.stop_at is None or grower.images < args.stop_at):
         loss_d, loss_g, wdist = train_step(g, d, g_opt, d_opt, grower, args, latent)
         phase = grower.phase
-        ending = phase.kind == "stabilize" and phase.end is not None and grower.images + per_step >= phase.end
+        # A stage other than the last is complete (the last one's samples and checkpoint follow the loop).
+        ending = (phase.kind == "stabilize" and phase.stage < schedule.stages - 1 and phase.end is not None
+                  and grower.images + per_step >= phase.end)
         if ending:
             samples(grower.stage)  # the stage is complete: its samples, before the next one grows in
         events = grower.step(per_step)
@@ -313,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{4 * 2**event.stage}x{4 * 2**event.stage} ({plans})")
             elif event.kind == "stabilize":
                 progress.message(f"stage {event.stage}: fade-in complete, alpha = 1")
-        if ending or grower.images >= next_save:
+        stopping = grower.done or (args.stop_at is not None and grower.images >= args.stop_at)
+        if not stopping and (ending or grower.images >= next_save):  # the final checkpoint follows the loop
             save(f"end of stage {phase.stage}" if ending else "periodic")
             next_save = (grower.images // args.save_every + 1) * args.save_every
         progress.update(grower.images, f"stage {grower.stage} {4 * 2**grower.stage:>2}px {grower.phase.kind:9} "

@@ -74,6 +74,15 @@ def test_the_short_schedule_runs_through_every_stage(full_run: tuple[Path, str])
     assert " D " in bar[-1] and " G " in bar[-1]
 
 
+def test_each_stage_is_sampled_once_and_the_end_saved_once(full_run: tuple[Path, str]) -> None:
+    _, log = full_run
+    for stage in range(4):
+        assert log.count(f"stage {stage} ({4 * 2**stage}x{4 * 2**stage}) done") == 1, stage
+    saves = [line for line in log.splitlines() if line.startswith("checkpoint ")]
+    assert saves[-1].endswith("stage 3 done, alpha 1.0000, 112 images") and "(end of training)" in saves[-1]
+    assert not any("112 images" in line for line in saves[:-1])  # no second save of the same state
+
+
 def test_a_sample_grid_per_stage(full_run: tuple[Path, str]) -> None:
     out, _ = full_run
     for name in ["reals.png", *(f"samples_stage{k}.png" for k in range(4))]:
