@@ -625,6 +625,14 @@ CLI_CASES = {
     "zero-channels": (node("id: a, type: linear, args: {in_features: 4, out_features: 0}").encode(), 6),
     "reserved-id": (node("id: forward, type: relu").encode(), 6),
     "nan": (node("id: a, type: dropout, args: {p: .nan}").encode(), 6),
+    "inf": (node("id: a, type: linear, args: {in_features: 4, out_features: .inf}").encode(), 6),
+    "negative-channels": (node("id: a, type: linear, args: {in_features: -4, out_features: 3}").encode(), 6),
+    "self-reference": (b"chainspec: 1\nchains: &a {net: *a}\n", 2),
+    "tab-indent": (b"chainspec: 1\nchains:\n\tnet: {}\n", 3),
+    "unknown-tag": (b"chainspec: 1\nchains: !custom {}\n", 2),
+    "python-name": (b"chainspec: 1\nchains: !!python/name:os.system\n", 2),
+    "dunder-id": (node("id: __class__, type: relu").encode(), 6),
+    "training-id": (node("id: training, type: relu").encode(), 6),
 }
 
 
