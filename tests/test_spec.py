@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -455,6 +456,10 @@ def test_stage_index_errors_and_declared_stages() -> None:
         spec.build(stage=3)
     with pytest.raises(ValueError, match=r"stage must be a number or 'final', got 'last'"):
         spec.stage_index("last")
+    for wrong in (1.7, 1.0, True, None, [1]):  # never truncated or coerced to a stage
+        with pytest.raises(ValueError, match=r"stage must be a number or 'final', got "):
+            spec.build(stage=wrong)  # type: ignore[arg-type]
+    assert spec.stage_index(np.int64(2)) == 2 and spec.stage_index(" 1") == 1
     declared = chainspec.loads(STAGED.replace("chainspec: 1\n", "chainspec: 1\nstages: 5\n"))
     assert declared.stages == 5 and declared.build(stage=4).ids() == ["stem", "grow1", "grow2", "head2"]
     with pytest.raises(SpecError, match=r"chains.net.nodes\[4\].stage: stage 2 is out of range; "

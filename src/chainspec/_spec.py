@@ -9,6 +9,7 @@ inference (which needs torch) runs on ``Spec.check()`` and before any build.
 from __future__ import annotations
 
 import difflib
+import operator
 import os
 from collections.abc import Iterable
 from pathlib import Path as FsPath
@@ -86,7 +87,10 @@ class Spec:
         if stage == "final":
             return self.stages - 1
         try:
-            index = int(stage)
+            # A string is parsed; otherwise only true integers: True is not stage 1, and 1.7 is not stage 1.
+            if isinstance(stage, bool):
+                raise TypeError
+            index = int(stage) if isinstance(stage, str) else operator.index(stage)
         except (TypeError, ValueError):
             raise ValueError(f"stage must be a number or 'final', got {stage!r}") from None
         if not 0 <= index < self.stages:
