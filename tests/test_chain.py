@@ -371,6 +371,11 @@ def test_capture_intermediate_outputs_by_id() -> None:
     assert features == {"x": torch.tensor([19.0]), "b": torch.tensor([192.0])}
     with pytest.raises(NodeNotFoundError, match=r"no node 'bb'.*did you mean 'b'\?"):
         chain.capture(torch.zeros(1), ["bb"])
+    _, features = chain.capture(torch.zeros(1), "x")  # one id as a plain string
+    assert features == {"x": torch.tensor([19.0])}
+    chain.insert_after("x", "bd", Digit(5))
+    _, features = chain.capture(torch.zeros(1), "bd")  # not the ids 'b' and 'd'
+    assert list(features) == ["bd"] and features["bd"].item() == 195
 
 
 def test_capture_keeps_the_graph_for_feature_losses() -> None:

@@ -189,8 +189,11 @@ class Chain(nn.Module):
             x = modules[node_id](x)
         return x
 
-    def capture(self, x: Any, ids: Iterable[str]) -> tuple[Any, dict[str, Any]]:
-        """Run forward and also return the outputs of the nodes named in ``ids``.
+    def capture(self, x: Any, ids: Iterable[str] | str) -> tuple[Any, dict[str, Any]]:
+        """Run forward and also return the outputs of the nodes named in ``ids`` (a list of ids, or one id).
+
+        Raises:
+            NodeNotFoundError: an id is not in the chain (before anything runs).
 
         Example:
             >>> import torch
@@ -199,7 +202,7 @@ class Chain(nn.Module):
             >>> feats["fc"].shape
             torch.Size([1, 8])
         """
-        wanted = set(ids)
+        wanted = {ids} if isinstance(ids, str) else set(ids)  # "b1" is one id, not the ids 'b' and '1'
         for node_id in wanted:
             self._node(node_id)
         features: dict[str, Any] = {}
