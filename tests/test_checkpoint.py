@@ -44,7 +44,8 @@ REV2 = REV1.replace("in_features: 16, out_features: 16}}\n      - {id: act2",
                                                        "optim")
 
 OPTIMIZERS = {"adam": lambda params: torch.optim.Adam(params, lr=0.01),
-              "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9)}
+              "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+              "adamw": lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.1)}
 
 
 def batch(step: int) -> torch.Tensor:
