@@ -257,6 +257,12 @@ class Grower:
 
         Call it after each optimizer step (of the discriminator, for a GAN). ``batch_size`` is required
         when the schedule counts images. Returns what happened at this step (usually nothing).
+
+        Example:
+            >>> grower.step(16)  # doctest: +SKIP
+            []
+            >>> grower.step(16)  # the step that reaches 6,000 images, the end of stage 0  # doctest: +SKIP
+            [GrowthEvent(kind='fade', stage=1, position=6000)]
         """
         if self.schedule.unit == "images":
             if batch_size is None or isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
@@ -353,6 +359,11 @@ class Grower:
 
         Only strings, numbers and tensors: it fits in a :func:`chainspec.save_checkpoint` ``extra``
         or a ``torch.save`` file.
+
+        Example:
+            >>> state = grower.state_dict()  # doctest: +SKIP
+            >>> state["stage"], state["phase"], state["alpha"], state["images"]  # doctest: +SKIP
+            (1, 'fade', 0.25, 7500)
         """
         state: dict[str, Any] = {"version": STATE_VERSION, "unit": self.schedule.unit, "position": self.position,
                                  "images": self.images, "steps": self.steps, "stage": self.stage,
@@ -379,6 +390,15 @@ class Grower:
         Raises:
             PlanError: the chains are already past the saved stage, or mid-fade, or the schedule no
                 longer puts the saved position in the same phase.
+
+        Example:
+            >>> chains = spec.build_all(stage=0)  # doctest: +SKIP
+            >>> grower = chainspec.Grower(spec, chains=chains, optimizers=make_optimizers(chains))  # doctest: +SKIP
+            >>> grower.load_state_dict(saved["grower"])  # doctest: +SKIP
+            >>> grower.stage, grower.alpha  # the saved fade, blended in again  # doctest: +SKIP
+            (1, 0.25)
+            >>> for name, chain in chains.items():  # doctest: +SKIP
+            ...     chain.load_state_dict(saved[name])
         """
         if state.get("version") != STATE_VERSION:
             raise CheckpointError(f"grower state has version {state.get('version')!r}; this release reads "
