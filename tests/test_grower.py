@@ -163,6 +163,19 @@ def test_whole_pggan_schedule_on_the_meta_device() -> None:
     assert sum(p.numel() for p in chains["discriminator"].parameters()) == 23_077_137
 
 
+def test_a_fade_the_grower_starts_is_the_old_path_at_alpha_0(tiny: chainspec.Spec) -> None:
+    import torch.nn.functional as F
+
+    chains, _, grower = make(tiny, Schedule.lengths(4, stabilize=4, fade=8))
+    g, d = chains["generator"], chains["discriminator"]
+    z, x = torch.randn(4, LATENT), torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        image, score = g(z), d(F.avg_pool2d(x, 2))
+        assert [e.kind for e in grower.step(4)] == ["fade"] and grower.alpha == 0.0
+        assert torch.equal(g(z), F.interpolate(image, scale_factor=2, mode="nearest"))  # upsample after G's old path
+        assert torch.equal(d(x), score)  # 2x2 average pool before D's old path
+
+
 def test_transition_plans_and_regions(tiny: chainspec.Spec) -> None:
     _, _, grower = make(tiny)
     g = grower.transition("generator", 2)
