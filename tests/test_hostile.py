@@ -239,6 +239,53 @@ def test_endless_file_is_refused() -> None:
         chainspec.load("/dev/zero")
 
 
+def _in_thread(fn: object, fifo: Path, seconds: float = 10.0) -> list[object]:
+    """Run ``fn`` in a thread; if it is still blocked after ``seconds``, release it (open the FIFO for writing)."""
+    import threading
+
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(_outcome(fn)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer arrives and leaves: the open returns
+        thread.join(seconds)
+        return ["blocked"]
+    return out
+
+
+def _outcome(fn: object) -> object:
+    try:
+        return fn()  # type: ignore[operator]
+    except Exception as exc:
+        return exc
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_never_blocks(tmp_path: Path) -> None:
+    """A FIFO with no writer blocks a plain open() forever: the loader, the CLI and the watcher read it as empty."""
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    (err,) = _in_thread(lambda: chainspec.load(fifo), fifo)
+    assert isinstance(err, SpecError), err
+    assert err.problems[0].format().startswith(f"{fifo}:1:1: file is empty")
+    for command in _commands():
+        result = subprocess.run([sys.executable, "-m", "chainspec", command, str(fifo)], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 1 and f"{fifo}:1:1: file is empty" in result.stdout + result.stderr
+    # A watched spec replaced by a FIFO: the training loop's poll returns at once, the model untouched.
+    path = tmp_path / "net.yaml"
+    path.write_text(node("id: fc, type: linear, args: {in_features: 4, out_features: 2}"))
+    net = chainspec.load(path).build()
+    errors: list[Exception] = []
+    watcher = chainspec.SpecWatcher(path, net, on_error=errors.append, settle=0)
+    path.unlink()
+    os.mkfifo(path)
+    assert _in_thread(watcher.poll, path) == [None]
+    assert len(errors) == 1 and "file is empty" in str(errors[0])
+    assert [n.id for n in net] == ["fc"]
+
+
 @pytest.mark.parametrize("text", [
     "a: " + "[" * 10_000 + "]" * 10_000 + "\n",
     "a: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n",

@@ -12,7 +12,6 @@ import difflib
 import operator
 import os
 from collections.abc import Iterable
-from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -21,7 +20,7 @@ from ._errors import Problem, SpecError
 from ._migrate import migrate
 from ._model import SpecModel
 from ._resolve import ResolvedChain, resolve
-from ._yaml import MAX_BYTES, Document, Path, format_path, parse_yaml, too_big
+from ._yaml import MAX_BYTES, Document, Path, format_path, parse_yaml, read_head, too_big
 
 if TYPE_CHECKING:
     import torch
@@ -193,15 +192,13 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = ()) -> 
     """
     try:
         # Read one byte past the limit, never the whole file: a 50 GB file or
-        # /dev/zero is refused as quickly as a 300 kB one.
-        with FsPath(path).open("rb") as fh:
-            raw = fh.read(MAX_BYTES + 1)
-            size = os.fstat(fh.fileno()).st_size if len(raw) > MAX_BYTES else 0
+        # /dev/zero is refused as quickly as a 300 kB one, and a FIFO never blocks.
+        raw, size = read_head(path)
     except OSError as exc:
         problem = Problem(os.fspath(path), None, None, "", f"cannot read spec: {exc.strerror or exc}")
         raise SpecError([problem]) from None
     if len(raw) > MAX_BYTES:
-        raise SpecError([too_big(os.fspath(path), size if size > MAX_BYTES else None)])
+        raise SpecError([too_big(os.fspath(path), size)])
     return loads(raw, source=os.fspath(path), allow_imports=allow_imports)
 
 

@@ -20,7 +20,7 @@ from ._apply import apply_plans
 from ._diff import Plan, PlanSet, diff
 from ._errors import SpecError
 from ._spec import Spec, loads
-from ._yaml import MAX_BYTES, too_big
+from ._yaml import MAX_BYTES, read_head, too_big
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -122,10 +122,9 @@ class SpecWatcher:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _read_bytes(self) -> bytes:
-        with open(self.path, "rb") as handle:
-            # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
-            # /dev/zero) must not be read whole into a training process.
-            return handle.read(MAX_BYTES + 1)
+        # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
+        # /dev/zero) must not be read whole into a training process, nor a FIFO block it.
+        return read_head(self.path)[0]
 
     def _size(self) -> int | None:
         try:

@@ -11,6 +11,7 @@ every tag outside YAML's core schema.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,6 +172,34 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     except _Abort:
         doc.data = None
     return doc
+
+
+def read_head(path: str | os.PathLike[str]) -> tuple[bytes, int | None]:
+    """Read at most ``MAX_BYTES + 1`` bytes of a spec file, without ever blocking on opening it.
+
+    Returns the bytes and, when there are more than ``MAX_BYTES`` of them, the file's size (None if
+    unknown, as for ``/dev/zero``). A named pipe with no writer would block a plain ``open`` forever (a
+    FIFO named ``x.yaml``, or a watched spec replaced by one): it is opened non-blocking, then read as
+    usual, so it reads as empty, while a pipe with a writer (``/dev/stdin`` in a shell pipeline) is
+    read to its end. Raises ``OSError`` as ``open`` would.
+
+    Example:
+        >>> read_head("specs/blog.yaml")[0][:12]  # doctest: +SKIP
+        b'chainspec: 1'
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
+    try:
+        if nonblock:
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        raw = handle.read(MAX_BYTES + 1)
+        size = os.fstat(handle.fileno()).st_size if len(raw) > MAX_BYTES else 0
+    return raw, (size if size > MAX_BYTES else None)
 
 
 def _empty(source: str) -> Problem:

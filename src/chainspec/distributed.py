@@ -64,7 +64,7 @@ from ._chain import Chain
 from ._diff import Plan, PlanSet, diff
 from ._errors import ChainspecError, SpecError
 from ._spec import Spec, load, loads
-from ._yaml import MAX_BYTES, too_big
+from ._yaml import MAX_BYTES, read_head, too_big
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -753,8 +753,7 @@ class DistributedSpecWatcher:
 
     def _read_or_none(self) -> bytes | None:
         try:
-            with open(self.path, "rb") as handle:
-                return handle.read(MAX_BYTES + 1)  # never read a file too big to be a spec whole
+            return read_head(self.path)[0]  # never a file too big to be a spec whole; a FIFO never blocks
         except OSError:
             return None
 
