@@ -145,6 +145,20 @@ def test_comment_only_change_returns_an_empty_plan(tmp_path: Path) -> None:
     assert net.spec.text.startswith("# tuned")
 
 
+def test_comment_only_change_keeps_moments_even_with_reset(tmp_path: Path) -> None:
+    path, net, opt, _ = setup(tmp_path)
+    watcher = chainspec.SpecWatcher(path, net, optimizer=opt, policy="reset")
+    moments = {id(p): s["exp_avg"].clone() for p, s in opt.state.items()}
+    assert len(moments) == len(list(net.parameters()))
+    save(path, "# tuned\n" + SPEC)
+    plan = watcher.poll()
+    assert plan is not None and plan.is_empty and net.spec.text.startswith("# tuned")
+    assert {id(p): s["exp_avg"] for p, s in opt.state.items()}.keys() == moments.keys()
+    assert all(torch.equal(opt.state[p]["exp_avg"], moments[id(p)]) for p in net.parameters())
+    save(path, "# tuned\n" + SPEC.replace("negative_slope: 0.2", "negative_slope: 0.1"))
+    assert watcher.poll() is not None and len(opt.state) == 0  # a real revision resets
+
+
 def test_touch_without_change_is_ignored(tmp_path: Path) -> None:
     path, _, _, watcher = setup(tmp_path)
     save(path, SPEC)

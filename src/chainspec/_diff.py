@@ -263,7 +263,11 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        """True when applying the plan changes nothing in the chain or its optimizer."""
+        """True when the plan has no ops: applying it changes nothing in the chain or its optimizer.
+
+        Except that ``apply(..., policy="reset")`` still clears the chain's optimizer state, as at a
+        growth step of PG-GAN where this chain does not change (``SpecWatcher`` skips the reset).
+        """
         return not self.ops
 
     @property

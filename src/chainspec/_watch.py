@@ -175,8 +175,10 @@ class SpecWatcher:
             for name in self.chains:
                 stage = self.spec.stage_index(self.stages[name])
                 plans[name] = diff(self.spec, new, chain=name, stage=(stage, stage))
+            # A revision that changes no chain (comments, layout) leaves the optimizers alone, even
+            # with policy="reset": it is no growth step. Applying it still records the new spec.
             apply_plans([(plans[name], chain, self.optimizers[name]) for name, chain in self.chains.items()],
-                        policy=self.policy)
+                        policy="keep" if plans.is_empty else self.policy)
         except Exception as exc:  # rejected, and rolled back: training goes on with the revision in force
             self._report(exc)
             return None
