@@ -127,6 +127,48 @@ def test_build_and_run_failures_are_located(node: str, expected: str) -> None:
         spec.summary()
 
 
+@pytest.mark.parametrize(("shape", "nodes", "expected"), [
+    # conv2d takes unbatched [C, H, W] too: on [3, 8] the probe batch of 4 would pass for its 4 channels.
+    ([3, 8], "[{id: c, type: conv2d, args: {in_channels: 4, out_channels: 2, padding: 1}}]",
+     "chains.net.nodes[0] (c): expects input of shape [C, H, W] per sample, but the chain input has shape [3, 8]"),
+    ([3, 8], "[{id: n, type: instancenorm2d, args: {num_features: 4, affine: true}}]",
+     "chains.net.nodes[0] (n): expects input of shape [C, H, W] per sample, but the chain input has shape [3, 8]"),
+    ([16], "[{id: b, type: batchnorm2d, args: {num_features: 16}}]",
+     "chains.net.nodes[0] (b): expects input of shape [C, H, W] per sample, but the chain input has shape [16]"),
+    ([3, 8, 8], "[{id: a, type: relu}, {id: c, type: conv1d, args: {in_channels: 3, out_channels: 4}}]",
+     "chains.net.nodes[1] (c): expects input of shape [C, L] per sample, but a produces shape [3, 8, 8]"),
+    ([3, 8, 8], "[{id: b, type: batchnorm1d, args: {num_features: 3}}]",
+     "chains.net.nodes[0] (b): expects input of shape [C] or [C, L] per sample, but the chain input has "
+     "shape [3, 8, 8]"),
+    ([4, 8], "[{id: e, type: eq_conv2d, args: {in_channels: 4, out_channels: 4}}]",
+     "chains.net.nodes[0] (e): expects input of shape [C, H, W] per sample, but the chain input has shape [4, 8]"),
+], ids=["conv2d", "instancenorm2d", "batchnorm2d", "conv1d", "batchnorm1d", "eq_conv2d"])
+def test_a_sample_with_the_wrong_number_of_dimensions_is_reported(shape: list[int], nodes: str,
+                                                                   expected: str) -> None:
+    spec = chainspec.loads(f"chainspec: 1\nchains:\n  net:\n    input_shape: {shape}\n    nodes: {nodes}\n")
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        spec.summary()
+
+
+def test_samples_of_the_right_number_of_dimensions_still_pass() -> None:
+    spec = chainspec.loads(textwrap.dedent("""\
+        chainspec: 1
+        chains:
+          net:
+            input_shape: [3, 16]
+            nodes:
+              - {id: c, type: conv1d, args: {in_channels: 3, out_channels: 4, padding: 1}}
+              - {id: bn, type: batchnorm1d, args: {num_features: 4}}
+              - {id: flat, type: flatten}
+              - {id: bn0, type: batchnorm1d, args: {num_features: 64}}
+              - {id: plane, type: reshape, args: {shape: [8, 8]}}
+              - {id: pool, type: avgpool2d}
+        """))
+    assert [n.output_shape for n in spec.summary().nodes] == [(4, 16), (4, 16), (64,), (64,), (8, 8), (4, 4)]
+    net = spec.build()
+    assert net(torch.randn(16, 3, 16)).shape == (16, 4, 4)  # a pool takes each [H, W] sample on its own
+
+
 def test_a_node_returning_no_tensor_is_reported(fresh_types: list[str]) -> None:
     class Pair(nn.Module):
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

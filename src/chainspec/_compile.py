@@ -17,7 +17,7 @@ from torch import nn
 
 from ._chain import Chain
 from ._errors import Problem, SpecError
-from ._layers import Composite
+from ._layers import Composite, EqualizedConv2d, MinibatchStddev
 from ._memory import check_fits
 from ._resolve import Group, ResolvedChain, ResolvedNode, Tree
 from ._yaml import Document, format_path
@@ -116,6 +116,8 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         except Exception as exc:  # a factory rejecting legal-looking args, e.g. groups not dividing channels
             return None, [doc.problem(node.path, f"cannot build: {_first_line(exc)}", None, label=f" ({node.id})")]
         for sub in module.modules():
+            if isinstance(sub, _RANKED):
+                sub.register_forward_pre_hook(_check_rank)
             if isinstance(sub, _LAX_CHANNELS):
                 sub.register_forward_pre_hook(_check_channels)
         try:
@@ -136,6 +138,40 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
 #: whose CPU and CUDA kernels refuse it) or everywhere with only a warning (instance
 #: norms without affine weights or running stats ignore ``num_features``).
 _LAX_CHANNELS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.modules.instancenorm._InstanceNorm)
+
+
+#: Modules with per-channel weights or statistics, with the per-sample shapes (batch left out)
+#: they are meant for. Most also take an unbatched input: given a sample of one dimension less,
+#: torch reads the probe batch as the channels, so a conv2d with 4 input channels would "fit"
+#: samples of shape [3, 8] and then fail, or mix samples, at any other batch size. (Pools hold
+#: nothing per channel: on a sample of one dimension less they pool each sample on its own.)
+_RANKS: tuple[tuple[tuple[type[nn.Module], ...], tuple[int, ...], str], ...] = (
+    ((nn.Conv1d, nn.ConvTranspose1d, nn.InstanceNorm1d), (2,), "[C, L]"),
+    ((nn.BatchNorm1d,), (1, 2), "[C] or [C, L]"),
+    ((nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, EqualizedConv2d, MinibatchStddev),
+     (3,), "[C, H, W]"),
+)
+_RANKED = tuple(cls for classes, _, _ in _RANKS for cls in classes)
+
+
+class _RankError(RuntimeError):
+    """A module got a sample of the wrong number of dimensions; ``form`` is what it takes."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__(f"expected input of shape {form} per sample")
+        self.form = form
+
+
+def _check_rank(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Refuse a sample whose number of dimensions the module is not meant for (see ``_RANKS``)."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        return
+    for classes, ranks, form in _RANKS:
+        if isinstance(module, classes):
+            if x.dim() - 1 not in ranks:
+                raise _RankError(form)
+            return
 
 
 def _check_channels(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -179,6 +215,9 @@ def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torc
         path, label = ("types", type_name, "nodes", index), f" (in {format_path(node.path)} ({node.id}))"
     shape = list(x.shape[1:])
     source = f"{previous} produces" if previous else "the chain input has"
+    if isinstance(exc, _RankError):
+        return doc.problem(path, f"expects input of shape {exc.form} per sample, but {source} shape {shape}",
+                           None, label=label)
     first = _first_leaf(module)
     for attr, dim, what in _EXPECTS:
         expected = getattr(first, attr, None)
