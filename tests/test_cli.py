@@ -60,12 +60,19 @@ def test_build_table(capsys, blog_path: Path) -> None:
         "  total              [128, 32, 32]  93,472\n")
 
 
-def test_build_table_defaults_to_stage_0_and_all_stages_print_a_table_each(capsys, blog_path: Path) -> None:
-    _, out, _ = run(capsys, "build", str(blog_path))
-    assert "stage 0 of 2" in out and "total              [32, 32, 32]     928" in out
-    _, out, _ = run(capsys, "build", str(blog_path), "--stage", "all")
-    assert [line.split(", ")[1] for line in out.splitlines() if line.startswith(str(blog_path))] == [
-        "stage 0 of 2", "stage 1 of 2", "stage 2 of 2"]
+def test_build_table_shows_every_stage_by_default_and_one_stage_on_request(capsys, blog_path: Path) -> None:
+    for extra in ([], ["--stage", "all"]):
+        _, out, _ = run(capsys, "build", str(blog_path), *extra)
+        assert [line.split(", ")[1] for line in out.splitlines() if line.startswith(str(blog_path))] == [
+            "stage 0 of 2", "stage 1 of 2", "stage 2 of 2"]
+    _, out, _ = run(capsys, "build", str(blog_path), "--stage", "0")
+    assert "stage 0 of 2" in out and "stage 1" not in out and "total              [32, 32, 32]     928" in out
+
+
+def test_build_save_without_a_stage_saves_stage_0(capsys, blog_path: Path, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "build", str(blog_path), "--save", str(tmp_path / "c.pt"))
+    assert code == 0 and "saved net at stage 0" in err
+    assert "stage 0 of 2" in out and "stage 1" not in out
 
 
 GAN = """\
@@ -91,7 +98,7 @@ def test_build_several_chains_and_one_chain(capsys, write_spec) -> None:
             {"id": "fc", "type": "linear", "output_shape": [1], "params": 7},
             {"id": "act", "type": "sigmoid", "output_shape": [1], "params": 0}]}}}
     _, out, _ = run(capsys, "build", str(path), "--format", "json", "--chain", "disc")
-    assert list(json.loads(out)["chains"]) == ["disc"]
+    assert [list(stage["chains"]) for stage in json.loads(out)["stages"]] == [["disc"], ["disc"]]
 
 
 def test_build_save_writes_a_checkpoint(capsys, blog_path: Path, tmp_path: Path) -> None:

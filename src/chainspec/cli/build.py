@@ -16,11 +16,11 @@ def add_parser(sub: Any) -> None:
                        description="Validate SPEC, infer every shape on the meta device and print what it builds.")
     p.add_argument("spec", metavar="SPEC", help="the YAML spec file")
     p.add_argument("--chain", metavar="NAME", help="only this chain (default: all)")
-    p.add_argument("--stage", default="0", metavar="N|final|all", type=stage_arg,
-                   help="the growth stage to show: a number, 'final', or 'all' (default: 0)")
+    p.add_argument("--stage", default=None, metavar="N|final|all", type=stage_arg,
+                   help="the growth stage to show: a number, 'final', or 'all' (default: all; with --save, 0)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     p.add_argument("--save", metavar="PATH",
-                   help="also build the real chains at the stage and save them as a checkpoint")
+                   help="also build the real chains at one stage (--stage, default 0) and save them as a checkpoint")
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                    help="allow node types named by import path under MODULE (repeatable)")
     p.set_defaults(func=run, parser=p)
@@ -39,7 +39,9 @@ def stage_arg(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the summary of each chain at the chosen stage(s)."""
+    """Print the summary of each chain at the chosen stage(s): every stage unless told otherwise."""
+    if args.stage is None:
+        args.stage = "0" if args.save else "all"  # a checkpoint to start training from holds stage 0
     if args.save and args.stage == "all":  # a usage error: exit 2 before any work
         args.parser.print_usage(sys.stderr)
         print("chainspec build: error: --save needs one stage, not 'all'", file=sys.stderr)
