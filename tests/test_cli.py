@@ -210,3 +210,28 @@ def test_the_installed_console_script(blog_path: Path, tmp_path: Path) -> None:
     usage = subprocess.run([sys.executable, "-m", "chainspec", "build", "--stage"], capture_output=True, text=True,
                            timeout=120)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def test_a_closed_pipe_stops_quietly(blog_path: Path) -> None:
+    """``chainspec build ... | head``: the reader goes away; no traceback, no 'Broken pipe' message."""
+    proc = subprocess.Popen(["chainspec", "build", str(blog_path), "--stage", "all", "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it has written anything: it is still importing
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""
+
+
+def test_a_closed_pipe_in_process(capsys, blog_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Closed:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["build", str(blog_path), "--format", "json"]) == 1
+    assert capsys.readouterr().err == ""
+

@@ -45,7 +45,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chainspec`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    Exit codes: 0 success, 1 invalid input (messages on stderr), 2 usage error.
+    Exit codes: 0 success, 1 invalid input (messages on stderr), 2 usage error. When the
+    reader of stdout goes away (``| head``) it stops quietly with 1.
 
     Example:
         >>> main(["types", "--filter", "pixel"])  # doctest: +SKIP
@@ -57,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ChainspecError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -75,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chainspec: internal error: {type(exc).__name__}: {exc}\n"
               "TIP: rerun with CHAINSPEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``chainspec build ... | head``): stop quietly, with status 1.
+
+    stdout is pointed at the null device so that Python's own last flush does not report it again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured, replaced)
+        pass
+    return 1
 
 
 if __name__ == "__main__":
