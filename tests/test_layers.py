@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chainspec._layers import Composite, EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
+from chainspec._layers import (
+    ChannelBias,
+    Composite,
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchStddev,
+    PixelNorm,
+    Reshape,
+)
 from chainspec._registry import get_type
 
 
@@ -61,6 +69,17 @@ def test_equalized_layers_without_bias() -> None:
     assert EqualizedLinear(3, 2, bias=False).bias is None
     conv = EqualizedConv2d(3, 2, 1, bias=False)
     assert conv.bias is None and conv(torch.randn(1, 3, 2, 2)).shape == (1, 2, 2, 2)
+
+
+def test_channel_bias_adds_one_learned_value_per_channel() -> None:
+    layer = get_type("channel_bias").factory(num_channels=3)
+    assert isinstance(layer, ChannelBias) and torch.equal(layer.bias, torch.zeros(3))
+    layer.bias.data = torch.tensor([1.0, 2.0, 3.0])
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(layer(x), x + torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1))
+    assert torch.equal(layer(torch.zeros(2, 3)), torch.tensor([[1.0, 2.0, 3.0]] * 2))  # also (N, C)
+    layer(x).sum().backward()
+    assert torch.equal(layer.bias.grad, torch.full((3,), 32.0))  # summed over batch and pixels
 
 
 def test_pixel_norm() -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 import chainspec
 from chainspec import SpecError
-from chainspec._layers import EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
+from chainspec._layers import ChannelBias, EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
 from chainspec._registry import (
     builtin_type_names,
     describe_annotation,
@@ -54,6 +54,7 @@ BUILTINS = [
     ("eq_conv2d", {"in_channels": 3, "out_channels": 5, "padding": 1}, [3, 8, 8], [5, 8, 8], EqualizedConv2d),
     ("eq_linear", {"in_features": 6, "out_features": 2}, [6], [2], EqualizedLinear),
     ("pixel_norm", {}, [3, 4, 4], [3, 4, 4], PixelNorm),
+    ("channel_bias", {"num_channels": 3}, [3, 4, 4], [3, 4, 4], ChannelBias),
     ("minibatch_stddev", {}, [3, 4, 4], [4, 4, 4], MinibatchStddev),
 ]
 

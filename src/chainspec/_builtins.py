@@ -265,6 +265,18 @@ def eq_linear(in_features: Size, out_features: Size, bias: bool = True, gain: fl
     return EqualizedLinear(in_features, out_features, bias, gain)
 
 
+@builtin("channel_bias")
+def channel_bias(num_channels: Size) -> nn.Module:
+    """A learned bias per channel, starting at zero (the official PG-GAN generator's first 4x4 map).
+
+    Args:
+        num_channels: the channels of the input (dim 1), one bias each.
+    """
+    from ._layers import ChannelBias
+
+    return ChannelBias(num_channels)
+
+
 @builtin("pixel_norm")
 def pixel_norm(eps: float = 1e-8) -> nn.Module:
     """Pixelwise feature-vector normalisation (Karras et al. 2018, section 4.2)."""

@@ -59,6 +59,29 @@ class EqualizedConv2d(nn.Module):
                 f"padding={self.padding}, gain={self.gain:.4g}")
 
 
+class ChannelBias(nn.Module):
+    """A learned bias per channel, added along dim 1: ``x + bias.view(1, C, 1, ...)`` (starts at zero).
+
+    The official PG-GAN generator biases its first 4x4 map this way: a dense
+    layer without bias, a reshape to ``(C, 4, 4)``, then one bias per channel.
+
+    Example:
+        >>> ChannelBias(512)(torch.zeros(2, 512, 4, 4)).shape
+        torch.Size([2, 512, 4, 4])
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, ...) -> same
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}"
+
+
 class PixelNorm(nn.Module):
     """Normalises each pixel's feature vector to unit length: ``x / sqrt(mean(x², dim=1) + eps)``.
 
