@@ -169,6 +169,34 @@ def test_samples_of_the_right_number_of_dimensions_still_pass() -> None:
     assert net(torch.randn(16, 3, 16)).shape == (16, 4, 4)  # a pool takes each [H, W] sample on its own
 
 
+@pytest.mark.parametrize(("node", "expected"), [
+    ("{id: f, type: flatten, args: {start_dim: 0}}",
+     "chains.net.nodes[0] (f): does not keep the batch dimension: a batch of 4 in, shape [300] out; "
+     "start_dim counts the batch as dimension 0; start at 1"),
+    ("{id: f, type: flatten, args: {start_dim: -4}}", "(f): does not keep the batch dimension"),
+    ("{id: m, type: batch_mean}", "chains.net.nodes[0] (m): does not keep the batch dimension: a batch of 4 in, "
+                                  "shape [3, 5, 5] out"),
+    ("{id: t, type: batch_total}", "(t): does not keep the batch dimension: a batch of 4 in, shape [] out"),
+], ids=["flatten from 0", "flatten from -4", "mean over the batch", "a scalar"])
+def test_a_node_that_merges_or_drops_samples_is_reported(fresh_types: list[str], node: str, expected: str) -> None:
+    """Shapes are per sample: a node must hand on the batch it got (at runtime its samples would mix)."""
+
+    class Reduce(nn.Module):
+        def __init__(self, total: bool = False) -> None:
+            super().__init__()
+            self.total = total
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum() if self.total else x.mean(dim=0)
+
+    chainspec.register_type("batch_mean")(Reduce)
+    chainspec.register_type("batch_total")(lambda: Reduce(total=True))
+    fresh_types.extend(["batch_mean", "batch_total"])
+    spec = chainspec.loads(f"chainspec: 1\nchains:\n  net:\n    input_shape: [3, 5, 5]\n    nodes: [{node}]\n")
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        spec.summary()
+
+
 def test_a_node_returning_no_tensor_is_reported(fresh_types: list[str]) -> None:
     class Pair(nn.Module):
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -502,6 +502,19 @@ def test_build_with_dtype_and_device() -> None:
     assert meta.fc.weight.is_meta
 
 
+def test_a_dtype_parameters_cannot_have_is_the_callers_error_not_the_specs() -> None:
+    """Not a SpecError located at a node of a valid spec: the argument is wrong."""
+    spec = chainspec.loads(TWO_CHAINS)
+    for call in (spec.build, spec.summary):
+        with pytest.raises(ValueError, match=r"dtype must be a floating-point or complex dtype for parameters, "
+                                             r"got torch.int64") as info:
+            call("gen", dtype=torch.int64)
+        assert not isinstance(info.value, SpecError)
+        with pytest.raises(TypeError, match=r"dtype must be a torch.dtype such as torch.float16, got 'float16'"):
+            call("gen", dtype="float16")  # type: ignore[arg-type]
+    assert spec.build("gen", dtype=torch.bfloat16).fc.weight.dtype == torch.bfloat16
+
+
 # -- shape inference allocates nothing --------------------------------------------
 
 

@@ -70,6 +70,24 @@ class ChainSummary:
                           for n in self.nodes]}
 
 
+def check_dtype(dtype: Any) -> None:
+    """Refuse a ``dtype`` parameters cannot have, as the caller's mistake rather than the spec's.
+
+    Example:
+        >>> check_dtype(torch.float16)
+        >>> check_dtype(torch.int64)
+        Traceback (most recent call last):
+        ...
+        ValueError: dtype must be a floating-point or complex dtype for parameters, got torch.int64
+    """
+    if dtype is None:
+        return
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
+    if not (dtype.is_floating_point or dtype.is_complex):
+        raise ValueError(f"dtype must be a floating-point or complex dtype for parameters, got {dtype}")
+
+
 def build_module(tree: Tree) -> nn.Module:
     """Instantiate the module for one expanded node (under whatever default device is active)."""
     if isinstance(tree, Group):
@@ -127,6 +145,10 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         if not isinstance(y, torch.Tensor):
             return None, [doc.problem(node.path, f"returns {type(y).__name__}, not a tensor", None,
                                       label=f" ({node.id})")]
+        if y.dim() == 0 or y.shape[0] != x.shape[0]:  # e.g. flatten from dim 0: samples merged or dropped
+            hint = "start_dim counts the batch as dimension 0; start at 1" if node.type == "flatten" else None
+            return None, [doc.problem(node.path, f"does not keep the batch dimension: a batch of {x.shape[0]} "
+                                      f"in, shape {list(y.shape)} out", hint, label=f" ({node.id})")]
         rows.append(NodeSummary(node.id, node.type, tuple(y.shape[1:]), _count(module)))
         if cache is not None:
             cache[key] = (tuple(y.shape), y.dtype, rows[-1].params)

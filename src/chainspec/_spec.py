@@ -114,8 +114,9 @@ class Spec:
         Raises:
             SpecError: a node cannot take the output of the node before it.
         """
-        from ._compile import infer
+        from ._compile import check_dtype, infer
 
+        check_dtype(dtype)
         summary, problems = infer(self.resolved(chain), self.stage_index(stage), self._doc, dtype=dtype)
         if problems or summary is None:
             raise SpecError(problems)
@@ -160,10 +161,12 @@ class Spec:
 
         Raises:
             SpecError: the chain does not shape-check at that stage.
-            ValueError: unknown chain or out-of-range stage.
+            ValueError: unknown chain, out-of-range stage, or a dtype that is not floating point.
+            TypeError: ``dtype`` is not a ``torch.dtype``.
         """
-        from ._compile import build_chain
+        from ._compile import build_chain, check_dtype
 
+        check_dtype(dtype)
         return build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
 
     def build_all(self, *, stage: int | str = 0, device: torch.device | str | None = None,
