@@ -132,6 +132,12 @@ def test_errors_are_located_by_line_and_column(case: str) -> None:
 def test_spec_error_is_a_value_error_and_a_chainspec_error() -> None:
     with pytest.raises(ValueError, match=r"x.yaml:2:1: chains: must have at least 1 chain"):
         chainspec.loads("chainspec: 1\nchains: {}\n", source="x.yaml")
+    with pytest.raises(SpecError) as info:  # pydantic's "list should have at least 1 item after validation"
+        chainspec.loads("chainspec: 1\ntypes:\n  t: {nodes: []}\nchains:\n  n: {input_shape: [3], nodes: []}\n",
+                        source="x.yaml")
+    assert str(info.value).splitlines() == [
+        "x.yaml:3:7: types.t.nodes: must have at least 1 node; a composite type is made of at least one part",
+        "x.yaml:5:25: chains.n.nodes: must have at least 1 node"]
     assert issubclass(SpecError, ChainspecError)
 
 

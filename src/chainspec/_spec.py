@@ -310,6 +310,9 @@ def pydantic_problems(exc: ValidationError, doc: Document, data: Any) -> list[Pr
             hint = "this release reads 'chainspec: 1'"
         elif kind == "too_short" and path and path[-1] == "chains":
             message = "must have at least 1 chain"
+        elif kind == "too_short" and path and path[-1] == "nodes":
+            message = "must have at least 1 node"
+            hint = "a composite type is made of at least one part" if path[0] == "types" else None
         elif kind == "string_pattern_mismatch":
             message = f"{err['input']!r} is not a valid identifier"
             hint = "use letters, digits and _, not starting with a digit"
