@@ -97,6 +97,14 @@ def test_getitem_unknown_id_suggests_closest() -> None:
         chain["blok2"]
     with pytest.raises(KeyError):  # NodeNotFoundError is a KeyError, as a mapping lookup should raise
         chain["zzz"]
+    # An nn.Sequential habit: positions are not ids, and the message says which id is at that position.
+    with pytest.raises(NodeNotFoundError, match=r"chain 'net' is indexed by node id, not by position: "
+                                                r"chain.ids\(\)\[-1\] is 'block2'"):
+        chain[-1]  # type: ignore[index]
+    with pytest.raises(NodeNotFoundError, match=r"indexed by node id, not by position$"):
+        chain[7]  # type: ignore[index]
+    with pytest.raises(NodeNotFoundError, match=r"indexed by node id, not by position$"):
+        chain[0:2]  # type: ignore[index]
 
 
 # -- splicing ----------------------------------------------------------------------

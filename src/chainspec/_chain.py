@@ -287,6 +287,11 @@ class Chain(nn.Module):
             if ref in self:
                 return ref
             raise NodeNotFoundError(f"node {ref.id!r} is not in chain {self.name!r}")
+        if isinstance(ref, (int, slice)) and not isinstance(ref, bool):
+            hint = ""
+            if isinstance(ref, int) and -len(self) <= ref < len(self):
+                hint = f": chain.ids()[{ref}] is {self.ids()[ref]!r}"
+            raise NodeNotFoundError(f"chain {self.name!r} is indexed by node id, not by position{hint}")
         node = self._links.get(ref)
         if node is None:
             import difflib
