@@ -246,6 +246,7 @@ def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
     # The apply fails on rank 1 only, after its splice (an out-of-memory error on one GPU, a Ctrl-C):
     # rank 0 had applied too, and rolls back, so both ranks still run the same model.
     out.update(_fail_on_one_rank(rank))
+    out.update(_grower_fails_on_one_rank(rank))
     # Rank 1 never reaches the barrier: rank 0's monitored barrier names it within the timeout.
     flag = tmp / "barrier_seen"
     if rank == 0:
@@ -294,6 +295,48 @@ def _fail_on_one_rank(rank: int) -> dict[str, Any]:
     csd.grow(spec, chain, opt)  # the same growth step then succeeds on both ranks
     out["grown_after_failures"] = chain.ids()
     out["grown_after_failures_diff"] = _sync_check(chain)
+    return out
+
+
+def _grower_fails_on_one_rank(rank: int) -> dict[str, Any]:
+    """A DistributedGrower's fade-in fails on rank 1 only, after its splice: both ranks roll back."""
+    from chainspec import _grow
+
+    pggan = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
+    torch.manual_seed(5)
+    g = pggan.build("generator", stage=0)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-3)
+    g(torch.randn(2, 32)).mean().backward()
+    opt.step()
+    grower = csd.DistributedGrower(chainspec.Grower(pggan, {"generator": g}, {"generator": opt},
+                                                    schedule=chainspec.Schedule.lengths(pggan.stages, stabilize=8,
+                                                                                        fade=8)),
+                                   {"generator": csd.wrap(g)})
+    before, params = _snapshot(g), [id(p) for p in opt.param_groups[0]["params"]]
+    out: dict[str, Any] = {}
+    real = _grow.Grower._wrap
+    for key, error in (("grower_fails", RuntimeError("CUDA out of memory (injected)")),
+                       ("grower_interrupted", KeyboardInterrupt())):
+        def failing_wrap(self: Any, *args: Any, error: BaseException = error, **kwargs: Any) -> None:
+            real(self, *args, **kwargs)
+            if rank == 1:
+                raise error
+
+        _grow.Grower._wrap = failing_wrap  # type: ignore[method-assign]
+        start = time.monotonic()
+        try:
+            grower.step(8)
+            out[key] = ("none", "did not raise", time.monotonic() - start)
+        except BaseException as exc:
+            out[key] = (type(exc).__name__, str(exc), time.monotonic() - start)
+        finally:
+            _grow.Grower._wrap = real  # type: ignore[method-assign]
+        out[key + "_untouched"] = (g.ids() == ["b4", "to_rgb_4"] and grower.stage == 0 and grower.alpha == 1.0
+                                   and grower.grower.images == 0 and not grower.grower.blends
+                                   and [id(p) for p in opt.param_groups[0]["params"]] == params
+                                   and all(torch.equal(v, before[k]) for k, v in g.state_dict().items()))
+    out["grower_after_failures"] = [(e.kind, e.stage) for e in grower.step(8)]
+    out["grower_after_failures_diff"] = _sync_check(g)
     return out
 
 
@@ -522,6 +565,22 @@ def test_an_apply_failing_on_one_rank_is_rolled_back_on_every_rank(ranks: list[d
             assert failures[key + "_untouched"], f"{key}: rank {rank} changed its model or optimizer"
         assert failures["grown_after_failures"] == ["fc0", "act0", "fc1", "act1", "out"]
         assert failures["grown_after_failures_diff"] == 0.0
+
+
+def test_a_growth_step_failing_on_one_rank_is_rolled_back_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    for rank, r in enumerate(ranks):
+        failures = r["failures"]
+        for key, own in (("grower_fails", "RuntimeError"), ("grower_interrupted", "KeyboardInterrupt")):
+            kind, message, seconds = failures[key]
+            if rank == 1:
+                assert kind == own, message
+            else:
+                assert kind == "DistributedError", message
+                assert "failed on other ranks" in message and "rank 1" in message, message
+            assert seconds < 10, f"{key} took {seconds:.1f}s on rank {rank}"
+            assert failures[key + "_untouched"], f"{key}: rank {rank} changed its model, optimizer or schedule"
+        assert failures["grower_after_failures"] == [("fade", 1)]
+        assert failures["grower_after_failures_diff"] == 0.0
 
 
 def test_missing_rank_times_out_instead_of_hanging(ranks: list[dict[str, Any]]) -> None:

@@ -20,7 +20,8 @@ constructed. The helpers here do all three:
 * :class:`DistributedSpecWatcher`: hot reload; only rank ``src`` reads the file,
   and a valid revision reaches the other ranks as text.
 * :class:`DistributedGrower`: a :class:`chainspec.Grower` whose growth, fade-in
-  and collapse happen in lockstep, with the same broadcast and re-wrap.
+  and collapse happen in lockstep, all or nothing across the ranks, with the
+  same broadcast and re-wrap.
 
 Nothing here can hang forever: a barrier before and after every change runs
 with a timeout (``monitored_barrier`` on gloo, which names the missing ranks),
@@ -59,7 +60,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._apply import apply_plans
+from . import _optim
+from ._apply import _ChainSnapshot, _RngSnapshot, apply_plans
 from ._chain import Chain
 from ._diff import Plan, PlanSet, diff
 from ._errors import ChainspecError, SpecError
@@ -979,26 +981,63 @@ class DistributedGrower:
             local: BaseException | None = None
             status = ("ok", self._fingerprint())
         else:
+            # All or nothing across the ranks: a rank keeps its growth step only once every rank reports
+            # the same result; otherwise (out of memory on one GPU, a Ctrl-C, a dead rank) each rolls back.
             local = None
             events = []
+            snapshot = _GrowerSnapshot(grower, self._targets.values())
             try:
                 events = grower.step(batch_size)
                 status = ("ok", self._fingerprint())
-            except Exception as exc:  # the grower applies all or nothing: this rank is unchanged
+            except BaseException as exc:
+                snapshot.restore()
+                if not isinstance(exc, Exception):  # tell the others before leaving, so they need not time out
+                    with contextlib.suppress(DistributedError):
+                        _gather(("error", _short(exc)), group=self.group, where="confirming a growth step")
+                    raise
                 local, status = exc, ("error", _short(exc))
-        statuses = _gather(status, group=self.group, where="confirming a growth step")
-        kinds = [kind for kind, _ in statuses]
-        if "error" in kinds and "ok" in kinds:
-            bad = [f"rank {i}: {msg}" for i, (kind, msg) in enumerate(statuses) if kind == "error"]
-            raise DistributedError(f"a growth step succeeded on some ranks and failed on others ({'; '.join(bad)}): "
-                                   "the ranks now run different models; restart every rank from the last checkpoint")
-        _settle(statuses, here, local, "a growth step",
-                ("the ranks grew into different structures", "their chains or schedules differ"))
+        try:
+            statuses = _gather(status, group=self.group, where="confirming a growth step")
+            if crossing:
+                _settle(statuses, here, local, "a growth step",
+                        ("the ranks grew into different structures", "their chains or schedules differ"))
+        except BaseException:
+            if crossing and local is None:
+                snapshot.restore()
+            raise
+        if not crossing:
+            _settle(statuses, here, local, "a growth step",
+                    ("the ranks grew into different structures", "their chains or schedules differ"))
         models, _ = _sync_targets(self._targets, before, broadcast=self.broadcast, src=self.src, group=self.group)
         for name, target in self._targets.items():
             target.model = models[name]
         barrier(timeout=self.timeout, group=self.group, where="after a growth step")
         return events
+
+
+class _GrowerSnapshot:
+    """A grower's schedule position and fades, its chains, optimizers and torch's RNG, restorable exactly."""
+
+    def __init__(self, grower: Grower, targets: Iterable[_Target]) -> None:
+        self.grower = grower
+        self.attrs = {k: dict(v) if isinstance(v, dict) else v for k, v in vars(grower).items()}
+        self.alphas = [(blend, blend.alpha) for blend in grower.blends.values()]
+        targets = list(targets)
+        self.chains = [_ChainSnapshot(t.chain) for t in targets]
+        unique = {id(o): o for o in (*grower.optimizers.values(), *(t.optimizer for t in targets)) if o is not None}
+        self.optimizers = [_optim.snapshot(o) for o in unique.values()]
+        self.rng = _RngSnapshot()
+
+    def restore(self) -> None:
+        vars(self.grower).clear()
+        vars(self.grower).update({k: dict(v) if isinstance(v, dict) else v for k, v in self.attrs.items()})
+        for blend, alpha in self.alphas:
+            blend.alpha = alpha
+        for chain in self.chains:
+            chain.restore()
+        for optimizer in self.optimizers:
+            optimizer.restore()
+        self.rng.restore()
 
 
 # -- a self-check to run under torchrun -----------------------------------------------------------------
