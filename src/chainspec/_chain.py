@@ -192,6 +192,9 @@ class Chain(nn.Module):
     def capture(self, x: Any, ids: Iterable[str] | str) -> tuple[Any, dict[str, Any]]:
         """Run forward and also return the outputs of the nodes named in ``ids`` (a list of ids, or one id).
 
+        The nodes run as in ``forward`` (their own hooks fire), but this is not ``chain(x)``:
+        hooks registered on the chain itself do not run.
+
         Raises:
             NodeNotFoundError: an id is not in the chain (before anything runs).
 
