@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,22 @@ def user_repo(tmp_path: Path, env: dict[str, str]) -> Path:
     return tmp_path
 
 
+def readme_snippet() -> str:
+    """The README's ``.pre-commit-config.yaml`` block for the hook, placeholders and all."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
+    return next(b for b in blocks if f"id: {HOOK_ID}" in b)
+
+
+def test_readme_snippet_is_a_config_with_marked_placeholders() -> None:
+    config = yaml.safe_load(readme_snippet())
+    entry = config["repos"][0]
+    assert (entry["repo"], entry["rev"]) == ("<chainspec-repo-url>", "<rev>")
+    assert [h["id"] for h in entry["hooks"]] == [HOOK_ID]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "`<chainspec-repo-url>`" in readme and "`<rev>`" in readme  # the text says what to put there
+
+
 def test_manifest_declares_the_hook() -> None:
     hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
     hook = next(h for h in hooks if h["id"] == HOOK_ID)
@@ -130,10 +147,9 @@ def test_try_repo_passes_a_good_spec_and_fails_a_bad_one(hook_repo: tuple[Path, 
 def test_documented_config_blocks_a_bad_commit(hook_repo: tuple[Path, str], user_repo: Path,
                                                env: dict[str, str]) -> None:
     repo, rev = hook_repo
-    # The snippet the README documents, with this checkout standing in for the repository URL.
+    # The snippet the README documents, with this checkout and its commit in place of the placeholders.
     (user_repo / ".pre-commit-config.yaml").write_text(
-        f"repos:\n  - repo: {repo}\n    rev: {rev}\n    hooks:\n      - id: {HOOK_ID}\n        files: ^specs/\n",
-        encoding="utf-8")
+        readme_snippet().replace("<chainspec-repo-url>", str(repo)).replace("<rev>", rev), encoding="utf-8")
     git(user_repo, "add", ".pre-commit-config.yaml", env=env)
     proc = pre_commit(user_repo, "install", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
