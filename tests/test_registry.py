@@ -358,3 +358,24 @@ def test_defaults_may_name_an_allowed_import_path() -> None:
     assert chainspec.loads(text, allow_imports=["torch.nn"]).build().fc.bias is None
     with pytest.raises(SpecError, match=r"3:3: defaults.torch.nn.modules.linear:Linear: import path .* is not allowed"):
         chainspec.loads(text)
+
+
+def test_replacing_a_builtin_before_any_spec_loads_it(tmp_path) -> None:
+    # The built-in types register lazily; registering over one first must neither break
+    # their loading later nor be undone by it, and a clash without replace=True is refused at once.
+    code = """
+import sys, chainspec
+from chainspec import register_type
+try:
+    register_type("dropout")(lambda rate=0.5: None)
+except chainspec.ChainspecError as exc:
+    print("refused:", "already registered" in str(exc))
+@register_type("dropout", replace=True)
+def dropout(rate: float = 0.5):
+    "My dropout."
+spec = chainspec.loads("chainspec: 1\\nchains:\\n  net:\\n    input_shape: [4]\\n"
+                       "    nodes: [{id: d, type: dropout, args: {rate: 0.3}}]\\n")
+print("loaded:", spec.resolved().nodes[0].type, "torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["refused: True", "loaded: dropout False"], proc.stdout + proc.stderr

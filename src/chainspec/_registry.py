@@ -259,6 +259,10 @@ def _first_line(factory: Callable[..., Any]) -> str:
 
 
 def _add(name: str, factory: Callable[..., Any], origin: str, replace: bool = False) -> NodeType:
+    if origin != "builtin":
+        # The built-in types register lazily; they must be in place first, so that a
+        # name clash is reported now and a replacement is not clobbered (or refused) later.
+        from . import _builtins  # noqa: F401
     key = name.lower()
     if not key.isidentifier():
         raise ChainspecError(f"node type name {name!r} must be a valid identifier")
