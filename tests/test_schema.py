@@ -269,3 +269,52 @@ def test_every_spec_names_the_schema_on_its_first_line(path: Path) -> None:
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first == MODELINE, f"{path.name} must start with {MODELINE!r} for editor completion"
     assert (path.parent / "../schemas/chainspec.schema.json").resolve() == SCHEMA_FILE
+
+
+def test_installed_schema_lists_registered_types_with_their_args() -> None:
+    """The published schema knows chainspec's own types only; ``--installed`` adds the process's own.
+
+    A built-in replaced with ``register_type(..., replace=True)`` takes other args,
+    which the published schema rejects (a documented difference) and the
+    installed schema accepts and checks.
+    """
+    from chainspec._registry import get_type
+
+    original = get_type("dropout")
+
+    @register_type("schema_test_widget", replace=True)
+    def schema_test_widget(width: int = 4) -> Any:
+        """A user's type."""
+        raise NotImplementedError
+
+    @register_type("dropout", replace=True)
+    def dropout(rate: float = 0.5) -> Any:
+        """A user's own dropout."""
+        raise NotImplementedError
+
+    try:
+        installed = jsonschema.Draft202012Validator(build_schema(installed=True))
+        jsonschema.Draft202012Validator.check_schema(installed.schema)
+        published = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+        assert "schema_test_widget" in installed.schema["$defs"]["NodeTypeName"]["anyOf"][0]["enum"]
+        replaced = spec_text("[{id: d, type: dropout, args: {rate: 0.3}}, {id: w, type: schema_test_widget}]")
+        chainspec.loads(replaced)
+        assert schema_errors(installed, replaced) == []
+        assert schema_errors(published, replaced)  # the published file cannot know of the replacement
+        for bad in ("[{id: w, type: schema_test_widget, args: {width: 'wide'}}]",
+                    "[{id: d, type: dropout, args: {p: 0.3}}]"):
+            assert schema_errors(installed, spec_text(bad)), bad
+            with pytest.raises(chainspec.SpecError):
+                chainspec.loads(spec_text(bad))
+    finally:
+        unregister_type("schema_test_widget")
+        chainspec._registry._REGISTRY["dropout"] = original
+    assert render_schema() == SCHEMA_FILE.read_text(encoding="utf-8")  # the built-in dropout is back
+
+
+def test_schema_command_installed_flag(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    assert main(["schema", "--installed"]) == 0
+    schema = json.loads(capfdbinary.readouterr().out.decode("utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    enum = schema["$defs"]["NodeTypeName"]["anyOf"][0]["enum"]
+    assert set(builtin_type_names()) <= set(enum)

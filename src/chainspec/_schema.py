@@ -61,11 +61,15 @@ _EXAMPLE = {
 }
 
 
-def build_schema() -> dict[str, Any]:
-    """Generate the JSON Schema of the spec format (built-in node types only).
+def build_schema(installed: bool = False) -> dict[str, Any]:
+    """Generate the JSON Schema of the spec format (built-in node types only, unless ``installed``).
 
-    Types registered at run time or by plugins are not listed, so the result is
-    the same on every machine; their names still validate through the pattern.
+    By default, types registered at run time or by plugins are not listed, so
+    the result is the same on every machine; their names still validate through
+    the pattern, with any ``args``. With ``installed=True`` every type registered
+    in this process is listed with its ``args`` schema (plugins, ``register_type``
+    calls, a built-in replaced with ``replace=True``), for a schema of one's own
+    project; a type whose args need nested schemas is listed with free ``args``.
 
     Example:
         >>> schema = build_schema()
@@ -76,7 +80,7 @@ def build_schema() -> dict[str, Any]:
     """
     schema = SpecModel.model_json_schema()
     _identifier_keys(schema)
-    builtins = [t for t in list_types() if t.origin == "builtin"]
+    builtins = [t for t in list_types() if installed or t.origin == "builtin"]
     defs = schema["$defs"]
     for name in ("PartSpec", "NodeSpec"):
         model = defs[name]
@@ -101,7 +105,11 @@ def build_schema() -> dict[str, Any]:
                    "then": {"properties": {"args": {"$ref": f"#/$defs/args_{t.name}"}}}} for t in builtins],
     }
     for t in builtins:
-        defs[f"args_{t.name}"] = args_schema(t)
+        try:
+            defs[f"args_{t.name}"] = args_schema(t)
+        except ValueError:  # only a registered type can get here: its args stay free
+            defs[f"args_{t.name}"] = {"title": f"{t.name} args", "type": "object",
+                                      "description": t.description or f"Arguments of {t.name}."}
     return {
         "$schema": DIALECT,
         "$comment": "Generated from chainspec's models by 'chainspec schema'; do not edit by hand.",

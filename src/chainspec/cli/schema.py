@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._schema import SCHEMA_PATH, render_schema
+from .._schema import SCHEMA_PATH, build_schema, render_schema
 
 
 def add_parser(sub: Any) -> None:
@@ -20,12 +20,15 @@ def add_parser(sub: Any) -> None:
                        help=f"exit 1 if the schema at PATH (default: {SCHEMA_PATH}) is not what this "
                             "chainspec generates")
     group.add_argument("-o", "--output", metavar="PATH", help="write the schema to PATH instead of stdout")
+    p.add_argument("--installed", action="store_true",
+                   help="also list the node types of installed plugins, with their args (the published schema "
+                        "lists chainspec's own types only)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print, write or check the schema."""
-    text = render_schema()
+    text = render_schema(build_schema(installed=True)) if args.installed else render_schema()
     if args.check:
         return check(Path(args.check), text)
     if args.output:
