@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/run.py                 # everything: a few minutes on 2 CPU cores
-    python benchmarks/run.py --only forward,splice
+    python benchmarks/run.py --only forward,splice   # re-measure these areas; results.md keeps the others
     python benchmarks/run.py --quick         # tiny sizes and counts, to check the harness (writes nothing)
 
 Every figure is a ratio against a baseline measured in the same run, right
@@ -105,13 +105,27 @@ NOTES = {
 
 
 def _validate_rows(module: Any, quick: bool) -> list[Row]:
-    """bench_validate reports its own dicts; turn them into table rows against check-jsonschema."""
+    """bench_validate reports its own dicts; turn them into table rows against check-jsonschema.
+
+    Plain ``chainspec validate`` must start faster than check-jsonschema (the
+    target), and it is also set against ``python -c "import torch"``.
+    """
     raw = module.run(repeats=1 if quick else 7)
-    baseline = getattr(module, "BASELINE", "check-jsonschema")
-    base = next((r["median_s"] for r in raw if r["name"] == baseline), None)
-    return [benchutil.row("validate", r["name"], baseline, base=base, value=r["median_s"], ratio=r["ratio"],
-                          note=f"{r['files']} spec files, median of {r['repeats']}")
-            for r in raw if r["name"] != baseline]
+    baseline, torch_cmd = module.BASELINE, module.TORCH
+    medians = {r["name"]: r["median_s"] for r in raw}
+    rows = []
+    for r in raw:
+        if r["name"] == baseline:
+            continue
+        note = f"{', '.join(module.DEFAULT_FILES)}, median of {r['repeats']}"
+        plain = r["name"] == "chainspec validate"
+        rows.append(benchutil.row("validate", r["name"], baseline, base=medians[baseline], value=r["median_s"],
+                                  ratio=r["ratio"], note=note, target="< 1" if plain else None,
+                                  ok=r["ratio"] < 1 if plain else None))
+        if plain:
+            rows.append(benchutil.row("validate", r["name"], torch_cmd, base=medians[torch_cmd], value=r["median_s"],
+                                      ratio=module.against_torch(raw), note=note))
+    return rows
 
 
 def run_area(name: str, quick: bool) -> tuple[list[Row], str | None]:
@@ -144,34 +158,72 @@ def _status(r: Row) -> str:
     return {True: "ok", False: "**MISSED**", None: ""}[r["ok"]]
 
 
+HEADER = ["area", "case", "baseline", "baseline figure", "figure", "ratio", "target", "", "note"]
+
+
+def _cells(r: Row) -> list[str]:
+    base = "RecursionError" if r["note"] == "RecursionError" else fmt_amount(r["base"], r["unit"])
+    note = "" if r["note"] == "RecursionError" else r["note"]
+    return [r["area"], r["case"], r["baseline"], base, fmt_amount(r["value"], r["unit"]), _ratio(r),
+            _target(r), _status(r), note]
+
+
 def render_table(rows: list[Row]) -> str:
     """The rows as a Markdown table (which also reads well as plain text)."""
-    header = ["area", "case", "baseline", "baseline figure", "figure", "ratio", "target", "", "note"]
-    body = []
-    for r in rows:
-        base = "RecursionError" if r["note"] == "RecursionError" else fmt_amount(r["base"], r["unit"])
-        note = "" if r["note"] == "RecursionError" else r["note"]
-        body.append([r["area"], r["case"], r["baseline"], base, fmt_amount(r["value"], r["unit"]), _ratio(r),
-                     _target(r), _status(r), note])
-    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    return _format_table([_cells(r) for r in rows])
+
+
+def _format_table(body: list[list[str]]) -> str:
+    widths = [max(len(str(line[i])) for line in [HEADER, *body]) for i in range(len(HEADER))]
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-             for line in [header, *body]]
+             for line in [HEADER, *body]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
+def parse_table(text: str) -> list[list[str]]:
+    """The cells of each body line of the results table in ``text`` (a results file).
+
+    Example:
+        >>> parse_table("| area | case |\\n|---|---|\\n| splice | Chain |\\n")
+        [['splice', 'Chain']]
+    """
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip()[1:-1].split(" | ")] for line in lines[2:]]
+
+
+def _machine_line(info: dict[str, str]) -> str:
+    return "Machine: " + ", ".join(f"{k} {v}" if k != "cpu" else v for k, v in info.items()) + "."
+
+
+def _area_order(cells: list[str]) -> int:
+    return list(AREAS).index(cells[0]) if cells[0] in AREAS else len(AREAS)
+
+
 def render_markdown(rows: list[Row], skipped: dict[str, str], info: dict[str, str], seconds: float,
-                    argv: list[str]) -> str:
-    """The whole results file: machine, command, table, notes, skipped areas."""
+                    argv: list[str], previous: str | None = None) -> str:
+    """The whole results file: machine, command, table, notes, skipped areas.
+
+    With ``previous`` (the text of an earlier results file, from the same
+    machine), the areas this run did not measure keep their lines from it, and
+    the file lists the run that measured them above this one.
+    """
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = " ".join(["python benchmarks/run.py", *argv])
+    ran = {r["area"] for r in rows}
+    kept = [] if previous is None else [c for c in parse_table(previous) if c[0] not in ran]
+    runs = [] if previous is None else [line.rstrip() for line in previous.splitlines()
+                                        if line.startswith("`python benchmarks/run.py")
+                                        and not line.startswith(f"`{command}`")]
+    runs.append(f"`{command}`, {when}, {seconds:.0f} s in all.")
+    body = sorted([*kept, *(_cells(r) for r in rows)], key=_area_order)  # stable: each area's lines keep order
     lines = ["# chainspec benchmark results", "",
-             f"`{command}`, {when}, {seconds:.0f} s in all.", "",
-             "Machine: " + ", ".join(f"{k} {v}" if k != "cpu" else v for k, v in info.items()) + ".", "",
-             "Each ratio is figure / baseline figure, both measured in this run (interleaved, median of "
+             *(line + ("  " if i < len(runs) - 1 else "") for i, line in enumerate(runs)), "",
+             _machine_line(info), "",
+             "Each ratio is figure / baseline figure, both measured in the same run (interleaved, median of "
              "repeated runs); below 1 means faster or smaller than the baseline.", "",
-             render_table(rows), ""]
-    areas = [a for a in AREAS if any(r["area"] == a for r in rows)]
+             _format_table(body), ""]
+    areas = [a for a in AREAS if any(c[0] == a for c in body)]
     if areas:
         lines += ["Notes:", ""]
         lines += [f"- **{a}**: {NOTES[a]}" for a in areas if a in NOTES]
@@ -179,6 +231,18 @@ def render_markdown(rows: list[Row], skipped: dict[str, str], info: dict[str, st
     for area, why in skipped.items():
         lines.append(f"- **{area}** {why}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _mergeable(path: Path, info: dict[str, str]) -> str | None:
+    """The results file at ``path`` if an ``--only`` run may update it: it exists and is from this machine."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if _machine_line(info) not in text.splitlines():
+        print(f"{path} is from another machine (or torch, Python, thread count); it now holds this run only")
+        return None
+    return text
 
 
 def _in_child(area: str, args: argparse.Namespace) -> tuple[list[Row], str | None]:
@@ -252,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{seconds:.0f} s.")
     out = args.out if args.out is not None else (None if args.quick else HERE / "results.md")
     if out is not None:
-        out.write_text(render_markdown(rows, skipped, info, seconds, argv), encoding="utf-8")
-        print(f"wrote {out}")
+        previous = _mergeable(out, info) if args.only else None
+        out.write_text(render_markdown(rows, skipped, info, seconds, argv, previous), encoding="utf-8")
+        print(f"wrote {out}" + (" (the other areas' figures kept)" if previous is not None else ""))
     return 1 if failed else 0
 
 

@@ -15,7 +15,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-AREAS = ["bench_forward", "bench_compile", "bench_splice", "bench_memory", "bench_revision", "bench_growth"]
+AREAS = ["bench_forward", "bench_compile", "bench_splice", "bench_memory", "bench_revision", "bench_growth",
+         "bench_diff", "bench_validate", "bench_hostile"]
 
 
 @pytest.fixture
@@ -83,3 +84,49 @@ def test_run_py_rejects_an_unknown_area() -> None:
     proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "nope"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "unknown area" in proc.stderr
+
+
+def test_run_py_only_keeps_the_other_areas_of_the_results_file() -> None:
+    import benchutil
+    import run
+
+    info = {"cpu": "test cpu", "cores": "2"}
+    first = [benchutil.row("splice", "insert, 10 nodes", "itself", base=1e-6, value=1e-6, ratio=1.0),
+             benchutil.row("validate", "chainspec validate", "check-jsonschema", base=0.4, value=0.2, ratio=0.5,
+                           target="< 1", ok=True)]
+    full = run.render_markdown(first, {}, info, 10.0, [])
+    again = [benchutil.row("validate", "chainspec validate", "check-jsonschema", base=0.4, value=0.3, ratio=0.75,
+                           target="< 1", ok=True)]
+    merged = run.render_markdown(again, {}, info, 5.0, ["--only", "validate"], previous=full)
+    cells = run.parse_table(merged)
+    assert [c[0] for c in cells] == ["splice", "validate"]  # area order; the splice line kept
+    assert cells[0] == run.parse_table(full)[0]
+    assert cells[1][5] == "0.75"  # the validate line replaced, not added
+    assert "`python benchmarks/run.py`," in merged and "`python benchmarks/run.py --only validate`," in merged
+    assert "- **splice**:" in merged and "- **validate**:" in merged
+    # A second --only run of the same areas replaces its own line in the header, too.
+    twice = run.render_markdown(again, {}, info, 5.0, ["--only", "validate"], previous=merged)
+    assert twice.count("--only validate`") == 1
+
+
+def test_validate_area_sets_validate_against_check_jsonschema_and_torch() -> None:
+    import bench_validate
+    import run
+
+    raw = [{"name": n, "median_s": s, "ratio": s / 0.4, "files": 1, "repeats": 7}
+           for n, s in [("chainspec validate", 0.2), ("check-jsonschema", 0.4), ("chainspec validate --deep", 3.0),
+                        (bench_validate.TORCH, 1.6)]]
+
+    class Fake:
+        BASELINE, TORCH, DEFAULT_FILES = bench_validate.BASELINE, bench_validate.TORCH, bench_validate.DEFAULT_FILES
+        against_torch = staticmethod(bench_validate.against_torch)
+
+        @staticmethod
+        def run(repeats: int) -> list[dict]:
+            return raw
+
+    rows = run._validate_rows(Fake, quick=True)
+    plain = [r for r in rows if r["case"] == "chainspec validate"]
+    assert [(r["baseline"], r["ratio"]) for r in plain] == [("check-jsonschema", 0.5), (bench_validate.TORCH, 0.125)]
+    assert plain[0]["target"] == "< 1" and plain[0]["ok"] is True
+    assert bench_validate.DEFAULT_FILES == ["specs/pggan.yaml"]
