@@ -638,3 +638,25 @@ def test_watcher_refuses_a_revision_mid_fade(tmp_path: Path) -> None:
     path.write_text(spec.text.replace("slope: 0.2 ", "slope: 0.1 "), encoding="utf-8")
     assert watcher.poll() is None
     assert g.ids() == ids and len(errors) == 1 and isinstance(errors[0], chainspec.PlanError)
+
+
+def test_watcher_keeps_moments_on_a_comment_only_save_even_with_reset(tmp_path: Path) -> None:
+    """As SpecWatcher: a save that changes no chain is no growth step, so policy='reset' does not apply."""
+    spec = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
+    g = spec.build("generator", stage=0)
+    opt = torch.optim.Adam(g.parameters())
+    g(torch.randn(2, *spec.resolved("generator").input_shape_at(0))).pow(2).mean().backward()
+    opt.step()
+    moments = {id(p): s["exp_avg"].clone() for p, s in opt.state.items()}
+    assert len(moments) == len(list(g.parameters()))
+    path = tmp_path / "g.yaml"
+    path.write_text(spec.text, encoding="utf-8")
+    watcher = csd.DistributedSpecWatcher(path, g, opt, spec=spec, stage=0, policy="reset")
+    path.write_text("# tuned\n" + spec.text, encoding="utf-8")
+    os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
+    assert watcher.poll() is not None and watcher.error is None
+    assert all(torch.equal(opt.state[p]["exp_avg"], moments[id(p)]) for p in g.parameters())
+    path.write_text("# tuned\n" + spec.text.replace("slope: 0.2 ", "slope: 0.1 "), encoding="utf-8")
+    os.utime(path, ns=(time.time_ns() + 2 * 10**9,) * 2)
+    assert watcher.poll() is not None and watcher.error is None
+    assert len(opt.state) == 0  # a real revision resets

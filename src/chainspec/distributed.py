@@ -488,8 +488,13 @@ def _settle(statuses: list[tuple[str, str]], here: int, local: BaseException | N
 
 def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
               stages: Callable[[_Target], tuple[int | str, int | str]], policy: str, src: int, group: Any,
-              timeout: Timeout, broadcast: Broadcast, source: str | None, where: str) -> LockstepResult:
-    """Broadcast rank ``src``'s revision, agree on the plans, apply them, broadcast new tensors, re-wrap DDPs."""
+              timeout: Timeout, broadcast: Broadcast, source: str | None, where: str,
+              unchanged_keeps: bool = False) -> LockstepResult:
+    """Broadcast rank ``src``'s revision, agree on the plans, apply them, broadcast new tensors, re-wrap DDPs.
+
+    With ``unchanged_keeps``, a revision that changes no chain (comments, layout) keeps the optimizer
+    state even under ``policy="reset"``: a watched file's cosmetic save is no growth step.
+    """
     if broadcast not in ("new", "all", "none"):
         raise ValueError(f"broadcast must be 'new', 'all' or 'none', got {broadcast!r}")
     here = _src_index(src, group)
@@ -516,6 +521,8 @@ def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
                    else loads(text, source=src_source, allow_imports=allow_imports))
         for name, target in targets.items():
             plans[name] = diff(old, revised, chain=name, stage=stages(target))
+        if unchanged_keeps and plans.is_empty:
+            policy = "keep"
         key = json.dumps({n: _plan_key(p) for n, p in plans.items()} | {"policy": policy}, sort_keys=True,
                          default=str)
         status = ("ok", hashlib.sha256(key.encode()).hexdigest()[:16])
@@ -841,7 +848,7 @@ class DistributedSpecWatcher:
             result = _lockstep(self.spec, pending if self._is_src() else None, self._targets,
                                stages=lambda t: (stages[t.name], stages[t.name]), policy=self.policy,
                                src=self.src, group=self.group, timeout=self.timeout, broadcast=self.broadcast,
-                               source=self.path, where="applying a watched revision")
+                               source=self.path, where="applying a watched revision", unchanged_keeps=True)
         except DistributedError:
             raise
         except Exception as exc:  # every rank rejected it alike and rolled back: training goes on
