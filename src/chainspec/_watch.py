@@ -115,11 +115,7 @@ class SpecWatcher:
         return recorded if isinstance(recorded, int) else "final"
 
     def _stat_signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return stat_signature(self.path)
 
     def _read_bytes(self) -> bytes:
         # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
@@ -193,3 +189,19 @@ class SpecWatcher:
             self.on_error(exc)
         else:
             logger.warning("%s: revision not applied, the model is unchanged:\n%s", self.path, exc)
+
+
+def stat_signature(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """What one ``stat()`` says of a watched file: (mtime in ns, size, inode), or None if it is missing.
+
+    A save changes it (an editor's rename-over changes the inode even within one mtime tick).
+
+    Example:
+        >>> stat_signature("/nonexistent/net.yaml") is None
+        True
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

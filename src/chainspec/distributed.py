@@ -66,6 +66,7 @@ from ._chain import Chain
 from ._diff import Plan, PlanSet, diff
 from ._errors import ChainspecError, SpecError
 from ._spec import Spec, load, loads
+from ._watch import stat_signature
 from ._yaml import MAX_BYTES, read_head, too_big
 
 if TYPE_CHECKING:
@@ -754,11 +755,7 @@ class DistributedSpecWatcher:
 
     # -- the file, on rank src -------------------------------------------------------------------------
     def _stat_signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return stat_signature(self.path)
 
     def _read_or_none(self) -> bytes | None:
         try:
