@@ -381,6 +381,34 @@ def test_parameter_defaults_may_be_expressions() -> None:
         chainspec.loads(text.replace("${c * 2}", "${cc * 2}"), source="x.yaml")
 
 
+def test_defaults_are_checked_even_where_no_node_uses_them_and_reported_once() -> None:
+    text = textwrap.dedent("""\
+        chainspec: 1
+        vars: {wide: true}
+        defaults:
+          dropout: {p: 2.0}
+          conv2d: {kernal_size: 3, padding: 1}
+          linear: {bias: "${wide}", in_features: 4}
+        chains:
+          net:
+            input_shape: [3, 8, 8]
+            nodes:
+              - {id: a, type: conv2d, args: {in_channels: 3, out_channels: 4}}
+              - {id: b, type: conv2d, args: {in_channels: 4, out_channels: 4}}
+        """)
+    with pytest.raises(SpecError) as info:
+        chainspec.loads(text, source="x.yaml")
+    assert str(info.value).splitlines() == [
+        "x.yaml:4:13: defaults.dropout.p: input should be less than or equal to 1, got 2.0; p is float in [0.0, 1.0]",
+        "x.yaml:5:12: defaults.conv2d.kernal_size: unknown argument 'kernal_size'; did you mean 'kernel_size'?"]
+    # Required args left to the nodes, and expressions of a composite's parameters, are no problem.
+    fine = text.replace("p: 2.0", "p: 0.5").replace("kernal_size", "kernel_size")
+    fine = fine.replace("chains:", "types:\n  blk:\n    params: {c: null}\n    nodes:\n"
+                                   "      - {id: fc, type: linear, args: {out_features: 2}}\nchains:")
+    fine = fine.replace("in_features: 4}", "in_features: \"${c}\"}")
+    assert chainspec.loads(fine).build()["b"].module.kernel_size == (3, 3)
+
+
 def test_registered_type_names_are_case_insensitive_in_defaults_too() -> None:
     text = textwrap.dedent("""\
         chainspec: 1
@@ -398,9 +426,11 @@ def test_registered_type_names_are_case_insensitive_in_defaults_too() -> None:
     with pytest.raises(SpecError, match=re.escape("x.yaml:4:3: defaults.conv2d: defaults for 'conv2d' are given "
                                                   "twice (also as 'Conv2d'); merge them into one entry")):
         chainspec.loads(text.replace("chains:", "  conv2d: {padding: 1}\nchains:"), source="x.yaml")
-    with pytest.raises(SpecError, match=re.escape("x.yaml:3:28: defaults.Conv2d.bias (a): input should be a valid "
-                                                  "boolean, got 3")):
+    # Reported once, at the default, not once per node that uses it.
+    with pytest.raises(SpecError, match=re.escape("x.yaml:3:28: defaults.Conv2d.bias: input should be a valid "
+                                                  "boolean, got 3; bias is bool")) as info:
         chainspec.loads(text.replace("bias: false", "bias: 3"), source="x.yaml")
+    assert len(info.value.problems) == 1
 
 
 def test_expressions_in_args_and_vars() -> None:

@@ -8,6 +8,7 @@ build, and :mod:`chainspec._compile` builds it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ class _Resolver:
         self.too_deep: dict[str, list[str]] = {}
         #: Per-type defaults by canonical type name: (the key as written, the args).
         self.defaults: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: (canonical type, arg) of defaults already reported wrong, so that nodes using them do not repeat it.
+        self.bad_defaults: set[tuple[str, str]] = set()
 
     def report(self, path: Path, message: str, hint: str | None = None, label: str = "") -> None:
         problem = self.doc.problem(path, message, hint, label=label)
@@ -168,12 +171,30 @@ class _Resolver:
                             f"{self.defaults[canonical][0]!r})", "merge them into one entry")
                 continue
             self.defaults[canonical] = (type_name, args)
-            if type_name in self.model.types or is_registered(type_name):
+            if type_name in self.model.types:
                 continue
             try:  # an import path is known if the caller allows it and it imports
-                get_type(type_name, allow_imports=self.allow_imports)
+                node_type = get_type(type_name, allow_imports=self.allow_imports)
             except (KeyError, ImportError, AttributeError) as exc:
                 self.unknown_type(("defaults", type_name), type_name, exc)
+                continue
+            self.check_default_args(type_name, canonical, node_type, args)
+
+    def check_default_args(self, written: str, canonical: str, node_type: Any, args: Mapping[str, Any]) -> None:
+        """Check a type's defaults as far as they stand alone, also when no node uses the type.
+
+        Required arguments may be left to the nodes, and an expression of a composite's
+        parameters can only be checked where a node uses it.
+        """
+        values: dict[str, Any] = {}
+        for key, raw in args.items():
+            with contextlib.suppress(ExpressionError):
+                values[key] = substitute(raw, self.scope)
+        _, problems = node_type.validate(values)
+        for key, message, hint in problems:
+            if key is not None:  # None: a missing required argument, which the nodes give
+                self.report(("defaults", written, key), message, hint)
+                self.bad_defaults.add((canonical, key))
 
     def stage_count(self) -> int:
         last = 0
@@ -287,6 +308,8 @@ class _Resolver:
         arg_problems = [p for p in arg_problems if not (p[0] is None and any(
             p[1] == f"missing required argument {k!r}" for k in failed))]
         for key, message, hint in arg_problems:
+            if key is not None and key not in args and (self.canonical(type_name), key) in self.bad_defaults:
+                continue  # reported once, at the default
             arg_path = (*path, "args", key) if key in args or key is None else ("defaults", written, key)
             if key is None:
                 arg_path = (*path, "args") if (*path, "args") in self.doc.positions else path
