@@ -78,6 +78,7 @@ AREAS.update({
                                     _needs_files("specs/pggan_tiny.yaml", "specs/pggan.yaml"))),
     "validate": ("bench_validate", _needs_files("benchmarks/bench_validate.py", "schemas/chainspec.schema.json")),
     "hostile": ("bench_hostile", None),
+    "check": ("bench_check", _needs_files("specs/pggan.yaml")),
 })
 
 #: What each area's figures mean, written under the table.
@@ -101,6 +102,8 @@ NOTES = {
     "validate": "Cold start: each command is a fresh process, as in a pre-commit hook.",
     "hostile": "Each hostile document is refused with a SpecError (see docs/security.md); in-process figures are "
                "one loads() call, cold-start figures a fresh 'chainspec validate' process exiting 1.",
+    "check": "A fresh Spec each round, so no shape is cached; both sides after a warm-up (torch's first meta "
+             "operation in a process imports torch._dynamo, about 2 s once).",
 }
 
 

@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 AREAS = ["bench_forward", "bench_compile", "bench_splice", "bench_memory", "bench_revision", "bench_growth",
-         "bench_diff", "bench_validate", "bench_hostile"]
+         "bench_diff", "bench_validate", "bench_hostile", "bench_check"]
 
 
 @pytest.fixture
@@ -55,6 +55,13 @@ def test_revision_spec_text_fits_the_loader_and_diffs_to_one_insert() -> None:
     plan = chainspec.diff(old, new)
     assert [(op.kind, op.node_id, op.after) for op in plan.ops] == [("insert", "extra", old.resolved().nodes[25].id)]
     assert len(bench_revision.spec_text(10_000, extra_after=5_000).encode()) < 256 * 1024
+
+
+def test_check_area_at_minimal_sizes(quick: None) -> None:
+    import bench_check
+
+    [result] = bench_check.run()
+    assert result["area"] == "check" and "pggan_tiny.yaml" in result["case"] and result["ok"] is True
 
 
 def test_naive_list_dies_where_chain_does_not() -> None:

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -642,19 +641,6 @@ def test_a_full_size_generator_is_shape_checked_on_the_meta_device() -> None:
     assert summary.output_shape == (3, 1024, 1024)
     assert [n.output_shape[0] for n in summary.nodes[3:11]] == [512, 512, 512, 256, 128, 64, 32, 16]
     assert summary.params == 23_079_187
-
-
-def test_the_full_size_pggan_is_shape_checked_in_well_under_a_second() -> None:
-    """Both 23M-parameter networks of specs/pggan.yaml at 1024x1024, every stage, on the meta device."""
-    # torch's first meta operation in a process imports torch._dynamo (about 2 s, once): not the check's cost.
-    chainspec.loads("chainspec: 1\nchains: {n: {input_shape: [2], nodes: [{id: a, type: relu}]}}").summary()
-    spec = chainspec.load(ROOT / "specs" / "pggan.yaml")
-    started = time.perf_counter()
-    totals = [spec.summary(name, stage="final").params for name in spec.chain_names]
-    spec.check()
-    elapsed = time.perf_counter() - started
-    assert len(totals) == 2 and all(total > 23_000_000 for total in totals)  # exact figures: test_pggan.py
-    assert elapsed < 1.0, f"{elapsed:.2f} s"  # about 0.15 s on 2 CPU cores
 
 
 def test_load_and_validate_do_not_import_torch(blog_path: Path) -> None:
