@@ -29,7 +29,13 @@ PROBE_BATCH = 4
 
 @dataclass(frozen=True)
 class NodeSummary:
-    """One row of a build summary: a node's id, type, per-sample output shape and parameter count."""
+    """One row of a build summary: a node's id, type, per-sample output shape and parameter count.
+
+    Example:
+        >>> row = NodeSummary("fc", "linear", (8,), 40)
+        >>> row.output_shape, row.params
+        ((8,), 40)
+    """
 
     id: str
     type: str

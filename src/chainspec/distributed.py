@@ -405,6 +405,10 @@ class LockstepResult:
         spec: the revision now in force (rank ``src``'s text): diff the next revision against it.
         model: the model to train from now on: the re-wrapped DDP (a dict for several chains).
         broadcast: the parameter and buffer names broadcast from rank ``src``, by chain name.
+
+    Example:
+        >>> result = apply_plan(ddp, revised, optimizer=opt)  # doctest: +SKIP
+        >>> ddp, spec = result.model, result.spec  # doctest: +SKIP
     """
 
     plan: Plan | PlanSet
