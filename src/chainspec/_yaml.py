@@ -137,13 +137,7 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
         doc.problems.append(Problem(source, exc.mark.line + 1, exc.mark.column + 1, "", exc.message, exc.hint))
         return doc
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        msg = exc.problem or str(exc)
-        if exc.context:
-            msg = f"{exc.context}, {msg}"
-        doc.problems.append(Problem(source, mark.line + 1 if mark else None,
-                                    mark.column + 1 if mark else None, "", f"invalid YAML: {msg}",
-                                    _tab_hint(text, mark.line if mark else None)))
+        doc.problems.append(_syntax_problem(exc, source, text))
         return doc
     except yaml.reader.ReaderError as exc:  # a character YAML forbids; it carries an offset, not a mark
         before = text[:exc.position]
@@ -172,6 +166,20 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     except _Abort:
         doc.data = None
     return doc
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, source: str, text: str) -> Problem:
+    """A PyYAML syntax error as a located problem, with a hint for tabs."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    if "nesting depth" in (exc.problem or ""):
+        # PyYAML >= 6.0.4 bounds flow nesting in its scanner, which reads ahead of our own bound.
+        return Problem(source, line, col, "", f"nesting is too deep (the limit is {MAX_DEPTH} levels)",
+                       "flatten the structure")
+    msg = exc.problem or str(exc)
+    if exc.context:
+        msg = f"{exc.context}, {msg}"
+    return Problem(source, line, col, "", f"invalid YAML: {msg}", _tab_hint(text, mark.line if mark else None))
 
 
 def read_head(path: str | os.PathLike[str]) -> tuple[bytes, int | None]:
