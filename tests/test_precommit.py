@@ -6,7 +6,9 @@ downloading it would make the test slow and network-bound, so the hook's
 virtualenv is allowed to see the interpreter's site-packages
 (``VIRTUALENV_SYSTEM_SITE_PACKAGES=1``, an ordinary virtualenv setting): pip
 then finds torch, pydantic and the rest already installed and installs only
-chainspec itself.
+chainspec itself. When the tests themselves run in a virtualenv, which the
+hook's cannot see, pip installs the dependencies, with torch held to the
+release installed here (``PIP_CONSTRAINT``).
 """
 
 from __future__ import annotations
@@ -59,14 +61,21 @@ def pre_commit(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    if not _torch_is_shared():
-        pytest.skip("torch is installed in a virtualenv; the hook's own virtualenv would have to download it")
     home = tmp_path_factory.mktemp("home")
     out = dict(os.environ)
+    if _torch_is_shared():
+        out["VIRTUALENV_SYSTEM_SITE_PACKAGES"] = "1"
+    else:
+        # torch lives in a virtualenv the hook's own virtualenv cannot see: pip installs the dependencies
+        # there, held to the torch release installed here (an open-ended torch could pull a CUDA build).
+        import torch
+
+        constraints = home / "constraints.txt"
+        constraints.write_text(f"torch=={torch.__version__.split('+')[0]}\n", encoding="utf-8")
+        out["PIP_CONSTRAINT"] = str(constraints)
     out.update({
         "HOME": str(home),
         "PRE_COMMIT_HOME": str(home / "pre-commit"),
-        "VIRTUALENV_SYSTEM_SITE_PACKAGES": "1",
         "GIT_AUTHOR_NAME": "chainspec test", "GIT_AUTHOR_EMAIL": "test@chainspec.invalid",
         "GIT_COMMITTER_NAME": "chainspec test", "GIT_COMMITTER_EMAIL": "test@chainspec.invalid",
         "PRE_COMMIT_COLOR": "never",
