@@ -218,6 +218,16 @@ def test_a_plan_applied_twice_is_refused_even_when_the_ids_match() -> None:
         plan.apply(net, opt)
 
 
+def test_a_fresh_chain_records_its_spec_so_a_plan_from_another_revision_is_refused() -> None:
+    spec, net, opt = trained()
+    assert net.spec is spec and net.stage == 0
+    wide = chainspec.loads(edit_replace(MLP), source="wide.yaml")
+    # A plan whose old revision is not the one the chain was built from: the ids match, the nodes do not.
+    plan = chainspec.diff(wide, chainspec.loads(edit_remove(edit_replace(MLP)), source="wider.yaml"))
+    with Unchanged(net, opt), pytest.raises(chainspec.PlanError, match=r"node 'fc2' is as in net\.yaml"):
+        plan.apply(net, opt)
+
+
 def test_a_plan_from_an_equal_revision_loaded_again_applies() -> None:
     spec, net, opt = trained()
     chainspec.diff(spec, chainspec.loads(edit_update(MLP), source="rev1.yaml")).apply(net, opt)

@@ -159,6 +159,18 @@ def test_comment_only_change_keeps_moments_even_with_reset(tmp_path: Path) -> No
     assert watcher.poll() is not None and len(opt.state) == 0  # a real revision resets
 
 
+def test_an_edit_saved_before_the_watcher_started_is_applied(tmp_path: Path) -> None:
+    """The chain records the spec it was built from, so the watcher diffs the file against that, not itself."""
+    path = tmp_path / "net.yaml"
+    save(path, SPEC)
+    net = chainspec.load(path).build()
+    save(path, SPEC.replace("negative_slope: 0.2", "negative_slope: 0.3"))
+    watcher = chainspec.SpecWatcher(path, net)
+    assert net["act"].module.negative_slope == 0.2
+    plan = watcher.poll()
+    assert plan is not None and net["act"].module.negative_slope == 0.3
+
+
 def test_touch_without_change_is_ignored(tmp_path: Path) -> None:
     path, _, _, watcher = setup(tmp_path)
     save(path, SPEC)

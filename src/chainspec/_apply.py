@@ -280,7 +280,7 @@ def _check_chain(plan: Plan, chain: Chain) -> None:
                       f"it has {len(ids)} nodes, the plan expects {len(plan.old_ids)}")
     raise PlanError(f"chain {chain.name!r} is not the revision this plan starts from ({plan.old_spec.source}, "
                     f"chain {plan.chain!r}, stage {plan.old_stage}): {detail}; diff against the revision "
-                    "the chain runs now (chain.spec, chain.stage after a previous apply)")
+                    "the chain runs now (chain.spec, chain.stage)")
 
 
 def _revision_difference(plan: Plan, chain: Chain) -> str | None:

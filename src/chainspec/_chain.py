@@ -91,6 +91,9 @@ class Chain(nn.Module):
         nodes: ``(id, module)`` pairs, head first, or a mapping of id to module.
         name: the chain's name (the spec's chain name when built from a spec).
 
+    A chain from ``Spec.build`` also records the revision it runs, ``spec`` and
+    ``stage``; a plan's ``apply`` or a checkpoint load updates them.
+
     Example:
         >>> import torch
         >>> chain = Chain([("fc", nn.Linear(4, 8)), ("act", nn.ReLU())])

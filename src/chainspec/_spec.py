@@ -167,7 +167,9 @@ class Spec:
         from ._compile import build_chain, check_dtype
 
         check_dtype(dtype)
-        return build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
+        built = build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
+        built.spec = self  # the revision it runs: plans, watchers and checkpoints start from it
+        return built
 
     def build_all(self, *, stage: int | str = 0, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> dict[str, Chain]:

@@ -37,8 +37,8 @@ class SpecWatcher:
         path: the spec file.
         chain_or_chains: the live chain, or a dict of chains by their names in the spec.
         optimizer: the optimizer training them: one optimizer, or a dict by chain name.
-        spec: the revision the chains run now; by default ``chain.spec`` (set by a previous apply or a
-            checkpoint load), else the file as it is now.
+        spec: the revision the chains run now; by default ``chain.spec`` (set by ``Spec.build``, an
+            apply or a checkpoint load), else the file as it is now.
         stage: the stage to build each revision at; by default the chain's ``stage`` (set by
             ``Spec.build``), else ``"final"``.
         policy: ``"keep"`` or ``"reset"`` optimizer state of surviving parameters (see ``Plan.apply``).

@@ -694,7 +694,7 @@ class DistributedSpecWatcher:
             chain name (for example ``{"generator": g, "discriminator": d}``).
         optimizer: its optimizer, or a dict by chain name.
         spec: the revision the model runs now; by default the chains' recorded ``spec`` (set by
-            ``Spec.build``'s callers via an apply or a checkpoint), else the file as rank ``src`` reads it.
+            ``Spec.build``, an apply or a checkpoint load), else the file as rank ``src`` reads it.
         stage: the stage to revise at when a chain records none; by default each chain's recorded
             ``stage``, so revisions follow growth done by :func:`grow`.
         policy: ``"keep"`` or ``"reset"`` optimizer state of surviving parameters.
