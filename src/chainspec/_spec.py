@@ -227,10 +227,10 @@ def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterabl
             # Not again for values the YAML layer refused: they read as None, and "got None" is noise.
             problems += [p for p in resolve(lenient, doc, allow_imports)[2]
                          if p not in problems and not _about_refused(p, doc)]
-        raise SpecError(problems)
+        raise SpecError(_in_file_order(problems))
     chains, stages, problems = resolve(model, doc, allow_imports)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_in_file_order(problems))
     plain = text.decode("utf-8") if isinstance(text, bytes) else text
     return Spec(model, doc, plain, chains, stages, tuple(allow_imports))
 
@@ -351,6 +351,11 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path, tuple[Any, ...]]:
     return tuple(path), ()
 
 
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    """Problems by line and column, as a compiler lists them; those without a position first."""
+    return sorted(problems, key=lambda p: (p.line is not None, p.line or 0, p.col or 0))
 
 
 def _describe(value: Any) -> str:
