@@ -182,13 +182,13 @@ def finish(plan: Any, spec: chainspec.Spec, net: Chain, opt: torch.optim.Optimiz
 
 # -- plan.apply ----------------------------------------------------------------------------------------------------
 
-def line_events(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str) -> list[str]:
-    """Run the apply once under a tracer; return the function of each chainspec line it executes, in order."""
-    names: list[str] = []
+def traced_apply(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str,
+                 on_line: Callable[[Any], None]) -> None:
+    """Apply with ``on_line(frame)`` called as each chainspec line is about to run."""
 
     def local(frame: Any, event: str, arg: Any) -> Any:
         if event == "line":
-            names.append(frame.f_code.co_name)
+            on_line(frame)
         return local
 
     def global_(frame: Any, event: str, arg: Any) -> Any:
@@ -199,6 +199,12 @@ def line_events(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str) 
         plan.apply(net, opt, policy=policy)
     finally:
         sys.settrace(None)
+
+
+def line_events(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str) -> list[str]:
+    """Run the apply once under a tracer; return the function of each chainspec line it executes, in order."""
+    names: list[str] = []
+    traced_apply(plan, net, opt, policy, lambda frame: names.append(frame.f_code.co_name))
     return names
 
 
@@ -206,22 +212,13 @@ def interrupt_at(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str,
     """Apply, raising KeyboardInterrupt as the ``k``-th chainspec line is about to run."""
     count = 0
 
-    def local(frame: Any, event: str, arg: Any) -> Any:
+    def count_and_maybe_interrupt(frame: Any) -> None:
         nonlocal count
-        if event == "line":
-            count += 1
-            if count == k:
-                raise KeyboardInterrupt(f"injected at line event {k}")
-        return local
+        count += 1
+        if count == k:
+            raise KeyboardInterrupt(f"injected at line event {k}")
 
-    def global_(frame: Any, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename.startswith(PKG) else None
-
-    sys.settrace(global_)
-    try:
-        plan.apply(net, opt, policy=policy)
-    finally:
-        sys.settrace(None)
+    traced_apply(plan, net, opt, policy, count_and_maybe_interrupt)
 
 
 @pytest.mark.parametrize("policy", ["keep", "reset"])

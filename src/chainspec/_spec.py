@@ -351,8 +351,6 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path, tuple[Any, ...]]:
     return tuple(path), ()
 
 
-
-
 def _in_file_order(problems: list[Problem]) -> list[Problem]:
     """Problems by line and column, as a compiler lists them; those without a position first."""
     return sorted(problems, key=lambda p: (p.line is not None, p.line or 0, p.col or 0))
