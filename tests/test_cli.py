@@ -235,3 +235,138 @@ def test_a_closed_pipe_in_process(capsys, blog_path: Path, monkeypatch: pytest.M
     assert main(["build", str(blog_path), "--format", "json"]) == 1
     assert capsys.readouterr().err == ""
 
+
+
+# -- nothing printed can drive a terminal; nothing reaches the user as a traceback ----------------------------------
+
+#: Characters a terminal obeys, or that reorder what it shows: C0 (ESC, BEL, CR), DEL, C1 (CSI), bidi overrides.
+CONTROLS = "\x1b\x07\r\x7f\x9b\u202e\u2066"
+
+
+def assert_inert(text: str) -> None:
+    assert not any(c in text for c in CONTROLS), repr(text)
+    assert all(c.isprintable() or c == "\n" for c in text), repr(text)
+
+
+def test_build_table_escapes_the_file_name(capsys, blog_path: Path, tmp_path: Path) -> None:
+    path = tmp_path / "net\x1b[2J\u202e\nPlan: ok.yaml"
+    path.write_text(blog_path.read_text())
+    code, out, err = run(capsys, "build", str(path), "--stage", "0")
+    assert code == 0
+    assert_inert(out + err)
+    assert out.startswith(f"{tmp_path}/net\\x1b[2J\\u202e\\nPlan: ok.yaml: chain 'net', stage 0 of 2")
+    assert len(out.splitlines()) == 4  # the newline in the name did not add a line
+
+
+@pytest.mark.parametrize("argv", [
+    ["build", "missing\x1b[2J\x9b31m.yaml"],
+    ["validate", "missing\x1b]0;title\x07.yaml", "--format", "text"],
+    ["build", "{blog}", "extra\x1b[2J"],  # argparse's own message
+    ["build", "{blog}", "--chain", "net\x1b[2J\u202e"],
+    ["types", "--filter", "\x1b[2J\x7f"],
+    ["diff", "{blog}", "{blog}", "--chain", "\x1b[2J"],
+])
+def test_messages_escape_control_characters(capsys, blog_path: Path, argv: list[str]) -> None:
+    code, out, err = run(capsys, *[str(blog_path) if a == "{blog}" else a for a in argv])
+    assert code in (1, 2)
+    assert_inert(out + err)
+    assert "\\x1b" in out + err
+
+
+def test_types_escape_what_a_plugin_describes(capsys, fresh_types: list[str]) -> None:
+    from torch import nn
+
+    from chainspec import register_type
+
+    def noisy(width: int = 4) -> nn.Module:
+        """Clears the screen\x1b[2J and rings\x07, \u202ereversed."""
+        return nn.Identity()
+
+    register_type("noisy_demo_type")(noisy)
+    fresh_types.append("noisy_demo_type")
+    code, out, _ = run(capsys, "types", "--filter", "noisy_demo")
+    assert code == 0 and "noisy_demo_type(width: int = 4)" in out and "\\x1b[2J" in out
+    assert_inert(out)
+    code, out, _ = run(capsys, "types", "--filter", "noisy_demo", "--format", "json")
+    assert_inert(out)
+    assert "\x1b[2J" in json.loads(out)["noisy_demo_type"]["description"]
+
+
+def test_an_unexpected_error_is_one_line_without_a_traceback(capsys, blog_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainspec.cli import build
+
+    class Weird(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("even printing me fails")
+
+    def broken(args: object) -> int:
+        raise Weird
+
+    monkeypatch.delenv("CHAINSPEC_DEBUG", raising=False)
+    monkeypatch.setattr(build, "run", broken)
+    code, out, err = run(capsys, "build", str(blog_path))
+    assert code == 1 and out == ""
+    assert err.startswith("chainspec: internal error: Weird: Weird\nTIP: rerun with CHAINSPEC_DEBUG=1")
+
+
+def test_an_error_while_parsing_arguments_is_no_traceback(capsys, blog_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainspec.cli import build
+
+    def stage(text: str) -> str:
+        raise RuntimeError("\x1b[2Jboom")  # argparse passes on anything but ValueError and TypeError
+
+    monkeypatch.delenv("CHAINSPEC_DEBUG", raising=False)
+    monkeypatch.setattr(build, "stage_arg", stage)
+    code, _, err = run(capsys, "build", str(blog_path), "--stage", "1")
+    assert code == 1 and "chainspec: internal error: RuntimeError: \\x1b[2Jboom" in err
+    assert_inert(err)
+
+
+def test_a_terminal_that_cannot_show_unicode_gets_escapes(capsys, blog_path: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    new = tmp_path / "caf\u00e9.yaml"
+    new.write_text(blog_path.read_text().replace("out_ch: 128}", "out_ch: 96}"))
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii", errors="strict"))
+    assert main(["diff", str(blog_path), str(new)]) == 1  # prints '→' and 'é', which ASCII cannot hold
+    sys.stdout.flush()
+    text = raw.getvalue().decode("ascii")
+    assert "out_ch 128 \\u2192 96" in text and "caf\\xe9.yaml" in text
+    assert "internal error" not in capsys.readouterr().err
+
+
+def test_schema_check_never_blocks_nor_reads_without_end(capsys, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    from chainspec.cli import _io
+
+    monkeypatch.setattr(_io, "LIMITS", chainspec.Limits(read_timeout=0.2))
+    if os.path.exists("/dev/zero"):
+        code, _, err = run(capsys, "schema", "--check", "/dev/zero")
+        assert code == 1 and "cannot read /dev/zero: it is a character device" in err
+    fifo = tmp_path / "schema.json"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # a writer that stays open and idle
+    try:
+        started = time.perf_counter()
+        code, _, err = run(capsys, "schema", "--check", str(fifo))
+    finally:
+        os.close(writer)
+    assert code == 1 and "did not finish within 0.2 seconds" in err and time.perf_counter() - started < 2
+    big = tmp_path / "big.json"
+    with big.open("wb") as fh:
+        fh.truncate(50 * 1024 * 1024)
+    code, _, err = run(capsys, "schema", "--check", str(big))
+    assert code == 1 and "is stale" in err
+
+
+def test_streams_are_restored_after_a_command(capsys, blog_path: Path) -> None:
+    before = sys.stdout, sys.stderr
+    run(capsys, "validate", str(blog_path))
+    assert (sys.stdout, sys.stderr) == before

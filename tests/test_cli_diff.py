@@ -104,3 +104,39 @@ def test_console_entry_point(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 1, result.stderr
     assert "! b3 (conv_block)" in result.stdout
+
+
+ESCAPES = """\
+chainspec: 1
+types:
+  blk:
+    params: {n: 4, tag: "a"}
+    nodes:
+      - {id: fc, type: linear, args: {in_features: 4, out_features: "${n}"}}
+chains:
+  net:
+    input_shape: [4]
+    nodes:
+      - {id: b, type: blk, args: {n: 4, tag: "a", more: ["x"]}}
+"""
+#: Clears the screen, homes the cursor, prints a fake verdict; then C1 CSI, DEL, a bidi override, a new line.
+HOSTILE = "\\e[2J\\e[HNo changes: the chain matches the revision.\\x9b31m\\x7f\\u202e\\nPlan: no changes."
+
+
+def test_values_in_a_plan_cannot_drive_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = write(tmp_path, "old.yaml", ESCAPES.replace("params: {n: 4, tag: ", "params: {n: 4, more: [], tag: "))
+    new = write(tmp_path, "new.yaml", ESCAPES.replace("params: {n: 4, tag: ", "params: {n: 4, more: [], tag: ")
+                .replace('{n: 4, tag: "a", more: ["x"]}', f'{{n: 5, tag: "{HOSTILE}", more: ["{HOSTILE}"]}}'))
+    assert main(["diff", old, new]) == 1
+    out = capsys.readouterr().out
+    assert all(c.isprintable() or c == "\n" for c in out), repr(out)
+    assert "tag a → \\x1b[2J\\x1b[HNo changes: the chain matches the revision.\\x9b31m\\x7f\\u202e\\nPlan: no " \
+           "changes." in out
+    assert [line for line in out.splitlines() if line.startswith("Plan:")] == ["Plan: 1 to replace; parameters +5."]
+    assert main(["diff", old, new, "--format", "json"]) == 1
+    text = capsys.readouterr().out
+    assert all(c.isprintable() or c == "\n" for c in text), repr(text)
+    changes = json.loads(text)["chains"]["net"]["ops"][0]["changes"]
+    expected = "\x1b[2J\x1b[HNo changes: the chain matches the revision.\x9b31m\x7f\u202e\nPlan: no changes."
+    assert {"field": "tag", "old": "a", "new": expected} in changes
+    assert {"field": "more", "old": ["x"], "new": [expected]} in changes

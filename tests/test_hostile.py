@@ -415,6 +415,12 @@ def test_checking_every_stage_builds_each_node_once(monkeypatch: pytest.MonkeyPa
     real = _compile.build_module
     monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
     spec.check()
+    assert len(built) == 1  # 300 nodes of one definition: built once, not once per node nor per stage
+    # Distinct definitions are each built once.
+    distinct = "".join(f"      - {{id: n{i}, type: layernorm, args: {{normalized_shape: [4], eps: {i + 1}.0e-6}}, "
+                       f"stage: {i}}}\n" for i in range(300))
+    built.clear()
+    chainspec.loads(HEAD + distinct).check()
     assert len(built) == 300
     # A failure late in the growth is still found, at its line.
     bad = (HEAD + nodes).replace("{id: n250, type: linear, args: {in_features: 4", "{id: n250, type: linear, "
@@ -709,3 +715,76 @@ def test_cli_refuses_a_50_mb_file(tmp_path: Path) -> None:
                                 text=True, timeout=60)
         assert result.returncode == 1
         assert f"{path}:1:1: file is {50 * 1024 * 1024:,} bytes" in result.stdout + result.stderr
+
+
+# -- scalars that do not fit their tag, slow scalars, tags in merged mappings --------------------------------------
+
+@pytest.mark.parametrize("value", ["!!bool maybe", '!!int ""', "!!float abc", "!!null x", "!!int 0x", "0b_",
+                                   "!!int 1.5", "!!bool ''", "!!float .", "!!int 1:99"])
+def test_scalars_that_do_not_fit_their_tag(value: str) -> None:
+    err = spec_error(f"chainspec: 1\ndescription: {value}\n" + HEAD.removeprefix("chainspec: 1\n")
+                     + "      - {id: a, type: relu}\n")
+    assert_at(err, 2, "description: ")
+    assert "internal error" not in str(err)
+    err = spec_error(node(f"id: a, type: leaky_relu, args: {{negative_slope: {value}}}"))
+    assert_at(err, 6, "args.negative_slope")
+
+
+@pytest.mark.parametrize("key", ["!!bool maybe", '!!int ""', "!!null x"])
+def test_keys_that_do_not_fit_their_tag(key: str) -> None:
+    assert_at(spec_error(f"chainspec: 1\n? {key}\n: 1\n"), 2, "is not")
+
+
+@pytest.mark.parametrize("value", ["1" + ":2" * 130_000, "1" + ":2" * 120_000 + ".5", "0x" + "f" * 250_000,
+                                   "!!int " + "7" * 250_000, "!!float " + "1" * 250_000 + "x"],
+                         ids=["sexagesimal-int", "sexagesimal-float", "hex", "tagged-decimal", "bad-float"])
+def test_no_scalar_is_slow(value: str) -> None:
+    started = time.perf_counter()
+    err = spec_error(f"chainspec: 1\nx: {value}\n")
+    assert time.perf_counter() - started < 2  # PyYAML's base-60 conversion took 7 s on the first one
+    assert_at(err, 2, "x: ")
+    assert len(str(err)) < 1000
+
+
+@pytest.mark.parametrize("merge", [
+    "[!!python/object:builtins.dict {x: 1}, !custom {y: 2}]",
+    "!custom {y: 2}",
+    "!!python/object/apply:os.system {args: ['true']}",
+    "[{z: 1}, !!omap {y: 2}]",
+    "{<<: !custom {y: 2}}",
+    "{<<: {<<: [!custom {y: 2}]}}",
+    "{!!python/name:os.system : 1}",
+])
+def test_tags_in_merged_mappings(merge: str) -> None:
+    err = spec_error(HEAD + f"      - id: a\n        type: relu\n        args:\n          <<: {merge}\n")
+    assert_at(err, 9, "args")
+    assert any("unsupported tag" in p.message or "plain strings" in p.message for p in err.problems), err
+
+
+def test_tags_in_merged_mappings_through_aliases() -> None:
+    text = ("chainspec: 1\nbase: &base !custom {negative_slope: 0.1}\nmid: &mid {<<: *base}\n"
+            + HEAD.removeprefix("chainspec: 1\n") + "      - {id: a, type: leaky_relu, args: {<<: *mid}}\n")
+    err = spec_error(text)
+    assert_at(err, 2, "unsupported tag '!custom'")
+    assert any(p.path.startswith("chains.net.nodes[0].args") for p in err.problems), err
+
+
+def test_cli_on_bad_scalars_and_merges(tmp_path: Path) -> None:
+    cases = {
+        "bool": (b"chainspec: 1\ndescription: !!bool maybe\nchains: {}\n", 2),
+        "empty-int": (b'chainspec: 1\ndescription: !!int ""\nchains: {}\n', 2),
+        "sexagesimal": (b"chainspec: 1\nx: 1" + b":2" * 130_000 + b"\n", 2),
+        "merge": (b"chainspec: 1\nx: {<<: [!!python/object:builtins.dict {a: 1}, !custom {b: 2}]}\n", 2),
+    }
+    paths = []
+    for name, (raw, _) in cases.items():
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_bytes(raw)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "chainspec", "validate", *map(str, paths)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "CHAINSPEC_DEBUG": ""})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output and "internal error" not in output, output
+    for path, (_, line) in zip(paths, cases.values(), strict=True):
+        assert f"{path}:{line}:" in output, output
+    assert time.perf_counter() - started < 10

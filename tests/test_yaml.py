@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
-from chainspec._yaml import MAX_BYTES, MAX_DEPTH, Document, format_path, parse_yaml
+import pytest
+import yaml
+
+from chainspec._yaml import MAX_BYTES, MAX_DEPTH, Document, construct_scalar, format_path, parse_yaml
 
 TEXT = """\
 chains:
@@ -129,3 +132,145 @@ def test_size_limit() -> None:
 def test_core_schema_scalars(text: str, value: object) -> None:
     doc = parse_yaml(text + "\n", "d.yaml")
     assert doc.problems == [] and doc.data == {"a": value}
+
+
+# -- scalars: every tagged value fits its tag, and no scalar is slow to construct ---------------------------------
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: !!bool maybe", "'maybe' is not a boolean"),
+    ("a: !!bool ''", "'' is not a boolean"),
+    ('a: !!int ""', "'' is not an integer"),
+    ("a: !!int 0x", "'0x' is not an integer"),
+    ("a: !!int 0b_", "'0b_' is not an integer"),
+    ("a: 0b_", "'0b_' is not an integer"),  # resolved as an integer, though PyYAML cannot construct it
+    ("a: 0x__", "'0x__' is not an integer"),
+    ("a: !!int 08", "'08' is not an integer"),
+    ("a: !!int 1.5", "'1.5' is not an integer"),
+    ("a: !!int 1:75", "'1:75' is not an integer"),
+    ("a: !!int '١٢'", "'١٢' is not an integer"),  # digits Python's int() would take, YAML's would not
+    ("a: !!float abc", "'abc' is not a number"),
+    ("a: !!float ''", "'' is not a number"),
+    ("a: !!float .", "'.' is not a number"),
+    ("a: !!float ._", "'._' is not a number"),
+    ("a: !!float 1e", "'1e' is not a number"),
+    ("a: !!float 0x1p3", "'0x1p3' is not a number"),
+    ("a: !!float inf", "'inf' is not a finite number"),
+    ("a: !!float -.Inf", "'-.Inf' is not a finite number"),
+    ("a: !!null x", "'x' is not null"),
+    ("a: !!null 0", "'0' is not null"),
+    ("a: [1, !!bool maybe]", "a[1]: 'maybe' is not a boolean"),
+    ("!!bool maybe: 1", "maybe: 'maybe' is not a boolean"),
+    ('? !!int ""\n: 1', "'' is not an integer"),
+    ("b: &b {!!float x: 1}\na: {<<: *b}", "'x' is not a number"),
+])
+def test_scalars_that_do_not_fit_their_tag_are_located(text: str, message: str) -> None:
+    doc = parse_yaml(text + "\n", "d.yaml")
+    assert any(p.line is not None and p.col is not None and message in p.format() for p in doc.problems), \
+        [p.format() for p in doc.problems]
+
+
+@pytest.mark.parametrize("text", [
+    "a: !!int 42", "a: !!int '0x1F'", "a: !!int -0b101", "a: !!int 0o17", "a: 017", "a: 1:30", "a: -1:30:00",
+    "a: 190:20:30", "a: 1_000", "a: +12", "a: !!float 1", "a: !!float '1.5'", "a: 1.5e+3", "a: 1:30.5",
+    "a: !!bool Yes", "a: !!bool OFF", "a: !!null ''", "a: !!null ~", "a: !!null NULL", "a: !!str 12", "a: 0",
+    "a: -.5", "a: 6.8523015e+5", "a: 685_230.15", "a: 1.", "a: !!float 1e3",
+])
+def test_valid_scalars_read_as_yaml_1_1_reads_them(text: str) -> None:
+    doc = parse_yaml(text + "\n", "d.yaml")
+    expected = yaml.safe_load(text)["a"]
+    if text == "a: !!float 1e3":
+        expected = 1000.0  # YAML 1.2's form, which PyYAML's float() happens to accept too
+    assert doc.problems == [] and doc.data == {"a": expected}
+    assert type(doc.data["a"]) is type(expected)
+
+
+def test_construct_scalar_raises_value_error_only() -> None:
+    int_tag = "tag:yaml.org,2002:int"
+    assert construct_scalar(int_tag, "1:0:0") == 3600
+    with pytest.raises(ValueError, match="too large"):
+        construct_scalar(int_tag, "1" + ":59" * 20)
+    for tag in ("bool", "int", "float", "null"):
+        with pytest.raises(ValueError):
+            construct_scalar("tag:yaml.org,2002:" + tag, "\x00?")
+
+
+@pytest.mark.parametrize("value", [
+    "1" + ":2" * 130_000,  # base 60: PyYAML's conversion took 7 s for this one
+    "1" + ":00" * 86_000,
+    "!!int " + "1" + ":2" * 130_000,
+    "1" + ":2" * 120_000 + ".5",  # a base-60 float
+    "0" * 250_000 + "1",  # leading zeros: small, but long
+    "0x" + "f" * 250_000,
+    "0b" + "1" * 250_000,
+    "0" + "7" * 250_000,  # octal
+    "1" + "_" * 250_000,
+    "!!int " + "1" * 250_000,
+    "!!int " + "1" * 250_000 + "x",
+    "!!float " + "1" * 250_000 + "x",
+    "1" + "0" * 250_000 + ".5",
+    "1e" + "9" * 250_000,
+    "!!bool " + "y" * 250_000,
+], ids=["sexagesimal", "sexagesimal-zeros", "sexagesimal-tagged", "sexagesimal-float", "leading-zeros", "hex",
+        "binary", "octal", "underscores", "tagged-decimal", "bad-int", "bad-float", "long-float", "long-exponent",
+        "bad-bool"])
+def test_no_scalar_is_slow_to_construct(value: str) -> None:
+    text = "a: " + value + "\n"
+    assert len(text) < MAX_BYTES
+    started = time.perf_counter()
+    doc = parse_yaml(text, "d.yaml")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 10.0, f"{elapsed:.2f}s"
+    assert all(len(p.format()) < 400 for p in doc.problems)
+    assert doc.problems or doc.data["a"] in (1, 0)
+
+
+# -- merge keys: their sources are checked like any other mapping ---------------------------------------------------
+
+@pytest.mark.parametrize(("text", "line", "fragment"), [
+    ("a: {<<: [!!python/object:builtins.dict {x: 1}, !custom {y: 2}]}", 1, "unsupported tag 'tag:yaml.org,2002:"
+                                                                          "python/object:builtins.dict'"),
+    ("a: {<<: [{x: 1}, !custom {y: 2}]}", 1, "unsupported tag '!custom'"),
+    ("a: {<<: !custom {y: 2}}", 1, "unsupported tag '!custom'"),
+    ("a: {<<: !!omap {y: 2}}", 1, "unsupported tag"),
+    ("b: &b !custom {x: 1}\na: {<<: *b}", 1, "a: unsupported tag '!custom'"),
+    ("b: &b {x: 1}\na: {<<: !custom [*b]}", 2, "unsupported tag '!custom'; specs use plain YAML lists"),
+    ("b: &b !!set {x}\na: {<<: [*b]}", 1, "a: unsupported tag"),
+    ("b: &b {x: 1, <<: !custom {y: 2}}\nc: &c {<<: *b}\na: {<<: *c}", 1, "a: unsupported tag '!custom'"),
+    ("b: &b {!!python/name:os.system : 1}\na: {<<: *b}", 1, "a: mapping keys must be plain strings"),
+    ("b: &b {[1]: 1}\na: {<<: *b}", 1, "a: mapping keys must be plain strings"),
+    ("a: {<<: [1]}", 1, "'<<' merges only mappings"),
+    ("a: {<<: {x: !!python/name:os.system 1}}", 1, "a.x: unsupported tag"),
+    ("a: &a {b: {<<: *a}}", 1, "anchor refers to itself"),
+    ("a: &a {<<: &b {<<: *a}}", 1, "anchor refers to itself"),
+], ids=["python-object-and-custom", "custom-in-list", "custom", "omap", "alias-to-tagged", "tagged-list",
+        "alias-to-set", "nested", "tagged-key", "complex-key", "not-a-mapping", "tagged-value", "self", "self-nested"])
+def test_tags_in_merged_mappings_are_refused(text: str, line: int, fragment: str) -> None:
+    doc = parse_yaml(text + "\n", "d.yaml")
+    assert any(p.line == line and fragment in p.format() for p in doc.problems), [p.format() for p in doc.problems]
+
+
+def test_nested_merges_follow_yaml_precedence() -> None:
+    doc = parse_yaml("base: &base {k: 1, p: 1, q: 1}\n"
+                     "mid: &mid {<<: *base, p: 2, r: 2}\n"
+                     "other: &other {q: 3, s: 3, k: 3}\n"
+                     "top: {<<: [*mid, *other], r: 4}\n", "d.yaml")
+    assert doc.problems == []
+    # The mapping's own keys first, then each source in order, a source's own keys before its merges.
+    assert doc.data["top"] == {"r": 4, "p": 2, "k": 1, "q": 1, "s": 3}
+    assert doc.data["mid"] == {"p": 2, "r": 2, "k": 1, "q": 1}
+
+
+def test_merges_nested_through_thousands_of_anchors_do_not_recurse() -> None:
+    lines = ["a0: &a0 {k0: 0}"] + [f"a{i}: &a{i} {{<<: *a{i - 1}, k{i}: {i}}}" for i in range(1, 3000)]
+    started = time.perf_counter()
+    doc = parse_yaml("\n".join(lines) + "\n", "d.yaml")
+    assert time.perf_counter() - started < 2
+    assert doc.problems and "more than 50,000 values" in doc.problems[0].message  # each merge counts its pairs
+
+
+def test_a_merge_bomb_is_refused_before_expanding() -> None:
+    lines = ["a0: &a0 {k: 1}"] + [f"a{i}: &a{i} {{<<: [{', '.join([f'*a{i - 1}'] * 10)}]}}" for i in range(1, 9)]
+    started = time.perf_counter()
+    doc = parse_yaml("\n".join(lines) + "\n", "d.yaml")
+    assert time.perf_counter() - started < 10
+    assert doc.data is None and "alias bomb" in doc.problems[0].format()

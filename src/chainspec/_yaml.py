@@ -10,10 +10,13 @@ every tag outside YAML's core schema.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
-from collections.abc import Iterator
+import select
+import stat
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,17 +24,18 @@ import yaml
 
 from ._errors import Problem
 from ._expr import MAX_INT
+from ._limits import DEFAULT_LIMITS, Limits, limits_or_default
 
-#: Largest spec file accepted. Real specs are a few kilobytes; refusing huge
-#: files up front keeps validation fast (well under a second) and memory bounded.
-MAX_BYTES = 256 * 1024
-#: Most values a document may hold, or expand to once aliases are followed. A
-#: billion-laughs document stays tiny on disk but would expand far past this;
-#: the full PG-GAN spec holds well under a thousand.
-MAX_VALUES = 50_000
-#: Deepest nesting accepted. Specs nest a handful of levels; the bound keeps
-#: the walk (and the error path) well inside Python's recursion limit.
-MAX_DEPTH = 64
+#: Largest spec file accepted by default (``Limits.max_bytes``). Real specs are a few kilobytes;
+#: refusing huge files up front keeps validation fast (well under a second) and memory bounded.
+MAX_BYTES = DEFAULT_LIMITS.max_bytes
+#: Most values a document may hold by default, or expand to once aliases are followed
+#: (``Limits.max_values``). A billion-laughs document stays tiny on disk but would expand far
+#: past this; the full PG-GAN spec holds well under a thousand.
+MAX_VALUES = DEFAULT_LIMITS.max_values
+#: Deepest nesting accepted by default (``Limits.max_yaml_depth``). Specs nest a handful of
+#: levels; the bound keeps the walk (and the error path) well inside Python's recursion limit.
+MAX_DEPTH = DEFAULT_LIMITS.max_yaml_depth
 
 _CORE = "tag:yaml.org,2002:"
 #: libyaml's parser when PyYAML was built with it (about ten times faster), else the pure-Python one.
@@ -41,6 +45,17 @@ _SCALAR_TAGS = {_CORE + t for t in ("null", "bool", "int", "float", "str")}
 #: Floats as YAML 1.2 writes them. PyYAML follows YAML 1.1, where a float needs a
 #: dot and a signed exponent, so that ``eps: 1e-5`` would silently be a string.
 _FLOAT_12 = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
+#: Integers as YAML 1.1 writes them (PyYAML's resolver), underscores allowed: binary, octal (a
+#: leading 0), decimal, hexadecimal and base 60 (``1:30`` is 90); and YAML 1.2's octal ``0o17``,
+#: which PyYAML constructs when tagged. Explicitly tagged ``!!int`` scalars must match too.
+_INT = re.compile(r"[-+]?(?:0b[01_]+|0x[0-9a-fA-F_]+|0o[0-7_]+|0[0-7_]+|0|[1-9][0-9_]*(?::[0-5]?[0-9])*)")
+#: Floats as YAML 1.1 or 1.2 write them (``1.5``, ``.5``, ``1.``, ``1e-3``, ``1:30.5``), underscores
+#: allowed; infinities and NaN are told apart before this is tried.
+_FLOAT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+                    r"|[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*)")
+_BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False}
+#: More significant digits than any integer within 2**63 has, in any base: refused without converting.
+_MAX_DIGITS = 64
 
 Path = tuple[str | int, ...]
 
@@ -92,7 +107,7 @@ def format_path(path: Path) -> str:
     return out
 
 
-def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
+def parse_yaml(text: str | bytes, source: str = "<string>", limits: Limits | None = None) -> Document:
     """Parse YAML text safely, recording positions and collecting problems.
 
     Never raises for bad input: every problem lands in ``Document.problems``.
@@ -101,10 +116,11 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
         >>> parse_yaml("a: 1\\na: 2\\n", "d.yaml").problems[0].format()
         "d.yaml:2:1: a: duplicate key 'a' (first defined at line 1); remove one of them"
     """
+    limits = limits_or_default(limits)
     doc = Document(source)
     if isinstance(text, bytes):
-        if len(text) > MAX_BYTES:
-            doc.problems.append(too_big(source, len(text)))
+        if len(text) > limits.max_bytes:
+            doc.problems.append(too_big(source, len(text), limits.max_bytes))
             return doc
         try:
             text = text.decode("utf-8")
@@ -116,8 +132,8 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
                         "save the file as UTF-8")
             )
             return doc
-    if len(text) > MAX_BYTES:
-        doc.problems.append(too_big(source, len(text)))
+    if len(text) > limits.max_bytes:
+        doc.problems.append(too_big(source, len(text), limits.max_bytes))
         return doc
     try:
         text.encode("utf-8")
@@ -132,7 +148,7 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
         return doc
     loader = _Loader(text)
     try:
-        root, aliased = _compose(loader)
+        root, aliased = _compose(loader, limits)
     except _Limit as exc:
         doc.problems.append(Problem(source, exc.mark.line + 1, exc.mark.column + 1, "", exc.message, exc.hint))
         return doc
@@ -154,13 +170,14 @@ def parse_yaml(text: str | bytes, source: str = "<string>") -> Document:
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _CORE + "null" and not root.value):
         doc.problems.append(_empty(source))  # no document, or only '---'
         return doc
-    big = _oversized(root) if aliased else None
+    big = _oversized(root, limits.max_values) if aliased else None
     if big is not None:
         doc.problems.append(Problem(source, big.start_mark.line + 1, big.start_mark.column + 1, "",
-                                    f"value expands to more than {MAX_VALUES:,} values through aliases (alias bomb?)",
+                                    f"value expands to more than {limits.max_values:,} values through aliases "
+                                    "(alias bomb?)",
                                     "avoid deeply nested aliases"))
         return doc
-    walker = _Walker(doc, loader)
+    walker = _Walker(doc, limits)
     try:
         doc.data = walker.value(root, ())
     except _Abort:
@@ -182,32 +199,122 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, source: str, text: str) -> Proble
     return Problem(source, line, col, "", f"invalid YAML: {msg}", _tab_hint(text, mark.line if mark else None))
 
 
-def read_head(path: str | os.PathLike[str]) -> tuple[bytes, int | None]:
-    """Read at most ``MAX_BYTES + 1`` bytes of a spec file, without ever blocking on opening it.
+def read_head(path: str | os.PathLike[str] | int, max_bytes: int = MAX_BYTES,
+              timeout: float | None = None) -> tuple[bytes, int | None]:
+    """Read at most ``max_bytes + 1`` bytes of a spec, never blocking for longer than ``timeout`` seconds.
 
-    Returns the bytes and, when there are more than ``MAX_BYTES`` of them, the file's size (None if
-    unknown, as for ``/dev/zero``). A named pipe with no writer would block a plain ``open`` forever (a
-    FIFO named ``x.yaml``, or a watched spec replaced by one): it is opened non-blocking, then read as
-    usual, so it reads as empty, while a pipe with a writer (``/dev/stdin`` in a shell pipeline) is
-    read to its end. Raises ``OSError`` as ``open`` would.
+    ``path`` names a regular file or a pipe (following symlinks), or is an open file descriptor
+    (``0`` for stdin, which is read from its current position and left open). Returns the bytes
+    and, when there are more than ``max_bytes`` of them, the file's size (None if unknown, as for a
+    pipe). ``timeout`` defaults to :data:`READ_TIMEOUT` (``Limits.read_timeout``).
+
+    Nothing else is read, so no spec can block its reader: a directory, a character device
+    (``/dev/zero``, ``/dev/kmsg``, a terminal), a block device or a socket is refused before it is
+    opened, and again after (the kind is checked on the open descriptor, so a symlink swapped in
+    between changes nothing). A pipe is read without blocking: with no writer (a FIFO named
+    ``x.yaml``, or a watched spec replaced by one) it reads as empty at once; with a writer it is
+    read to its end, or to ``max_bytes + 1`` bytes, within ``timeout`` seconds in all. Raises
+    ``OSError`` as ``open`` would, and for each kind refused; ``TimeoutError`` (a subclass) when a
+    writer stays open without finishing in time.
 
     Example:
         >>> read_head("specs/blog.yaml")[0][:12]  # doctest: +SKIP
         b'chainspec: 1'
+        >>> read_head("/dev/zero")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        OSError: [Errno 22] it is a character device; specs are limited to regular files and pipes: '/dev/zero'
     """
-    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
-    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
+    timeout = READ_TIMEOUT if timeout is None else timeout
+    if isinstance(path, int):
+        return _read_fd(path, max_bytes, timeout, None)
+    name = os.fspath(path)
+    _refuse_kind(os.stat(path).st_mode, name)  # before opening: opening a device can have effects
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
     try:
-        if nonblock:
-            os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
-    except BaseException:
+        return _read_fd(fd, max_bytes, timeout, name)
+    finally:
         os.close(fd)
-        raise
-    with handle:
-        raw = handle.read(MAX_BYTES + 1)
-        size = os.fstat(handle.fileno()).st_size if len(raw) > MAX_BYTES else 0
-    return raw, (size if size > MAX_BYTES else None)
+
+
+#: Seconds a spec read from a pipe may take by default (``Limits.read_timeout``).
+READ_TIMEOUT = DEFAULT_LIMITS.read_timeout
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
+_KINDS = ((stat.S_ISDIR, "a directory", errno.EISDIR), (stat.S_ISCHR, "a character device", errno.EINVAL),
+          (stat.S_ISBLK, "a block device", errno.EINVAL), (stat.S_ISSOCK, "a socket", errno.EINVAL))
+
+
+def _refuse_kind(mode: int, name: str | None, *, streams: bool = False) -> None:
+    """Raise ``OSError`` unless ``mode`` is a regular file or a pipe (or, for ``streams``, a socket)."""
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or (streams and stat.S_ISSOCK(mode)):
+        return
+    what, code = next(((w, c) for test, w, c in _KINDS if test(mode)), ("not a regular file", errno.EINVAL))
+    raise OSError(code, f"it is {what}; specs are limited to regular files and pipes", name)
+
+
+def _read_fd(fd: int, max_bytes: int, timeout: float, name: str | None) -> tuple[bytes, int | None]:
+    """Read ``fd`` as :func:`read_head` describes; ``name`` is its path, None for a descriptor given."""
+    st = os.fstat(fd)
+    if name is None and stat.S_ISCHR(st.st_mode) and os.isatty(fd):
+        raise OSError(errno.EINVAL, "it is a terminal; pipe a spec in, as in 'chainspec validate - < net.yaml'")
+    _refuse_kind(st.st_mode, name, streams=name is None)
+    if stat.S_ISREG(st.st_mode):
+        chunks: list[bytes] = []
+        total = 0
+        while total <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))  # os.read allocates what it is asked for
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        raw = b"".join(chunks)
+        size = os.fstat(fd).st_size if total > max_bytes else None
+        return raw, (size if size is not None and size > max_bytes else None)
+    return _read_pipe(fd, max_bytes, timeout, name), None
+
+
+def _read_pipe(fd: int, max_bytes: int, timeout: float, name: str | None) -> bytes:
+    """Up to ``max_bytes + 1`` bytes of a pipe, by non-blocking reads, waiting at most ``timeout`` in all."""
+    if not hasattr(os, "get_blocking"):  # no non-blocking pipes here (Windows before 3.12): a plain bounded read
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(max_bytes + 1)
+    deadline = time.monotonic() + timeout
+    blocking = os.get_blocking(fd)
+    if blocking:
+        os.set_blocking(fd, False)  # a descriptor we did not open (stdin) gets its mode back below
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        while total <= max_bytes:
+            try:
+                chunk = os.read(fd, min(1 << 16, max_bytes + 1 - total))
+            except BlockingIOError:  # a writer is open but has nothing more yet
+                left = deadline - time.monotonic()
+                if left <= 0 or not _readable(fd, left):
+                    break
+                continue
+            if not chunk:  # end of file: every writer closed (or none ever came)
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if time.monotonic() > deadline:
+                break
+        else:
+            return b"".join(chunks)  # more than max_bytes: the caller refuses it as too large
+    finally:
+        if blocking:
+            os.set_blocking(fd, True)
+    raise TimeoutError(errno.ETIMEDOUT, f"the pipe did not finish within {timeout:g} seconds ({total:,} bytes read); "
+                       "its writer is still open (the limit is Limits.read_timeout)", name)
+
+
+def _readable(fd: int, seconds: float) -> bool:
+    """Wait until ``fd`` has data or end of file, at most ``seconds``; whether it does."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(1, math.ceil(seconds * 1000))))
+    return bool(select.select([fd], [], [], seconds)[0])
 
 
 def _empty(source: str) -> Problem:
@@ -226,15 +333,15 @@ def abbreviate(text: str, limit: int = 40) -> str:
     return f"{text[:16]}...{text[-16:]} ({len(text)} characters)"
 
 
-def too_big(source: str, size: int | None) -> Problem:
-    """The problem reported for a spec over ``MAX_BYTES`` (``size`` in bytes, None when unknown).
+def too_big(source: str, size: int | None, max_bytes: int = MAX_BYTES) -> Problem:
+    """The problem reported for a spec over ``max_bytes`` (``size`` in bytes, None when unknown).
 
     Example:
         >>> too_big("x.yaml", 50_000_000).message
         'file is 50,000,000 bytes; specs are limited to 262,144 bytes'
     """
     actual = f"file is {size:,} bytes" if size is not None else "file is too large"
-    return Problem(source, 1, 1, "", f"{actual}; specs are limited to {MAX_BYTES:,} bytes",
+    return Problem(source, 1, 1, "", f"{actual}; specs are limited to {max_bytes:,} bytes",
                    "split the spec or remove generated content")
 
 
@@ -254,15 +361,15 @@ class _Limit(Exception):
         self.mark, self.message, self.hint = mark, message, hint
 
 
-def _compose(loader: Any) -> tuple[yaml.Node | None, bool]:
+def _compose(loader: Any, limits: Limits) -> tuple[yaml.Node | None, bool]:
     """Compose the single document of ``loader``'s event stream into a node graph, iteratively.
 
     Returns the root (None for an empty stream) and whether any alias was used.
 
     Same result as PyYAML's ``get_single_node``, but PyYAML composes recursively
     (10,000 nested brackets hit Python's recursion limit, and libyaml's
-    composer recurses in C), while this loop stops at ``MAX_DEPTH`` levels and
-    ``MAX_VALUES`` nodes, pointing at the offending line.
+    composer recurses in C), while this loop stops at ``limits.max_yaml_depth`` levels and
+    ``limits.max_values`` nodes, pointing at the offending line.
     """
     loader.get_event()  # stream start
     if loader.check_event(yaml.StreamEndEvent):
@@ -289,13 +396,14 @@ def _compose(loader: Any) -> tuple[yaml.Node | None, bool]:
             aliased = True
         else:
             count += 1
-            if count > MAX_VALUES:
-                raise _Limit(event.start_mark, f"document has more than {MAX_VALUES:,} values",
+            if count > limits.max_values:
+                raise _Limit(event.start_mark, f"document has more than {limits.max_values:,} values",
                              "specs are small; remove generated content")
             node = _new_node(loader, event, anchors)
             if not isinstance(node, yaml.ScalarNode):
-                if len(stack) >= MAX_DEPTH:
-                    raise _Limit(event.start_mark, f"nesting is too deep (the limit is {MAX_DEPTH} levels)",
+                if len(stack) >= limits.max_yaml_depth:
+                    raise _Limit(event.start_mark,
+                                 f"nesting is too deep (the limit is {limits.max_yaml_depth} levels)",
                                  "flatten the structure")
                 stack.append(node)
                 pending.append(None)
@@ -340,8 +448,8 @@ def _new_node(loader: Any, event: Any, anchors: dict[str, yaml.Node]) -> yaml.No
     return node
 
 
-def _oversized(root: yaml.Node) -> yaml.Node | None:
-    """The first node that would expand past ``MAX_VALUES`` values once aliases are followed, if any.
+def _oversized(root: yaml.Node, max_values: int) -> yaml.Node | None:
+    """The first node that would expand past ``max_values`` values once aliases are followed, if any.
 
     Each distinct node is sized once (aliases share nodes), so a billion-laughs
     document is refused in time linear in its length, before any expansion.
@@ -363,7 +471,7 @@ def _oversized(root: yaml.Node) -> yaml.Node | None:
         if children_done:
             open_.discard(key)
             total = 1 + sum(size.get(id(c), 1) for c in children)
-            if total > MAX_VALUES:
+            if total > max_values:
                 return node
             size[key] = total
             continue
@@ -379,10 +487,124 @@ class _Abort(Exception):
     """Stops the walk once continuing would only repeat or explode."""
 
 
+class _BadScalar(Exception):
+    """A scalar whose text does not fit its tag (``!!bool maybe``, ``!!int ""``)."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+class _TooLarge(_BadScalar):
+    """An integer past the bound of 2**63, found without converting all of it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"integer {abbreviate(text)} is too large (the limit is 2**63)", "use a smaller number")
+
+
+def construct_scalar(tag: str, text: str) -> Any:
+    """The value of a core-schema scalar, in time linear in its length.
+
+    Replaces PyYAML's constructors, which raise ``KeyError`` or ``IndexError`` for a
+    tagged scalar that does not fit its tag (``!!bool maybe``, ``!!int ""``), take
+    time quadratic in the length of a base-60 integer (``1:2:3:...``, 260 kB: seven
+    seconds) and convert decimal integers of thousands of digits before anyone
+    bounds them. Here every form is checked against its pattern first, and an
+    integer with more significant digits than 2**63 has is refused unconverted.
+    Raises ``ValueError`` (with the message a spec's problem reports) when ``text``
+    does not fit ``tag``; NaN and infinities are returned, for the caller to refuse.
+
+    Example:
+        >>> construct_scalar("tag:yaml.org,2002:int", "1:30"), construct_scalar("tag:yaml.org,2002:bool", "on")
+        (90, True)
+        >>> construct_scalar("tag:yaml.org,2002:bool", "maybe")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'maybe' is not a boolean
+    """
+    try:
+        return _construct(tag, text)
+    except _BadScalar as exc:
+        raise ValueError(exc.message) from None
+
+
+def _construct(tag: str, text: str) -> Any:
+    kind = tag.removeprefix(_CORE)
+    if kind == "str":
+        return text
+    if kind == "null":
+        if text in ("", "~") or text.lower() == "null":
+            return None
+        raise _BadScalar(f"{abbreviate(text)!r} is not null", "write null or ~, or leave the value out")
+    if kind == "bool":
+        value = _BOOLS.get(text.lower())
+        if value is None:
+            raise _BadScalar(f"{abbreviate(text)!r} is not a boolean", "write true or false")
+        return value
+    if kind == "int":
+        return _int(text)
+    if kind == "float":
+        return _float(text)
+    raise _BadScalar(f"unsupported tag {tag!r}", "specs never construct Python objects")
+
+
+def _int(text: str) -> int:
+    if not _INT.fullmatch(text):
+        raise _BadScalar(f"{abbreviate(text)!r} is not an integer", "write digits, such as 42, 0x2a or 1_000")
+    digits = text.replace("_", "")
+    sign = -1 if digits[0] == "-" else 1
+    digits = digits.lstrip("+-")
+    if ":" in digits:  # base 60, "1:30" is 90: one part at a time, stopping once past the bound
+        value = 0
+        for part in digits.split(":"):
+            if len(part.lstrip("0")) > _MAX_DIGITS:
+                raise _TooLarge(text)
+            value = value * 60 + int(part)
+            if value > MAX_INT:
+                raise _TooLarge(text)
+        return sign * value
+    if digits[:2] in ("0b", "0o", "0x"):
+        base, body = {"b": 2, "o": 8, "x": 16}[digits[1]], digits[2:]
+    elif len(digits) > 1 and digits[0] == "0":
+        base, body = 8, digits[1:]
+    else:
+        base, body = 10, digits
+    if not body:  # "0b_", "0x"
+        raise _BadScalar(f"{abbreviate(text)!r} is not an integer", "write digits, such as 42, 0x2a or 1_000")
+    if len(body.lstrip("0")) > _MAX_DIGITS:
+        raise _TooLarge(text)
+    value = sign * int(body, base)
+    if abs(value) > MAX_INT:
+        raise _TooLarge(text)
+    return value
+
+
+def _float(text: str) -> float:
+    lowered = text.replace("_", "").lower()
+    sign = -1.0 if lowered[:1] == "-" else 1.0
+    core = lowered[1:] if lowered[:1] in ("+", "-") else lowered
+    if core in (".inf", "inf", "infinity"):
+        return sign * math.inf
+    if core in (".nan", "nan"):
+        return math.nan
+    bad = _BadScalar(f"{abbreviate(text)!r} is not a number", "write a number such as 0.5, 1e-3 or 10")
+    if not _FLOAT.fullmatch(text):
+        raise bad
+    if ":" in core:  # base 60, "1:30.5" is 90.5; overflows to inf, which the caller refuses
+        value = 0.0
+        for part in core.split(":"):
+            value = value * 60 + float(part)
+        return sign * value
+    try:
+        return sign * float(core)
+    except ValueError:  # ".", "._"
+        raise bad from None
+
+
 class _Walker:
-    def __init__(self, doc: Document, loader: yaml.SafeLoader) -> None:
+    def __init__(self, doc: Document, limits: Limits) -> None:
         self.doc = doc
-        self.loader = loader
+        self.limits = limits
         self.count = 0
         self.stack: set[int] = set()
 
@@ -393,12 +615,12 @@ class _Walker:
 
     def value(self, node: yaml.Node, path: Path) -> Any:
         self.count += 1
-        if self.count > MAX_VALUES:
-            self.fail(node, path, f"document expands to more than {MAX_VALUES:,} values (alias bomb?)",
+        if self.count > self.limits.max_values:
+            self.fail(node, path, f"document expands to more than {self.limits.max_values:,} values (alias bomb?)",
                       "avoid deeply nested aliases")
             raise _Abort
-        if len(path) > MAX_DEPTH:
-            self.fail(node, path, f"nesting is too deep (the limit is {MAX_DEPTH} levels)")
+        if len(path) > self.limits.max_yaml_depth:
+            self.fail(node, path, f"nesting is too deep (the limit is {self.limits.max_yaml_depth} levels)")
             raise _Abort
         self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if id(node) in self.stack:
@@ -427,65 +649,104 @@ class _Walker:
             self.fail(node, path, f"unsupported tag {node.tag!r}", "specs never construct Python objects")
             return None
         try:
-            value = self.loader.construct_object(node)
-        except ValueError:  # an integer with more digits than Python converts (sys.get_int_max_str_digits)
-            value = MAX_INT + 1
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
             # One bound for every integer, the same as for ${...} results: far above any real size,
             # count or schedule length, and it keeps 5,000-digit numbers out of arithmetic and messages.
-            self.fail(node, path, f"integer {abbreviate(node.value)} is too large (the limit is 2**63)",
-                      "use a smaller number")
+            value = _construct(node.tag, node.value)
+        except _BadScalar as exc:
+            self.fail(node, path, exc.message, exc.hint)
             return None
         if isinstance(value, float) and not math.isfinite(value):
             self.fail(node, path, f"{abbreviate(node.value)!r} is not a finite number", "use an ordinary number")
             return None
         return value
 
-    def key(self, node: yaml.ScalarNode) -> str:
-        """A mapping key as text: the constructed scalar (``1``, ``True``), or its source if that fails."""
+    def key(self, node: yaml.Node, path: Path) -> str | None:
+        """A mapping key as text: the constructed scalar (``1``, ``True``), or None after reporting why not."""
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in _SCALAR_TAGS:
+            self.fail(node, path, "mapping keys must be plain strings")
+            return None
         try:
-            return str(self.loader.construct_object(node))
-        except ValueError:  # a key of thousands of digits
+            return str(_construct(node.tag, node.value))
+        except _TooLarge:  # a key of thousands of digits: its text
             return str(node.value)
+        except _BadScalar as exc:  # ? !!bool maybe
+            self.fail(node, (*path, str(node.value)), exc.message, exc.hint)
+            return None
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         seen: dict[str, int] = {}
-        merged: list[tuple[yaml.Node, yaml.Node]] = []
-        for key_node, value_node in self._pairs(node, path, merged):
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
-                self.fail(key_node, path, "mapping keys must be plain strings")
+        explicit, merged = self._split(node, path)
+        for key_node, value_node in explicit:
+            key = self.key(key_node, path)
+            if key is None:
                 continue
-            key = self.key(key_node)
             if key in seen:
-                if seen[key] >= 0:
-                    self.fail(key_node, (*path, key),
-                              f"duplicate key {key!r} (first defined at line {seen[key] + 1})", "remove one of them")
+                self.fail(key_node, (*path, key),
+                          f"duplicate key {key!r} (first defined at line {seen[key] + 1})", "remove one of them")
                 continue
             seen[key] = key_node.start_mark.line
             self.doc.positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = self.value(value_node, (*path, key))
+        # Merged keys come after, and never override: the mapping's own keys first, then each source
+        # in the order written, a source's own keys before those it merges in turn.
         for key_node, value_node in merged:
-            key = self.key(key_node)
-            if key not in seen:
+            key = self.key(key_node, path)
+            if key is not None and key not in seen:
                 seen[key] = -1
                 out[key] = self.value(value_node, (*path, key))
         return out
 
-    def _pairs(self, node: yaml.MappingNode, path: Path,
-               merged: list[tuple[yaml.Node, yaml.Node]]) -> Iterator[tuple[yaml.Node, yaml.Node]]:
-        """Yield explicit pairs; collect pairs brought in by ``<<`` merge keys."""
+    def _split(self, node: yaml.MappingNode,
+               path: Path) -> tuple[list[tuple[yaml.Node, yaml.Node]], list[tuple[yaml.Node, yaml.Node]]]:
+        """The mapping's own pairs, and the pairs its ``<<`` merge keys bring in, nested merges flattened.
+
+        Each distinct source is flattened once (a later occurrence adds nothing), iteratively: merges
+        nested through a thousand anchors cost a thousand steps and no recursion.
+        """
+        explicit: list[tuple[yaml.Node, yaml.Node]] = []
+        sources: list[yaml.MappingNode] = []
         for key_node, value_node in node.value:
             if key_node.tag == _CORE + "merge":
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for src in sources:
-                    if not isinstance(src, yaml.MappingNode):
-                        self.fail(value_node, path, "'<<' merges only mappings")
-                        continue
-                    if id(src) in self.stack:
-                        self.fail(value_node, path, "anchor refers to itself")
-                        raise _Abort
-                    self.count += len(src.value)
-                    merged.extend(src.value)
+                sources += self._sources(value_node, path)
+            else:
+                explicit.append((key_node, value_node))
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        done = {id(node)}
+        todo = sources[::-1]
+        while todo:
+            src = todo.pop()
+            if id(src) in done:
                 continue
-            yield key_node, value_node
+            done.add(id(src))
+            self.count += len(src.value)
+            nested: list[yaml.MappingNode] = []
+            for key_node, value_node in src.value:
+                if key_node.tag == _CORE + "merge":
+                    nested += self._sources(value_node, path)
+                else:
+                    merged.append((key_node, value_node))
+            todo += nested[::-1]
+        return explicit, merged
+
+    def _sources(self, value: yaml.Node, path: Path) -> list[yaml.MappingNode]:
+        """The mappings a ``<<`` key's value names: plain mappings only, tags refused as anywhere else."""
+        if isinstance(value, yaml.SequenceNode):
+            if value.tag != _CORE + "seq":
+                self.fail(value, path, f"unsupported tag {value.tag!r}", "specs use plain YAML lists")
+                return []
+            items = value.value
+        else:
+            items = [value]
+        out: list[yaml.MappingNode] = []
+        for src in items:
+            if not isinstance(src, yaml.MappingNode):
+                self.fail(src if src is not value else value, path, "'<<' merges only mappings")
+            elif src.tag != _CORE + "map":
+                self.fail(src, path, f"unsupported tag {src.tag!r}", "specs use plain YAML mappings")
+            elif id(src) in self.stack:
+                self.fail(value, path, "anchor refers to itself")
+                raise _Abort
+            else:
+                out.append(src)
+        return out

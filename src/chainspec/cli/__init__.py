@@ -3,7 +3,8 @@
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``;
 the parser stores the function to run as ``func``. Library errors become exit
 code 1 with the message on stderr; usage errors exit 2; no traceback reaches
-the user unless ``CHAINSPEC_DEBUG=1`` is set.
+the user unless ``CHAINSPEC_DEBUG=1`` is set. A spec named ``-`` is read from
+stdin; every character printed that a terminal would obey is escaped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from .._errors import ChainspecError
 from . import build, diff, schema, types, validate
+from ._io import escaped_output
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = [build, types, validate, schema, diff]
@@ -46,40 +48,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chainspec`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
     Exit codes: 0 success, 1 invalid input (messages on stderr), 2 usage error. When the
-    reader of stdout goes away (``| head``) it stops quietly with 1.
+    reader of stdout goes away (``| head``) it stops quietly with 1. Whatever goes wrong, the
+    user sees a message, never a traceback (unless ``CHAINSPEC_DEBUG=1``), and nothing printed
+    can drive the terminal: every stream escapes its control characters (see ``cli._io``).
 
     Example:
         >>> main(["types", "--filter", "pixel"])  # doctest: +SKIP
         0
     """
-    parser = main_parser()
+    with escaped_output():
+        code = _main(argv)
+        try:
+            sys.stdout.flush()  # here, so that a closed pipe is caught and not reported at interpreter exit
+        except BrokenPipeError:
+            return _reader_gone()
+        except (OSError, ValueError):  # stdout closed or gone: nothing more to say there
+            pass
+        return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    debug = bool(os.environ.get("CHAINSPEC_DEBUG"))
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return int(exc.code or 0)
-    try:
+        try:
+            args = main_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         code = int(args.func(args))
-        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at interpreter exit
+        sys.stdout.flush()
         return code
     except BrokenPipeError:
         return _reader_gone()
     except ChainspecError as exc:
-        print(str(exc), file=sys.stderr)
+        print(_text(exc), file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
-        if os.environ.get("CHAINSPEC_DEBUG"):
+        if debug:
             raise
-        print(f"chainspec: error: {exc}", file=sys.stderr)
+        print(f"chainspec: error: {_text(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("chainspec: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the truly unexpected: one line, and how to see more
-        if os.environ.get("CHAINSPEC_DEBUG"):
+        if debug:
             raise
-        print(f"chainspec: internal error: {type(exc).__name__}: {exc}\n"
+        print(f"chainspec: internal error: {type(exc).__name__}: {_text(exc)}\n"
               "TIP: rerun with CHAINSPEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
         return 1
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or its type's name when even that fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__name__
 
 
 def _reader_gone() -> int:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from .._spec import Spec, load
+from .._errors import printable
+from .._spec import Spec
+from ._io import json_text, load_spec
 
 
 def add_parser(sub: Any) -> None:
     """Register the ``build`` subcommand."""
     p = sub.add_parser("build", help="validate, shape-check and summarise a spec",
                        description="Validate SPEC, infer every shape on the meta device and print what it builds.")
-    p.add_argument("spec", metavar="SPEC", help="the YAML spec file")
+    p.add_argument("spec", metavar="SPEC", help="the YAML spec file ('-' reads it from stdin)")
     p.add_argument("--chain", metavar="NAME", help="only this chain (default: all)")
     p.add_argument("--stage", default=None, metavar="N|final|all", type=stage_arg,
                    help="the growth stage to show: a number, 'final', or 'all' (default: all; with --save, 0)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.print_usage(sys.stderr)
         print("chainspec build: error: --save needs one stage, not 'all'", file=sys.stderr)
         return 2
-    spec = load(args.spec, allow_imports=args.allow_import)
+    spec = load_spec(args.spec, allow_imports=args.allow_import)
     names = [args.chain] if args.chain else spec.chain_names
     for name in names:
         spec.resolved(name)  # unknown chain -> ValueError with a hint
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
             return {"chains": {n: s.to_dict() for n, s in summaries[stage].items()}}
 
         out = {"stages": [chains(s) for s in stages]} if args.stage == "all" else chains(stages[0])
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        print(json_text(out))
     else:
         print(render_table(spec, summaries))
     if args.save:
@@ -68,16 +68,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_table(spec: Spec, summaries: dict[int, dict[str, Any]]) -> str:
-    """Render summaries as aligned text tables, one per chain and stage."""
+    """Render summaries as aligned text tables, one per chain and stage.
+
+    Every name in a cell is escaped (:func:`~chainspec._errors.printable`): a control character
+    in a file name or a spec cannot break a row or reach the terminal.
+    """
     blocks = []
     for stage, by_chain in summaries.items():
         for name, summary in by_chain.items():
-            rows = [(n.id, n.type, _shape(n.output_shape), f"{n.params:,}") for n in summary.nodes]
+            rows = [(printable(n.id), printable(n.type), _shape(n.output_shape), f"{n.params:,}")
+                    for n in summary.nodes]
             header = ("node", "type", "output shape", "params")
             total = f"{summary.params:,}"
             footer = ("total", "", _shape(summary.output_shape), total)
             widths = [max(len(r[i]) for r in [header, *rows, footer]) for i in range(4)]
-            lines = [f"{spec.source}: chain {name!r}, stage {stage} of {spec.stages - 1}, "
+            lines = [f"{printable(spec.source)}: chain {name!r}, stage {stage} of {spec.stages - 1}, "
                      f"input {_shape(summary.input_shape)}"]
             fmt = "  {:<{w0}}  {:<{w1}}  {:<{w2}}  {:>{w3}}"
             kw = {f"w{i}": w for i, w in enumerate(widths)}

@@ -2,18 +2,20 @@
 
 Exit codes follow diff(1): 0 when the specs build identical chains, 1 when
 they differ, 2 on any error (an invalid spec included), so a script can tell
-"different" from "broken".
+"different" from "broken". Either spec may be ``-``, read from stdin.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
+import dataclasses
 import os
 import sys
 from typing import Any
 
-from .._errors import ChainspecError
+from .._errors import ChainspecError, printable
+from ._io import STDIN, json_text, load_spec, source_name
 
 
 def add_parser(sub: Any) -> None:
@@ -22,8 +24,8 @@ def add_parser(sub: Any) -> None:
                        description="Compare the chains OLD and NEW build and print the plan that turns one into "
                                    "the other: + insert, - remove, > move, ~ update (weights kept), "
                                    "! replace (new weights). Exits 0 if identical, 1 if different, 2 on error.")
-    p.add_argument("old", metavar="OLD", help="the spec the model was built from")
-    p.add_argument("new", metavar="NEW", help="the revised spec")
+    p.add_argument("old", metavar="OLD", help="the spec the model was built from ('-' reads it from stdin)")
+    p.add_argument("new", metavar="NEW", help="the revised spec ('-' reads it from stdin)")
     p.add_argument("--chain", metavar="NAME", help="only this chain (default: every chain)")
     p.add_argument("--stage", default="final", metavar="N|final|A:B",
                    help="the stage to compare both at, or OLD_STAGE:NEW_STAGE for a growth step (default: final)")
@@ -52,26 +54,26 @@ def run(args: argparse.Namespace) -> int:
               "TIP: rerun with CHAINSPEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
         return 2
     if args.format == "json":
-        json.dump(plans.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print(json_text(plans.to_dict(), ensure_ascii=False))
     else:
-        print(plans)
+        print(escaped_plans(plans))
     return 0 if plans.is_empty else 1
 
 
 def _plans(args: argparse.Namespace) -> Any:
     from .._diff import PlanSet, diff
-    from .._spec import load
 
-    old = load(args.old, allow_imports=args.allow_import)
-    new = load(args.new, allow_imports=args.allow_import)
+    if args.old == args.new == STDIN:
+        raise ValueError("stdin ('-') can hold only one of OLD and NEW")
+    old = load_spec(args.old, allow_imports=args.allow_import)
+    new = load_spec(args.new, allow_imports=args.allow_import)
     if args.chain:
         names = [args.chain]
     else:
         only_old = [n for n in old.chain_names if n not in new.chain_names]
         only_new = [n for n in new.chain_names if n not in old.chain_names]
         if only_old or only_new:
-            side, name = (args.old, only_old[0]) if only_old else (args.new, only_new[0])
+            side, name = (source_name(args.old), only_old[0]) if only_old else (source_name(args.new), only_new[0])
             raise ValueError(f"chain {name!r} is only in {side}; chains are matched by name "
                              "(use --chain NAME to compare one chain)")
         names = old.chain_names
@@ -84,3 +86,38 @@ def _plans(args: argparse.Namespace) -> Any:
     old.check([plans[names[0]].old_stage])
     new.check([plans[names[0]].new_stage])
     return plans
+
+
+def escaped_plans(plans: Any) -> Any:
+    """Copies of ``plans`` whose ids, types and changed values have their non-printable characters escaped.
+
+    A value is printed as it is written, so a parameter default holding ``"\\e[2J"`` or a newline
+    would clear the screen or forge a line of the plan; escaped, it reads ``\\x1b[2J`` or ``\\n``.
+
+    Example:
+        >>> from chainspec._diff import Change, Op, Plan, PlanSet
+        >>> plan = Plan(chain="net", old_spec=None, new_spec=None, old_stage=0, new_stage=0,
+        ...             ops=[Op("update", "act", "gelu", 1, None, (Change("approximate", "none", "\\x1b[2J"),))])
+        >>> escaped_plans(PlanSet(net=plan))["net"].ops[0].describe()
+        'act (gelu): approximate none → \\\\x1b[2J'
+    """
+    out = type(plans)()
+    for name, plan in plans.items():
+        safe = copy.copy(plan)
+        safe.ops = [dataclasses.replace(
+            op, node_id=printable(op.node_id), type=printable(op.type),
+            after=None if op.after is None else printable(op.after),
+            changes=tuple(dataclasses.replace(c, field=printable(c.field), old=_escaped(c.old), new=_escaped(c.new))
+                          for c in op.changes)) for op in plan.ops]
+        out[name] = safe
+    return out
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped(v) for v in value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    return value

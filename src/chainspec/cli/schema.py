@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .._schema import SCHEMA_PATH, build_schema, render_schema
+from .._yaml import read_head
+from . import _io
 
 
 def add_parser(sub: Any) -> None:
@@ -48,10 +50,13 @@ def check(path: Path, expected: str) -> int:
     """
     fix = f"regenerate it with: chainspec schema --output {path}"
     try:
-        current = path.read_text(encoding="utf-8")
+        # Read like a spec (a regular file or a pipe, never blocking), and no more than a copy with
+        # CRLF line ends can hold: a longer file is stale, whatever else it holds (/dev/zero never ends).
+        raw, _ = read_head(path, 2 * len(expected.encode("utf-8")), _io.LIMITS.read_timeout)
     except OSError as exc:
         print(f"chainspec schema: cannot read {path}: {exc.strerror or exc}; {fix}", file=sys.stderr)
         return 1
+    current = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
     if current != expected:
         first = _first_difference(current, expected)
         print(f"chainspec schema: {path} is stale: line {first} differs from what this chainspec generates "

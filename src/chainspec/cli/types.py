@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from .._registry import describe_annotation, list_types
+from ._io import json_text
 
 
 def add_parser(sub: Any) -> None:
@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
                         "args": {a.name: {"type": describe_annotation(a.annotation),
                                           **({} if a.required else {"default": a.default})} for a in t.args}}
                for t in found}
-        json.dump(out, sys.stdout, indent=2, default=repr)
-        print()
+        print(json_text(out, default=repr))
         return 0
     for t in found:
         args_text = ", ".join(

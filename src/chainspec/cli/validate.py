@@ -2,7 +2,8 @@
 
 Every problem of every file is reported, one per line as
 ``file:line:col: path: message; hint``, and the exit code is 1 if any file has
-one. Without ``--deep`` nothing here imports torch: parsing, the models and the
+one. ``-`` stands for a spec on stdin, reported as ``<stdin>``. Without
+``--deep`` nothing here imports torch: parsing, the models and the
 whole-document checks (types, args, composites, ids, stages) are torch-free.
 ``--deep`` adds shape inference on the meta device at every stage.
 """
@@ -10,7 +11,6 @@ whole-document checks (types, args, composites, ids, stages) are torch-free.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import Problem, SpecError
-from .._spec import load
+from ._io import STDIN, json_text, load_spec, source_name
 
 #: File endings picked up when a directory is named.
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -48,8 +48,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("validate", help="validate spec files (fast, no torch unless --deep)",
                        description="Validate every FILE and report every problem of each as "
                                    "file:line:col: path: message. Exit 0 when all are valid, 1 otherwise. "
-                                   "A directory stands for the .yaml/.yml files under it.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="spec files or directories")
+                                   "A directory stands for the .yaml/.yml files under it, '-' for stdin.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="spec files or directories ('-' reads stdin)")
     p.add_argument("--deep", action="store_true",
                    help="also infer every shape at every stage on the meta device (imports torch)")
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     results = [validate_file(p, allow_imports=args.allow_import, deep=args.deep) for p in paths]
     if args.format == "json":
         out = [{"file": r.source, "ok": r.ok, "problems": [asdict(p) for p in r.problems]} for r in results]
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        print(json_text(out))
     else:
         for result in results:
             for problem in result.problems:
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def expand(names: Iterable[str]) -> list[str]:
-    """Replace each directory by the spec files below it (sorted); keep files as given, once each.
+    """Replace each directory by the spec files below it (sorted); keep files (and ``-``) as given, once each.
 
     Example:
         >>> expand(["specs/blog.yaml", "specs/blog.yaml"])
@@ -86,7 +85,7 @@ def expand(names: Iterable[str]) -> list[str]:
     """
     out: dict[str, None] = {}
     for name in names:
-        if os.path.isdir(name):
+        if name != STDIN and os.path.isdir(name):
             found = sorted(str(p) for p in Path(name).rglob("*") if p.suffix in SPEC_SUFFIXES and p.is_file())
             out.update(dict.fromkeys(found))
         else:
@@ -95,19 +94,19 @@ def expand(names: Iterable[str]) -> list[str]:
 
 
 def validate_file(path: str, *, allow_imports: Sequence[str] = (), deep: bool = False) -> FileResult:
-    """Validate one file; never raises for a bad spec, the problems are in the result.
+    """Validate one file (``-``: stdin); never raises for a bad spec, the problems are in the result.
 
     Example:
         >>> validate_file("no/such.yaml").problems[0].message  # doctest: +ELLIPSIS
         'cannot read spec: No such file or directory'
     """
     try:
-        spec = load(path, allow_imports=allow_imports)
+        spec = load_spec(path, allow_imports=allow_imports)
         if deep:
             spec.check()
     except SpecError as exc:
-        return FileResult(path, exc.problems)
-    return FileResult(path)
+        return FileResult(source_name(path), exc.problems)
+    return FileResult(source_name(path))
 
 
 def summary(results: Sequence[FileResult]) -> str:
