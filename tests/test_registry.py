@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import chainspec
@@ -16,6 +20,7 @@ from chainspec import SpecError
 from chainspec._layers import ChannelBias, EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
 from chainspec._registry import (
     builtin_type_names,
+    close_match,
     describe_annotation,
     get_type,
     import_allowed,
@@ -379,3 +384,70 @@ print("loaded:", spec.resolved().nodes[0].type, "torch" in sys.modules)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.splitlines() == ["refused: True", "loaded: dropout False"], proc.stdout + proc.stderr
+
+
+# -- import paths and factories whose signature cannot be checked: located errors, not internal ones -----------------
+
+@pytest.mark.parametrize(("type_name", "reason"), [
+    ("torch:save", "the arguments of 'save' cannot be checked"),
+    ("torch:relu", "no signature found"),
+    ("torch:tensor", "no signature found"),
+    ("torch:float32", "is a dtype, not a class or function"),
+    ("torch:Tensor", "is a class but not an nn.Module"),
+    ("torch:device", "is a class but not an nn.Module"),
+    ("torch:Size", "is a class but not an nn.Module"),
+])
+@pytest.mark.parametrize("where", ["node", "defaults"])
+def test_allowed_imports_that_are_no_node_types_are_located_errors(type_name: str, reason: str, where: str) -> None:
+    if where == "node":
+        text = ("chainspec: 1\nchains:\n  net:\n    input_shape: [2]\n    nodes:\n"
+                f'      - {{id: n, type: "{type_name}"}}\n')
+        line = 6
+    else:
+        text = (f'chainspec: 1\ndefaults:\n  "{type_name}": {{x: 1}}\n'
+                "chains:\n  net:\n    input_shape: [2]\n    nodes:\n      - {id: n, type: relu}\n")
+        line = 3
+    with pytest.raises(SpecError) as info:
+        chainspec.loads(text, allow_imports=["torch"])
+    problem = info.value.problems[0]
+    assert problem.line == line and f"cannot import node type '{type_name}'" in problem.message
+    assert reason in problem.message
+
+
+def test_a_registered_factory_pydantic_cannot_model_is_a_located_error(fresh_types: list[str]) -> None:
+    def odd(_hidden: int = 1) -> nn.Module:  # pydantic refuses fields with a leading underscore
+        return nn.Identity()
+
+    chainspec.register_type("odd_factory")(odd)
+    fresh_types.append("odd_factory")
+    with pytest.raises(SpecError, match=r"x.yaml:6:9: chains.net.nodes\[0\] \(n\): the arguments of node type "
+                                        r"'odd_factory' cannot be checked"):
+        chainspec.loads("chainspec: 1\nchains:\n  net:\n    input_shape: [2]\n    nodes:\n"
+                        "      - {id: n, type: odd_factory}\n", source="x.yaml")
+
+
+# -- did-you-mean: difflib's answer, at bounded cost -------------------------------------------------------------------
+
+NAMES = st.text(alphabet="abcdefgh_12", min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NAMES, st.lists(NAMES, max_size=30), st.sampled_from([0.5, 0.6]))
+def test_close_match_agrees_with_difflib_on_small_inputs(word: str, candidates: list[str], cutoff: float) -> None:
+    expected = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
+    assert close_match(word, candidates, cutoff) == (expected[0] if expected else None)
+
+
+def test_close_match_costs_little_whatever_the_names() -> None:
+    similar = [f"layer_block_{'x' * 40}{i:05d}" for i in range(50_000)]
+    start = time.perf_counter()
+    for i in range(20):
+        close_match(f"layer_block_{'x' * 40}{i:05d}z", similar)
+        close_match("y" * 100_000, similar)  # no typo is that long: not compared at all
+    assert time.perf_counter() - start < 2
+    assert close_match("layer_block_xxxxx", ["layer_block_xxxx", "other"]) == "layer_block_xxxx"
+
+
+def test_validate_can_leave_out_the_hints() -> None:
+    assert get_type("dropout").validate({"pp": 0.1}, hints=False)[1] == [
+        ("pp", "unknown argument 'pp'", "dropout takes p")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ChainspecError, CheckpointError, PlanError, Problem, SpecError
+from ._limits import Limits
 from ._registry import NodeType, get_type, is_registered, list_types, register_type
 from ._schedule import Schedule
 from ._spec import Spec, load, loads
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ._chain import Chain, Node, NodeNotFoundError
     from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from ._compile import ChainSummary, NodeSummary
+    from ._apply import RemovedNodes, removed_nodes
     from ._diff import Op, Plan, PlanSet, diff
     from ._grow import Grower, GrowthEvent
     from ._watch import SpecWatcher
@@ -42,6 +44,7 @@ __all__ = [
     "CheckpointError",
     "Grower",
     "GrowthEvent",
+    "Limits",
     "Node",
     "NodeNotFoundError",
     "NodeSummary",
@@ -51,6 +54,7 @@ __all__ = [
     "PlanError",
     "PlanSet",
     "Problem",
+    "RemovedNodes",
     "Schedule",
     "Spec",
     "SpecError",
@@ -64,6 +68,7 @@ __all__ = [
     "load_checkpoint",
     "loads",
     "register_type",
+    "removed_nodes",
     "save_checkpoint",
 ]
 
@@ -79,6 +84,8 @@ _LAZY = {
     "PlanSet": "._diff",
     "diff": "._diff",
     "SpecWatcher": "._watch",
+    "RemovedNodes": "._apply",
+    "removed_nodes": "._apply",
     "Checkpoint": "._checkpoint",
     "load_checkpoint": "._checkpoint",
     "save_checkpoint": "._checkpoint",

@@ -10,8 +10,11 @@ This module never imports torch, so validating a spec stays fast.
 from __future__ import annotations
 
 import difflib
+import heapq
 import importlib
 import inspect
+import itertools
+import sys
 import types
 import typing
 import warnings
@@ -82,25 +85,35 @@ class NodeType:
                             arbitrary_types_allowed=True, title=f"{self.name} args")
         return create_model(f"{self.name}_args", __config__=config, **fields)
 
-    def validate(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str | None, str, str | None]]]:
+    def validate(self, args: dict[str, Any], *, hints: bool = True
+                 ) -> tuple[dict[str, Any], list[tuple[str | None, str, str | None]]]:
         """Check ``args``; return the keyword arguments and ``(arg, message, hint)`` problems.
+
+        ``hints=False`` leaves out the did-you-mean hints of unknown arguments (a caller
+        reporting thousands of them computes only the first few).
 
         Example:
             >>> get_type("dropout").validate({"pp": 0.1})[1]
             [('pp', "unknown argument 'pp'", "did you mean 'p'?")]
         """
         problems: list[tuple[str | None, str, str | None]] = []
-        names = [a.name for a in self.args]
+        names = self._names
         if not self.accepts_extra:
             for key in args:
                 if key not in names:
-                    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-                    takes = ", ".join(names) or "no arguments"
-                    hint = f"did you mean {close[0]!r}?" if close else f"{self.name} takes {takes}"
+                    close = close_match(key, names, cutoff=0.5) if hints else None
+                    takes = _listed(names, "no arguments")
+                    hint = f"did you mean {close!r}?" if close else f"{self.name} takes {takes}"
                     problems.append((key, f"unknown argument {key!r}", hint))
-        known = {k: _tuples(v) for k, v in args.items() if self.accepts_extra or k in names}
+        known = {k: _tuples(v) if isinstance(v, list) else v for k, v in args.items()
+                 if self.accepts_extra or k in names}
         try:
-            model = self.args_model.model_validate(known)
+            args_model = self.args_model
+        except Exception as exc:  # an annotation pydantic cannot model (a registered type's, or an allowed import's)
+            return {}, [(None, f"the arguments of node type {self.name!r} cannot be checked: {_first_error_line(exc)}",
+                         "give the factory's parameters plain annotations (int, float, bool, str, tuples)")]
+        try:
+            model = args_model.model_validate(known)
         except ValidationError as exc:
             # A union (int | tuple[int, int]) fails once per branch: report one error per argument, the
             # one that got deepest into the value (the branch whose shape the value has).
@@ -119,9 +132,14 @@ class NodeType:
             return {}, problems
         if problems:
             return {}, problems
-        values = dict(model)
-        values.update(model.model_extra or {})
+        values = dict(model.__dict__)  # the fields, as dict(model) gives them, without pydantic's per-call overhead
+        if model.__pydantic_extra__:
+            values.update(model.__pydantic_extra__)
         return values, []
+
+    @cached_property
+    def _names(self) -> list[str]:
+        return [a.name for a in self.args]
 
 
 def _tuples(value: Any) -> Any:
@@ -129,6 +147,25 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+def _listed(names: list[str], none: str, most: int = 12) -> str:
+    """``a, b, c``, or the first ``most`` names and how many there are in all.
+
+    Example:
+        >>> _listed([f"p{i}" for i in range(20)], "none", most=3)
+        'p0, p1, p2, ... (20 in all)'
+    """
+    if not names:
+        return none
+    if len(names) <= most:
+        return ", ".join(names)
+    return ", ".join(names[:most]) + f", ... ({len(names):,} in all)"
+
+
+def _first_error_line(exc: BaseException) -> str:
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _required(node_type: NodeType) -> str:
@@ -375,23 +412,36 @@ def load_plugins() -> list[str]:
 def is_registered(name: str) -> bool:
     """Tell whether a node type of that name exists (case-insensitive).
 
+    Raises:
+        TypeError: ``name`` is not a string.
+
     Example:
         >>> is_registered("Conv2d"), is_registered("conv3")
         (True, False)
     """
     _ensure_loaded()
-    return name.lower() in _REGISTRY
+    return _type_name(name).lower() in _REGISTRY
+
+
+def _type_name(name: object, what: str = "a node type name") -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a string, got {type(name).__name__}")
+    return name
 
 
 def list_types(filter: str | None = None) -> list[NodeType]:  # noqa: A002 - mirrors timm.list_models
     """List registered node types, sorted by name, optionally those containing ``filter``.
+
+    Raises:
+        TypeError: ``filter`` is neither a string nor None.
 
     Example:
         >>> [t.name for t in list_types("pool")]
         ['adaptive_avgpool2d', 'avgpool2d', 'maxpool2d']
     """
     _ensure_loaded()
-    return [t for k, t in sorted(_REGISTRY.items()) if filter is None or filter.lower() in k]
+    part = None if filter is None else _type_name(filter, "the filter").lower()
+    return [t for k, t in sorted(_REGISTRY.items()) if part is None or part in k]
 
 
 def builtin_type_names() -> list[str]:
@@ -414,13 +464,16 @@ def get_type(name: str, *, allow_imports: Iterable[str] = ()) -> NodeType:
 
     Raises:
         KeyError: unknown name, or an import path outside the allow-list.
+        ImportError: an allowed import path that does not import, or names no node type
+            (not a class or function, or one whose arguments cannot be checked).
+        TypeError: ``name`` is not a string.
 
     Example:
         >>> get_type("ReLU").name
         'relu'
     """
     _ensure_loaded()
-    key = name.lower()
+    key = _type_name(name).lower()
     if key in _REGISTRY:
         return _REGISTRY[key]
     if ":" in name:
@@ -436,8 +489,67 @@ def suggest(name: str, extra: Iterable[str] = ()) -> str | None:
         'conv2d'
     """
     _ensure_loaded()
-    close = difflib.get_close_matches(name.lower(), [*_REGISTRY, *extra], n=1, cutoff=0.6)
-    return close[0] if close else None
+    return close_match(name.lower(), [*_REGISTRY, *extra], cutoff=0.6)
+
+
+#: Longest name a did-you-mean hint is looked for: no typo of an identifier is longer, and comparing
+#: two strings costs the product of their lengths.
+MAX_HINT_NAME = 120
+#: Most candidates looked at for one hint (real specs have a few dozen types, parameters or vars).
+MAX_HINT_SCAN = 1000
+#: Most candidates of a fitting length whose similarity is estimated for one hint (those sharing the
+#: most characters with the name).
+MAX_HINT_POOL = 32
+#: Most candidates compared in full (difflib's ratio) for one hint.
+MAX_HINT_RATIOS = 8
+
+
+def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The candidate most similar to ``word``, as ``difflib.get_close_matches(word, candidates, n=1,
+    cutoff=cutoff)`` finds it, with bounded work whatever the number and length of the names.
+
+    Only the first :data:`MAX_HINT_SCAN` candidates are looked at, and of them only those whose
+    length allows a ratio of ``cutoff`` (at most :data:`MAX_HINT_POOL`, those sharing the most
+    characters with ``word``); they are ranked by difflib's cheap
+    upper bound (``quick_ratio``) and compared in full from the best down, at most
+    :data:`MAX_HINT_RATIOS` of them, stopping as soon as no other can do better.
+
+    Example:
+        >>> close_match("chanels", ["channels", "kernel_size", "stride"])
+        'channels'
+        >>> close_match("x" * 5000, ["x"]) is None
+        True
+    """
+    if len(word) > MAX_HINT_NAME:
+        return None
+    size = len(word)
+    # ratio = 2 * matches / (len(a) + len(b)) <= 2 * min(len(a), len(b)) / (len(a) + len(b))
+    pool = [c for c in itertools.islice(candidates, MAX_HINT_SCAN)
+            if isinstance(c, str) and 2 * min(len(c), size) >= cutoff * (len(c) + size)]
+    if not pool:
+        return None
+    if len(pool) > MAX_HINT_POOL:  # keep those sharing the most characters with the word (a C-speed estimate)
+        chars = set(word)
+        pool = heapq.nlargest(MAX_HINT_POOL, pool, key=lambda c: len(chars.intersection(c)))
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(word)
+    bounds = []
+    for candidate in pool:
+        matcher.set_seq1(candidate)
+        if matcher.real_quick_ratio() >= cutoff:
+            quick = matcher.quick_ratio()
+            if quick >= cutoff:
+                bounds.append((quick, candidate))
+    bounds.sort(reverse=True)
+    best: tuple[float, str] | None = None
+    for quick, candidate in bounds[:MAX_HINT_RATIOS]:
+        if best is not None and quick < best[0]:
+            break  # the ratio is at most the quick ratio: nothing further down can win
+        matcher.set_seq1(candidate)
+        score = matcher.ratio()
+        if score >= cutoff and (best is None or (score, candidate) > best):
+            best = (score, candidate)
+    return best[1] if best else None
 
 
 def is_import_path(name: str) -> bool:
@@ -465,10 +577,27 @@ _IMPORTED: dict[str, NodeType] = {}
 
 
 def _import_type(name: str, allow_imports: tuple[str, ...]) -> NodeType:
+    """The node type at an allowed import path; ``KeyError`` outside the allow-list, else ``ImportError``.
+
+    Whatever importing or describing the object raises (a module failing to import, a property
+    raising, a signature ``inspect`` or pydantic cannot read) is an ``ImportError`` saying why,
+    which the spec reports at the type.
+    """
     if not import_allowed(name, allow_imports):
         raise KeyError(name)
     if name in _IMPORTED:
         return _IMPORTED[name]
+    try:
+        node_type = _describe_import(name, allow_imports)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ImportError(f"{type(exc).__name__}: {_first_error_line(exc)}") from None
+    _IMPORTED[name] = node_type
+    return node_type
+
+
+def _describe_import(name: str, allow_imports: tuple[str, ...]) -> NodeType:
     module_name, _, attr = name.partition(":")
     parts = attr.split(".")
     # Private and dunder names are no node types, and walking them (``__globals__``,
@@ -486,9 +615,16 @@ def _import_type(name: str, allow_imports: tuple[str, ...]) -> NodeType:
                           f"({', '.join(allow_imports)}); allow that module or name the type by it")
     if not callable(obj):
         raise ImportError(f"{attr!r} is a {type(obj).__name__}, not a class or function")
+    module_type = getattr(sys.modules.get("torch.nn"), "Module", None)  # loaded by now if obj can make one
+    if inspect.isclass(obj) and isinstance(module_type, type) and not issubclass(obj, module_type):
+        raise ImportError(f"{attr!r} is a class but not an nn.Module; a node type is an nn.Module class or "
+                          "a function returning one")
     args, extra = _signature_args(obj)
     node_type = NodeType(name, obj, args, _first_line(obj), f"import {name}", extra)
-    _IMPORTED[name] = node_type
+    try:
+        node_type.args_model  # noqa: B018 - built now, so that a signature pydantic cannot model is refused here
+    except Exception as exc:
+        raise ImportError(f"the arguments of {attr!r} cannot be checked: {_first_error_line(exc)}") from None
     return node_type
 
 

@@ -8,41 +8,65 @@ build, and :mod:`chainspec._compile` builds it.
 
 from __future__ import annotations
 
-import contextlib
-import difflib
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ._errors import Problem
-from ._expr import ExpressionError, substitute
+from ._expr import Budget, ExpressionError, LimitError, substitute
+from ._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default
 from ._model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
-from ._registry import get_type, import_allowed, is_import_path, is_registered, suggest
+from ._registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
 from ._reserved import id_problem
 from ._schedule import growth_problems
 from ._yaml import Document, Path, format_path
 
-#: Deepest nesting of composite types (a composite holding a composite ...).
-#: Real specs nest two or three; the bound keeps expansion, the built module
-#: tree and everything torch does recursively over it far from the recursion limit.
-MAX_COMPOSITE_DEPTH = 32
+#: Deepest nesting of composite types (a composite holding a composite ...) by default; the bound
+#: in force is ``Limits.max_composite_depth``. Real specs nest two or three; the bound keeps
+#: expansion, the built module tree and everything torch does recursively over it far from the
+#: recursion limit.
+MAX_COMPOSITE_DEPTH = DEFAULT_LIMITS.max_composite_depth
 
 
 @dataclass(frozen=True)
 class Leaf:
-    """A registered type with its final keyword arguments."""
+    """A registered type with its final keyword arguments.
+
+    Example:
+        >>> Leaf("relu", {}, None).leaves
+        1
+    """
 
     type: str
     args: Mapping[str, Any]
     factory: Callable[..., Any] = field(compare=False)
+    #: Modules it builds: one.
+    leaves: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
 class Group:
-    """A composite type: its parts, in order, by id."""
+    """A composite type: its parts, in order, by id.
+
+    Expansion shares the trees of parts defined alike (a composite of ten parts of one type
+    holds the same subtree ten times), so a tree is a DAG whose expanded size can be far larger
+    than its memory. ``leaves`` is that size, the number of modules building it makes, known
+    without walking it.
+
+    Example:
+        >>> relu = Leaf("relu", {}, None)
+        >>> block = Group("block", (("a", relu), ("b", relu)))
+        >>> Group("net", (("x", block), ("y", block))).leaves
+        4
+    """
 
     type: str
     parts: tuple[tuple[str, Leaf | Group], ...]
+    leaves: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "leaves", sum(sub.leaves for _, sub in self.parts))
 
 
 Tree = Leaf | Group
@@ -84,48 +108,122 @@ class ResolvedChain:
         return self.input_shapes[stage] if self.input_shapes else self.input_shape
 
 
-def resolve(model: SpecModel, doc: Document, allow_imports: Iterable[str] = ()) -> tuple[
+def resolve(model: SpecModel, doc: Document, allow_imports: Iterable[str] = (), limits: Limits | None = None) -> tuple[
         dict[str, ResolvedChain], int, list[Problem]]:
-    """Expand every chain of ``model``; return the chains, the stage count and all problems."""
-    resolver = _Resolver(model, doc, tuple(allow_imports))
+    """Expand every chain of ``model`` within ``limits``; return the chains, the stage count and all problems."""
+    resolver = _Resolver(model, doc, tuple(allow_imports), limits_or_default(limits))
     return resolver.run()
 
 
+class _InLabel:
+    """`` (in chains.net.nodes[0] (a))``: where a composite's part is expanded, rendered only when reported."""
+
+    __slots__ = ("outer", "path")
+
+    def __init__(self, path: Path, outer: Label) -> None:
+        self.path, self.outer = path, outer
+
+    def __str__(self) -> str:
+        return f" (in {format_path(self.path)}{self.outer})"
+
+
+Label = str | _InLabel
+
+#: Scopes with at most this many vars are merged into one dict (fast lookups); larger ones are
+#: layered over the vars (a ChainMap), so that thousands of vars are not copied at every expansion.
+_MERGE_SCOPE = 64
+
+
+def _layered(top: dict[str, Any], base: dict[str, Any]) -> dict[str, Any] | ChainMap[str, Any]:
+    """``top`` over ``base``: a merged dict when ``base`` is small, else a layered view.
+
+    Either way, writing a name writes it in the ``top`` layer only.
+    """
+    if len(base) <= _MERGE_SCOPE:
+        return {**base, **top}
+    return ChainMap(top, base)
+
+
+class _Stop(Exception):
+    """A bound on the whole load was reached (and reported): expanding further would only repeat it."""
+
+
 class _Resolver:
-    def __init__(self, model: SpecModel, doc: Document, allow_imports: tuple[str, ...]) -> None:
+    def __init__(self, model: SpecModel, doc: Document, allow_imports: tuple[str, ...], limits: Limits) -> None:
         self.model = model
         self.doc = doc
         self.allow_imports = allow_imports
+        self.limits = limits
         self.problems: list[Problem] = []
-        self._seen: set[str] = set()
+        self._seen: set[tuple[Any, ...]] = set()
         self.scope: dict[str, Any] = dict(model.vars)
         self.cyclic: set[str] = set()
-        self.too_deep: dict[str, list[str]] = {}
+        #: Composite types nesting deeper than the limit: how deep, and the next type on the deepest path.
+        self.too_deep: dict[str, int] = {}
+        self.nesting: dict[str, tuple[int, str | None]] = {}
+        #: The expression work and value sizes of the whole load.
+        self.budget = Budget(limits)
+        #: Modules expanded so far, over all chains (every part of every composite, shared or not).
+        self.leaves = 0
+        #: Successful composite expansions by (type, concrete argument values): shared, never redone.
+        self.memo: dict[tuple[str, Any], Group] = {}
+        self.leaf_memo: dict[tuple[str, Any], Leaf] = {}
+        #: Did-you-mean hints already computed, by what was looked up.
+        self.hints: dict[tuple[str, ...], str | None] = {}
+        self._takes: dict[str, str] = {}
         #: Per-type defaults by canonical type name: (the key as written, the args).
         self.defaults: dict[str, tuple[str, dict[str, Any]]] = {}
         #: (canonical type, arg) of defaults already reported wrong, so that nodes using them do not repeat it.
         self.bad_defaults: set[tuple[str, str]] = set()
 
-    def report(self, path: Path, message: str, hint: str | None = None, label: str = "") -> None:
-        problem = self.doc.problem(path, message, hint, label=label)
-        key = problem.format()
+    def report(self, path: Path, message: str, hint: str | None = None, label: Label = "") -> None:
+        self.report_problem(self.doc.problem(path, message, hint, label=str(label)))
+
+    def report_problem(self, problem: Problem) -> None:
+        # Compared by its parts, not its text: formatting thousands of problems only to compare them costs.
+        key = (problem.line, problem.col or 1, problem.path, problem.message, problem.hint or None)
         if key not in self._seen:
             self._seen.add(key)
             self.problems.append(problem)
 
-    def report_problem(self, problem: Problem) -> None:
-        if problem.format() not in self._seen:
-            self._seen.add(problem.format())
-            self.problems.append(problem)
-
     def run(self) -> tuple[dict[str, ResolvedChain], int, list[Problem]]:
         self.check_types()
-        self.check_defaults()
+        try:
+            self.check_defaults()
+        except _Stop:  # reported where it was reached; the spec is refused
+            return {}, self.stage_count(), self.problems
         stages = self.stage_count()
-        chains = {name: self.chain(name, stages) for name in self.model.chains}
+        try:
+            chains = {name: self.chain(name, stages) for name in self.model.chains}
+        except _Stop:
+            return {}, stages, self.problems
         for problem in growth_problems(self.model, self.doc, stages):
             self.report_problem(problem)
         return chains, stages, self.problems
+
+    # -- bounds ----------------------------------------------------------------------------------------------------
+    def expression_failed(self, path: Path, exc: ExpressionError, label: Label = "") -> None:
+        """Report a failed expression; stop the load if it spent a bound of the whole load."""
+        self.report(path, str(exc), exc.hint, label)
+        if isinstance(exc, LimitError) and exc.fatal:
+            raise _Stop
+
+    def count(self, leaves: int, path: Path, label: Label) -> None:
+        """Count ``leaves`` more expanded modules, at ``path``; stop the load past ``max_nodes``."""
+        self.leaves += leaves
+        if self.leaves > self.limits.max_nodes:
+            self.report(path, f"the spec expands to more than {self.limits.max_nodes:,} modules (every part of "
+                        "every composite, over all chains)", limit_hint("max_nodes"), label)
+            raise _Stop
+
+    def hint(self, key: tuple[str, ...], word: str, candidates: Callable[[], Iterable[str]],
+             cutoff: float) -> str | None:
+        """A did-you-mean for ``word``: each looked up once, and only the first few of a load at all."""
+        if key in self.hints:
+            return self.hints[key]
+        close = close_match(word, candidates(), cutoff) if self.budget.take_hint() else None
+        self.hints[key] = close
+        return close
 
     # -- document-level checks -------------------------------------------------
     def check_types(self) -> None:
@@ -145,8 +243,9 @@ class _Resolver:
                         "a composite cannot contain itself, directly or through other composites")
         # Expansion and the built modules nest one level per composite: bound it
         # so that no spec can drive them into Python's recursion limit.
-        self.too_deep = {n: chain for n, chain in _nesting(graph, self.cyclic).items()
-                         if len(chain) > MAX_COMPOSITE_DEPTH}
+        self.nesting = _nesting(graph, self.cyclic)
+        self.too_deep = {n: depth for n, (depth, _) in self.nesting.items()
+                         if depth > self.limits.max_composite_depth}
 
     def check_part_ids(self, parts: list[PartSpec], path: Path) -> None:
         seen: dict[str, int] = {}
@@ -188,9 +287,12 @@ class _Resolver:
         """
         values: dict[str, Any] = {}
         for key, raw in args.items():
-            with contextlib.suppress(ExpressionError):
-                values[key] = substitute(raw, self.scope)
-        _, problems = node_type.validate(values)
+            try:
+                values[key] = substitute(raw, self.scope, self.budget)
+            except ExpressionError as exc:  # reported where a node uses it, unless it spent the load's bound
+                if isinstance(exc, LimitError) and exc.fatal:
+                    self.expression_failed(("defaults", written, key), exc)
+        _, problems = self.validate(node_type, values)
         for key, message, hint in problems:
             if key is not None:  # None: a missing required argument, which the nodes give
                 self.report(("defaults", written, key), message, hint)
@@ -222,7 +324,7 @@ class _Resolver:
         nodes = []
         for i, node in enumerate(spec.nodes):
             path: Path = ("chains", name, "nodes", i)
-            tree = self.expand(node.type, node.args, dict(self.scope), path, f" ({node.id})", ())
+            tree = self.expand(node.type, node.args, self.scope, path, f" ({node.id})", ())
             if tree is not None:
                 nodes.append(ResolvedNode(node.id, node.type, node.stage, node.until, tree, path, node))
         for lo, hi in _empty_stages(spec.nodes, stages):
@@ -237,27 +339,39 @@ class _Resolver:
         raw = self.model.chains[name].input_shape
         if all(isinstance(d, int) for d in raw):
             return (tuple(int(d) for d in raw),)
+        base = [d if isinstance(d, int) else 1 for d in raw]
+        entries = [j for j, d in enumerate(raw) if isinstance(d, str)]
         shapes: list[tuple[int, ...]] = []
         bad: set[int] = set()  # report each entry once, at the first stage where it fails
         for stage in range(stages):
-            dims: list[int] = []
-            for j, entry in enumerate(raw):
-                value: Any = entry
-                if isinstance(entry, str) and j not in bad:
-                    try:
-                        value = substitute(entry, {**self.scope, "stage": stage})
-                    except ExpressionError as exc:
-                        self.report(("chains", name, "input_shape", j), f"{exc} (at stage {stage})")
-                        bad.add(j)
-                    else:
-                        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
-                            what = (f"more than {MAX_DIM}" if isinstance(value, int) and value > MAX_DIM
-                                    else "not a positive integer")
-                            self.report(("chains", name, "input_shape", j),
-                                        f"{entry!r} gives {value!r} at stage {stage}, {what}",
-                                        "an input dimension must be an integer >= 1 at every stage")
-                            bad.add(j)
-                dims.append(value if j not in bad else 1)
+            # Each stage's shape is a new tuple of every entry: paid for like the items of a list.
+            try:
+                self.budget.spend(len(raw))
+            except LimitError as exc:
+                self.expression_failed(("chains", name, "input_shape"), exc)
+            dims = list(base)
+            scope = _layered({"stage": stage}, self.scope)
+            for j in entries:
+                if j in bad:
+                    continue
+                entry = raw[j]
+                try:
+                    value = substitute(entry, scope, self.budget)
+                except ExpressionError as exc:
+                    if isinstance(exc, LimitError) and exc.fatal:
+                        self.expression_failed(("chains", name, "input_shape", j), exc)
+                    self.report(("chains", name, "input_shape", j), f"{exc} (at stage {stage})", exc.hint)
+                    bad.add(j)
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+                    what = (f"more than {MAX_DIM}" if isinstance(value, int) and value > MAX_DIM
+                            else "not a positive integer")
+                    self.report(("chains", name, "input_shape", j),
+                                f"{entry!r} gives {_short(value)} at stage {stage}, {what}",
+                                "an input dimension must be an integer >= 1 at every stage")
+                    bad.add(j)
+                    continue
+                dims[j] = value
             shapes.append(tuple(dims))
         return tuple(shapes)
 
@@ -270,11 +384,21 @@ class _Resolver:
                 self.report(path, f"import path {type_name!r} is not allowed",
                             "the calling code must pass allow_imports=[...] naming its module")
             return
-        close = suggest(type_name, self.model.types)
+        close = self.hint(("type", type_name), type_name.lower(),
+                          lambda: [*(t.name for t in list_types()), *self.model.types], 0.6)
         hint = f"did you mean {close!r}?" if close else "run 'chainspec types' to list the node types"
         self.report(path, f"unknown node type {type_name!r}", hint)
 
-    def expand(self, type_name: str, args: Mapping[str, Any], scope: dict[str, Any], path: Path, label: str,
+    def validate(self, node_type: Any, values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[
+            str | None, str, str | None]]]:
+        """``node_type.validate``, with did-you-mean hints while the load may still compute them."""
+        hints = self.budget.hints > 0
+        kwargs, problems = node_type.validate(values, hints=hints)
+        if hints:
+            self.budget.hints = max(0, self.budget.hints - sum(1 for p in problems if p[2] and "did you mean" in p[2]))
+        return kwargs, problems
+
+    def expand(self, type_name: str, args: Mapping[str, Any], scope: Mapping[str, Any], path: Path, label: Label,
                stack: tuple[str, ...]) -> Tree | None:
         written, type_defaults = self.defaults.get(self.canonical(type_name), (type_name, {}))
         merged = {**type_defaults, **args}
@@ -282,51 +406,94 @@ class _Resolver:
         failed: set[str] = set()
         for key, raw in merged.items():
             try:
-                values[key] = substitute(raw, scope)
+                values[key] = substitute(raw, scope, self.budget)
             except ExpressionError as exc:
                 arg_path = (*path, "args", key) if key in args else ("defaults", written, key)
-                self.report(arg_path, str(exc), None, label)
+                self.expression_failed(arg_path, exc, label)
                 failed.add(key)
-        ok = not failed
         typedef = self.model.types.get(type_name)
         if typedef is not None:
-            if type_name in self.cyclic:
-                return None
-            if type_name in self.too_deep:
-                chain = self.too_deep[type_name]
-                self.report(("types", type_name), f"composite types nest {len(chain)} levels deep ({_arrow(chain)}); "
-                            f"the limit is {MAX_COMPOSITE_DEPTH}", "flatten the composite types")
-                return None
-            return self.expand_composite(type_name, typedef, values, path, label, (*stack, type_name)) if ok else None
+            return self.expand_type(type_name, typedef, values, not failed, path, label, stack)
+        return self.expand_leaf(type_name, args, values, failed, written, path, label)
+
+    def expand_type(self, type_name: str, typedef: TypeDef, values: dict[str, Any], ok: bool, path: Path,
+                    label: Label, stack: tuple[str, ...]) -> Group | None:
+        """A composite, expanded once per distinct set of values and shared after that."""
+        if type_name in self.cyclic:
+            return None
+        if type_name in self.too_deep:
+            chain = self.deepest(type_name)
+            self.report(("types", type_name), f"composite types nest {len(chain)} levels deep ({_arrow(chain)}); "
+                        f"the limit is {self.limits.max_composite_depth}",
+                        f"flatten the composite types, or {limit_hint('max_composite_depth')}")
+            return None
+        if not ok:
+            return None
+        key = _memo_key(type_name, values)
+        done = self.memo.get(key) if key is not None else None
+        if done is not None:  # defined alike before: the same tree, shared; its modules still count
+            self.count(done.leaves, path, label)
+            return done
+        group = self.expand_composite(type_name, typedef, values, path, label, (*stack, type_name))
+        if group is not None and key is not None:
+            self.memo[key] = group
+        return group
+
+    def expand_leaf(self, type_name: str, args: Mapping[str, Any], values: dict[str, Any], failed: set[str],
+                    written: str, path: Path, label: Label) -> Leaf | None:
+        """A registered type with its checked arguments (checked once per distinct set of values)."""
+        key = _memo_key(self.canonical(type_name), values) if not failed else None
+        leaf = self.leaf_memo.get(key) if key is not None else None
+        if leaf is not None:  # the same type with the same values: checked already
+            self.count(1, path, label)
+            return leaf
         try:
             node_type = get_type(type_name, allow_imports=self.allow_imports)
         except (KeyError, ImportError, AttributeError) as exc:
             self.unknown_type((*path, "type"), type_name, exc)
             return None
-        kwargs, arg_problems = node_type.validate(values)
+        kwargs, arg_problems = self.validate(node_type, values)
         # An arg whose expression failed is already reported; it is not also missing.
         arg_problems = [p for p in arg_problems if not (p[0] is None and any(
             p[1] == f"missing required argument {k!r}" for k in failed))]
-        for key, message, hint in arg_problems:
-            if key is not None and key not in args and (self.canonical(type_name), key) in self.bad_defaults:
+        for key_, message, hint in arg_problems:
+            if key_ is not None and key_ not in args and (self.canonical(type_name), key_) in self.bad_defaults:
                 continue  # reported once, at the default
-            arg_path = (*path, "args", key) if key in args or key is None else ("defaults", written, key)
-            if key is None:
+            arg_path = (*path, "args", key_) if key_ in args or key_ is None else ("defaults", written, key_)
+            if key_ is None:
                 arg_path = (*path, "args") if (*path, "args") in self.doc.positions else path
             self.report(arg_path, message, hint, label)
-        if arg_problems or not ok:
+        if arg_problems or failed:
             return None
-        return Leaf(node_type.name, kwargs, node_type.factory)
+        self.count(1, path, label)
+        leaf = Leaf(node_type.name, kwargs, node_type.factory)
+        if key is not None:
+            self.leaf_memo[key] = leaf
+        return leaf
 
-    def expand_composite(self, name: str, typedef: TypeDef, values: dict[str, Any], path: Path, label: str,
+    def takes(self, name: str, typedef: TypeDef) -> str:
+        """The parameters of a composite, listed for a hint (once per type: thousands may be reported)."""
+        if name not in self._takes:
+            self._takes[name] = _listed(list(typedef.params), "no parameters")
+        return self._takes[name]
+
+    def deepest(self, type_name: str) -> list[str]:
+        """The deepest chain of composites nested from ``type_name``, itself first."""
+        chain: list[str] = []
+        current: str | None = type_name
+        while current is not None:
+            chain.append(current)
+            current = self.nesting[current][1]
+        return chain
+
+    def expand_composite(self, name: str, typedef: TypeDef, values: dict[str, Any], path: Path, label: Label,
                          stack: tuple[str, ...]) -> Tree | None:
         params = dict(typedef.params)
         bad = False
         for key in values:
             if key not in params:
-                close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
-                takes = ", ".join(params) or "no parameters"
-                hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {takes}"
+                close = self.hint(("param", name, key), key, lambda: list(typedef.params), 0.5)
+                hint = f"did you mean {close!r}?" if close else f"{name} takes {self.takes(name, typedef)}"
                 self.report((*path, "args", key), f"unknown parameter {key!r} of composite type {name!r}", hint, label)
                 bad = True
         params.update(values)
@@ -338,19 +505,21 @@ class _Resolver:
             bad = True
         if bad:
             return None
-        inner_label = f" (in {format_path(path)}{label})" if stack else label
+        inner_label = _InLabel(path, label)  # rendered only if a problem inside is reported
         # A default may be an expression of the spec vars, the given arguments and
         # the parameters declared before it: ``params: {ch: null, out: "${ch * 2}"}``.
-        known = {**self.scope, **values}
+        # The scopes are layered over the vars, never copies of them: a spec of thousands
+        # of vars does not pay for them at every expansion.
+        known = _layered(dict(values), self.scope)
         for key, default in typedef.params.items():
             if key not in values:
                 try:
-                    params[key] = substitute(default, known)
+                    params[key] = substitute(default, known, self.budget)
                 except ExpressionError as exc:
-                    self.report(("types", name, "params", key), str(exc), None, inner_label)
+                    self.expression_failed(("types", name, "params", key), exc, inner_label)
                     return None
             known[key] = params[key]
-        scope = {**self.scope, **params}
+        scope = _layered(params, self.scope)
         parts: list[tuple[str, Tree]] = []
         for j, part in enumerate(typedef.nodes):
             sub = self.expand(part.type, part.args, scope, ("types", name, "nodes", j), inner_label, stack)
@@ -433,16 +602,18 @@ def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
     return found
 
 
-def _nesting(graph: dict[str, list[str]], skip: set[str]) -> dict[str, list[str]]:
-    """For each composite type outside ``skip``, its deepest chain of nested composites, itself first.
+def _nesting(graph: dict[str, list[str]], skip: set[str]) -> dict[str, tuple[int, str | None]]:
+    """For each composite type outside ``skip``: how many levels its deepest chain of nested
+    composites has (itself included), and the next type on that chain (None at the bottom).
 
-    Iterative post-order over an acyclic graph (the cyclic types are in ``skip``).
+    Iterative post-order over an acyclic graph (the cyclic types are in ``skip``), linear in its
+    size: a chain of thousands of types is measured without building thousands of chains.
 
     Example:
         >>> _nesting({"a": ["b"], "b": ["c"], "c": []}, set())["a"]
-        ['a', 'b', 'c']
+        (3, 'b')
     """
-    deepest: dict[str, list[str]] = {}
+    deepest: dict[str, tuple[int, str | None]] = {}
     for start in graph:
         if start in deepest or start in skip:
             continue
@@ -453,9 +624,44 @@ def _nesting(graph: dict[str, list[str]], skip: set[str]) -> dict[str, list[str]
                 continue
             children = [c for c in graph.get(name, []) if c not in skip]
             if ready:
-                longest = max((deepest[c] for c in children), key=len, default=[])
-                deepest[name] = [name, *longest]
+                below = max(children, key=lambda c: deepest[c][0], default=None)
+                deepest[name] = (1 + (deepest[below][0] if below is not None else 0), below)
             else:
                 todo.append((name, True))
                 todo.extend((c, False) for c in children if c not in deepest)
     return deepest
+
+
+def _memo_key(type_name: str, values: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """A hashable key equal only for the same composite given the same concrete values (None: not keyable).
+
+    Values compare by type as well (``1``, ``1.0`` and ``True`` are equal in Python but build
+    different modules), floats by their text (``0.0`` and ``-0.0``).
+
+    Example:
+        >>> _memo_key("blk", {"ch": 1}) == _memo_key("blk", {"ch": 1.0})
+        False
+    """
+    try:
+        return type_name, tuple((k, _frozen(v)) for k, v in values.items())
+    except TypeError:
+        return None
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable, type-exact form of an argument value (already bounded in size and depth)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, float):
+        return ("float", repr(value))
+    hash(value)
+    return (type(value).__name__, value)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, at most a couple of hundred characters."""
+    text = repr(value) if not isinstance(value, (list, tuple, dict)) or len(value) <= 50 else \
+        f"a {type(value).__name__} of {len(value):,} items"
+    return text if len(text) <= 200 else text[:100] + "..."

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ._errors import Problem, SpecError
+from ._limits import Limits, limits_or_default
 from ._migrate import migrate
 from ._model import SpecModel
 from ._resolve import ResolvedChain, resolve
-from ._yaml import MAX_BYTES, Document, Path, format_path, parse_yaml, read_head, too_big
+from ._yaml import Document, Path, format_path, parse_yaml, read_head, too_big
 
 if TYPE_CHECKING:
     import torch
@@ -51,12 +52,14 @@ class Spec:
     """
 
     def __init__(self, model: SpecModel, doc: Document, text: str, chains: dict[str, ResolvedChain], stages: int,
-                 allow_imports: tuple[str, ...]) -> None:
+                 allow_imports: tuple[str, ...], limits: Limits | None = None) -> None:
         self.model = model
         self.source = doc.source
         self.text = text
         self.stages = stages
         self.allow_imports = allow_imports
+        #: The bounds it was loaded under; a revision of it (a watcher, a checkpoint) is read under the same.
+        self.limits = limits_or_default(limits)
         self._doc = doc
         self._chains = chains
 
@@ -111,8 +114,18 @@ class Spec:
                 dtype: torch.dtype | None = None) -> ChainSummary:
         """Shape-infer one chain at ``stage`` on the meta device, allocating no weights.
 
+        Each row also says how many bytes the node's parameters and buffers (running
+        statistics and the like) take, as measured on its meta-device build.
+
         Raises:
             SpecError: a node cannot take the output of the node before it.
+
+        Example:
+            >>> spec = loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: "
+            ...              "[{id: bn, type: batchnorm1d, args: {num_features: 4}}]}}")
+            >>> summary = spec.summary()
+            >>> summary.params, summary.param_bytes, summary.buffer_bytes
+            (8, 32, 40)
         """
         from ._compile import check_dtype, infer
 
@@ -122,30 +135,41 @@ class Spec:
             raise SpecError(problems)
         return summary
 
-    def check(self, stages: Iterable[int] | None = None) -> None:
+    def check(self, stages: Iterable[int] | None = None, *, budget: float = 1.0) -> None:
         """Shape-check every chain at every stage (or at ``stages``), reporting all failures at once.
 
-        Raises:
-            SpecError: listing every chain and stage that does not fit together.
-        """
-        from ._compile import infer
+        Each distinct (node definition, input shape) pair is built and run once on the meta
+        device, and stages share every run of nodes they have in common, so 1,000 stages of
+        3,000 nodes cost about what their distinct pairs cost. The work is bounded (about a
+        second: see ``_compile.MAX_CHECK_RUNS``, ``MAX_CHECK_SECONDS`` and ``MAX_CHECK_STEPS``)
+        and a spec needing more is refused with a problem saying so; ``budget`` scales the
+        bounds (``math.inf``: none) for a spec you trust.
 
-        problems: list[Problem] = []
-        seen: set[str] = set()
-        # Stages with the same active nodes and the same input shape infer identically: check each such
-        # layout once, so 1,000 stages of one chain cost what its distinct layouts cost.
-        checked: set[tuple[str, tuple[str, ...], tuple[int, ...]]] = set()
-        cache: dict[Any, Any] = {}  # and each node once per input shape (see infer)
-        for stage in range(self.stages) if stages is None else stages:
-            for chain in self._chains.values():
-                layout = (chain.name, tuple(n.id for n in chain.at(stage)), tuple(chain.input_shape_at(stage)))
-                if layout in checked:
-                    continue
-                checked.add(layout)
-                for problem in infer(chain, stage, self._doc, cache=cache)[1]:
-                    if problem.format() not in seen:
-                        seen.add(problem.format())
-                        problems.append(problem)
+        Raises:
+            SpecError: listing every chain and stage that does not fit together, or the bound
+                the check would go past.
+            ValueError: ``budget`` is not a positive number.
+
+        Example:
+            >>> spec = loads('''
+            ... chainspec: 1
+            ... chains:
+            ...   net:
+            ...     input_shape: [4]
+            ...     nodes:
+            ...       - {id: fc, type: linear, args: {in_features: 4, out_features: 2}}
+            ...       - {id: out, type: linear, args: {in_features: 3, out_features: 1}, stage: 1}
+            ... ''', source="net.yaml")
+            >>> spec.check([0])
+            >>> spec.check()
+            Traceback (most recent call last):
+            ...
+            chainspec._errors.SpecError: net.yaml:8:9: chains.net.nodes[1] (out): expects 3 input features, but fc ...
+        """
+        from ._compile import check_stages
+
+        chosen = range(self.stages) if stages is None else stages
+        problems = check_stages(self._chains.values(), chosen, self._doc, budget=budget)
         if problems:
             raise SpecError(problems)
 
@@ -160,9 +184,16 @@ class Spec:
             dtype: the parameters' floating-point dtype (default: torch's default dtype).
 
         Raises:
-            SpecError: the chain does not shape-check at that stage.
+            SpecError: the chain does not shape-check at that stage, or what it would allocate
+                (parameters, buffers, any tensor a module keeps) exceeds the device's free memory.
             ValueError: unknown chain, out-of-range stage, or a dtype that is not floating point.
             TypeError: ``dtype`` is not a ``torch.dtype``.
+
+        Example:
+            >>> spec = loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: "
+            ...              "[{id: fc, type: linear, args: {in_features: 4, out_features: 2}}]}}")
+            >>> spec.build().fc.weight.shape
+            torch.Size([2, 4])
         """
         from ._compile import build_chain, check_dtype
 
@@ -181,13 +212,14 @@ class Spec:
         return self._doc.problem(path, message, hint)
 
 
-def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = ()) -> Spec:
+def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (), limits: Limits | None = None) -> Spec:
     """Read and validate a spec file.
 
     Args:
         path: the YAML file.
         allow_imports: module prefixes whose ``module:attr`` paths node types may name.
             Empty by default: a spec alone can never import code.
+        limits: the bounds on size and expansion work (default: :class:`Limits`'s defaults).
 
     Raises:
         SpecError: listing every problem, each as ``file:line:col: path: message``.
@@ -195,20 +227,22 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = ()) -> 
     Example:
         >>> spec = load("specs/blog.yaml")  # doctest: +SKIP
     """
+    limits = limits_or_default(limits)
     try:
-        # Read one byte past the limit, never the whole file: a 50 GB file or
-        # /dev/zero is refused as quickly as a 300 kB one, and a FIFO never blocks.
-        raw, size = read_head(path)
+        # Read one byte past the limit, never the whole file: a 50 GB file is refused as quickly
+        # as a 300 kB one, a device is never opened, and a pipe is read within limits.read_timeout.
+        raw, size = read_head(path, limits.max_bytes, limits.read_timeout)
     except OSError as exc:
         problem = Problem(os.fspath(path), None, None, "", f"cannot read spec: {exc.strerror or exc}")
         raise SpecError([problem]) from None
-    if len(raw) > MAX_BYTES:
-        raise SpecError([too_big(os.fspath(path), size)])
-    return loads(raw, source=os.fspath(path), allow_imports=allow_imports)
+    if len(raw) > limits.max_bytes:
+        raise SpecError([too_big(os.fspath(path), size, limits.max_bytes)])
+    return loads(raw, source=os.fspath(path), allow_imports=allow_imports, limits=limits)
 
 
-def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterable[str] = ()) -> Spec:
-    """Validate spec text; ``source`` names it in error messages.
+def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterable[str] = (),
+          limits: Limits | None = None) -> Spec:
+    """Validate spec text; ``source`` names it in error messages and ``limits`` bounds the work.
 
     Raises:
         SpecError: listing every problem, each as ``source:line:col: path: message``.
@@ -219,36 +253,47 @@ def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterabl
         ...
         chainspec._errors.SpecError: x.yaml:2:1: chains: must have at least 1 chain
     """
-    model, doc, problems = validate_structure(text, source)
+    limits = limits_or_default(limits)
+    model, doc, problems = validate_structure(text, source, limits)
     if model is None:
         # Report the whole-document problems too, where the structure allows it.
         lenient = _without_bad_keys(doc, problems)
         if lenient is not None:
             # Not again for values the YAML layer refused: they read as None, and "got None" is noise.
-            problems += [p for p in resolve(lenient, doc, allow_imports)[2]
-                         if p not in problems and not _about_refused(p, doc)]
+            known, refused = set(problems), _Refused(doc)
+            problems += [p for p in resolve(lenient, doc, allow_imports, limits)[2]
+                         if p not in known and not refused.covers(p)]
         raise SpecError(_in_file_order(problems))
-    chains, stages, problems = resolve(model, doc, allow_imports)
+    chains, stages, problems = resolve(model, doc, allow_imports, limits)
     if problems:
         raise SpecError(_in_file_order(problems))
     plain = text.decode("utf-8") if isinstance(text, bytes) else text
-    return Spec(model, doc, plain, chains, stages, tuple(allow_imports))
+    return Spec(model, doc, plain, chains, stages, tuple(allow_imports), limits)
 
 
-def _about_refused(problem: Problem, doc: Document) -> bool:
-    """Whether ``problem`` is about a value the YAML layer refused (at, under or around it): a repeat."""
-    where = problem.path.split(" (", 1)[0]
-    for path in doc.rejected:
-        refused = format_path(path)
-        if any(a == b or a.startswith(b + ".") or a.startswith(b + "[") for a, b in ((where, refused),
-                                                                                     (refused, where))):
+class _Refused:
+    """The values the YAML layer refused, to tell whether a later problem is about one of them (a repeat).
+
+    A problem is about a refused value when its path is that value's, lies under it or around it.
+    Linear in the number of refused values and problems: every refused path and each of its
+    prefixes go into sets once, and each problem's path is cut at its own ``.`` and ``[``.
+    """
+
+    def __init__(self, doc: Document) -> None:
+        self.paths = {format_path(path) for path in doc.rejected}
+        self.around = {format_path(path[:k]) for path in doc.rejected for k in range(1, len(path))}
+
+    def covers(self, problem: Problem) -> bool:
+        where = problem.path.split(" (", 1)[0]
+        if where in self.paths or where in self.around:
             return True
-    return False
+        return any(where[:i] in self.paths for i, char in enumerate(where) if char in ".[")
 
 
-def validate_structure(text: str | bytes, source: str) -> tuple[SpecModel | None, Document, list[Problem]]:
+def validate_structure(text: str | bytes, source: str,
+                       limits: Limits | None = None) -> tuple[SpecModel | None, Document, list[Problem]]:
     """Parse and check the structure only (YAML and the pydantic models); never imports torch."""
-    doc = parse_yaml(text, source)
+    doc = parse_yaml(text, source, limits)
     if doc.problems:
         return None, doc, doc.problems
     if not isinstance(doc.data, dict):
