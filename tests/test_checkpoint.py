@@ -313,3 +313,53 @@ def test_build_save_writes_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.
     assert ckpt.stage == 1 and ckpt.chains["net"].ids() == ["b1", "b2"] and ckpt.optimizers == {}
     x = torch.randn(2, 3, 32, 32)
     assert ckpt.chains["net"](x).shape == (2, 64, 32, 32)
+
+
+# -- every torch.optim class round-trips under the load-time checks ------------------------------------------------
+
+EVERY_OPTIMIZER = {
+    "Adam-amsgrad": lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True),
+    "AdamW-amsgrad": lambda p: torch.optim.AdamW(p, lr=0.01, amsgrad=True),
+    "NAdam": lambda p: torch.optim.NAdam(p, lr=0.01),
+    "RAdam": lambda p: torch.optim.RAdam(p, lr=0.01),
+    "Adamax": lambda p: torch.optim.Adamax(p, lr=0.01),
+    "Adadelta": lambda p: torch.optim.Adadelta(p),
+    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=0.01),
+    "ASGD": lambda p: torch.optim.ASGD(p, lr=0.01),
+    "Rprop": lambda p: torch.optim.Rprop(p, lr=0.01),
+    "RMSprop-centered-momentum": lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.9, centered=True),
+    "RMSprop": lambda p: torch.optim.RMSprop(p, lr=0.01),
+    "SGD-plain": lambda p: torch.optim.SGD(p, lr=0.01),
+    "SGD-nesterov": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, nesterov=True),
+    "Adafactor": lambda p: torch.optim.Adafactor(p, lr=0.01),
+    "LBFGS": lambda p: torch.optim.LBFGS(p, lr=0.1, history_size=3, max_iter=2),
+}
+
+
+def step_once(net: Chain, opt: torch.optim.Optimizer, step: int) -> None:
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = net(batch(step)).square().mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+@pytest.mark.parametrize("kind", sorted(EVERY_OPTIMIZER))
+def test_every_torch_optimizer_round_trips(tmp_path: Path, kind: str) -> None:
+    torch.manual_seed(0)
+    spec = chainspec.loads(BASE.replace("{p: 0.2}", "{p: 0.0}"), source="net.yaml")
+    net = spec.build()
+    opt = EVERY_OPTIMIZER[kind](net.parameters())
+    for step in range(2):
+        step_once(net, opt, step)
+    path = tmp_path / "ckpt.pt"
+    chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, optimizers={"net": opt})
+    ckpt = chainspec.load_checkpoint(path)
+    net2, opt2 = ckpt.chains["net"], ckpt.optimizers["net"]
+    assert type(opt2) is type(opt)
+    step_once(net, opt, 2)
+    step_once(net2, opt2, 2)
+    for (key, mine), theirs in zip(net.state_dict().items(), net2.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs), f"{kind}: {key} differs after one more step"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -350,3 +351,28 @@ def test_state_dict_is_checkpoint_friendly(tiny: chainspec.Spec) -> None:
     assert set(state["fade"]) == {"generator", "discriminator"}
     assert set(state["fade"]["generator"]["weights"]) == {"to_rgb_4.conv.weight", "to_rgb_4.conv.bias"}
     assert (state["stage"], state["phase"], state["alpha"], state["images"]) == (1, "fade", 0.25, 12)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(unit="days"), r"schedule\.unit: should be one of images, steps, got 'days'"),
+    (lambda d: d.update(policy=None), r"schedule\.policy: should be one of keep, reset, got NoneType"),
+    (lambda d: d.update(phases="x"), r"schedule\.phases: should be a list, got str"),
+    (lambda d: d["phases"].__setitem__(0, 1), r"schedule\.phases\[0\]: should be a dict, got int"),
+    (lambda d: d["phases"][1].update(kind="grow"), r"schedule\.phases\[1\]\.kind: should be one of"),
+    (lambda d: d["phases"][1].update(stage=-1), r"schedule\.phases\[1\]\.stage: should be in \[0, 2\*\*63 - 1\]"),
+    (lambda d: d["phases"][1].update(start=True), r"schedule\.phases\[1\]\.start: should be an int, got bool"),
+    (lambda d: d["phases"][1].update(end=10**400), r"schedule\.phases\[1\]\.end: should be in .*got more"),
+    (lambda d: d["phases"][1].update(end=0), r"schedule\.phases\[1\]\.end: 0 is before its start 5"),
+    (lambda d: d["phases"][2].update(start=8), r"schedule\.phases\[2\]\.start: 8 is not where the phase before"),
+    (lambda d: d["phases"][1].update(stage=2), r"schedule\.phases\[1\]: a fade phase of stage 2 cannot follow"),
+    (lambda d: d["phases"].pop(), r"must end with exactly one open-ended 'done' phase"),
+    (lambda d: d["phases"].insert(0, {"kind": "fade", "stage": 0, "start": 0, "end": 0}),
+     r"schedule\.phases\[0\]: a schedule starts with stage 0 stabilizing at 0"),
+    (lambda d: d["phases"].extend([{"kind": "done", "stage": 2, "start": 17, "end": None}] * 5000),
+     r"has 5,006 phases; at most 4,096"),
+])
+def test_schedule_from_dict_checks_every_field(change: Any, message: str) -> None:
+    data = Schedule.lengths(3, stabilize=5, fade=2, unit="steps").to_dict()
+    change(data)
+    with pytest.raises(ValueError, match=message):
+        Schedule.from_dict(data)

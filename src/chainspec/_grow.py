@@ -22,8 +22,9 @@ the same alpha and the same outputs.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,9 +33,19 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from . import _optim
-from ._apply import apply_plans
+from ._apply import _ChainSnapshot, _RngSnapshot, apply_plans
 from ._blend import Blend, blend_ids, resize_adapter, wrap
 from ._chain import Chain
+from ._checkpoint import (
+    _path,
+    _q,
+    _show,
+    state_layout_problem,
+    state_mismatch,
+    state_shape_problem,
+    state_value_problem,
+    tensor_problem,
+)
 from ._compile import instantiate
 from ._diff import Plan, diff
 from ._errors import CheckpointError, PlanError
@@ -387,7 +398,14 @@ class Grower:
         the saved old-path weights, optimizer state and alpha. Load the chains' and optimizers' own
         state dicts after this call, if you saved them separately.
 
+        Every field of ``state`` is checked before anything changes, and a failure while growing
+        puts the chains, the optimizers, torch's RNG and this grower back as they were.
+
         Raises:
+            CheckpointError: ``state`` is malformed; the message names the field (a missing key, a
+                wrong type, a count that is negative or past 2**63, a stage outside the spec's, an
+                alpha outside [0, 1], a fade-in whose weights or optimizer state do not fit the old
+                path).
             PlanError: the chains are already past the saved stage, or mid-fade, or the schedule no
                 longer puts the saved position in the same phase.
 
@@ -400,41 +418,164 @@ class Grower:
             >>> for name, chain in chains.items():  # doctest: +SKIP
             ...     chain.load_state_dict(saved[name])
         """
-        if state.get("version") != STATE_VERSION:
-            raise CheckpointError(f"grower state has version {state.get('version')!r}; this release reads "
-                                  f"{STATE_VERSION}")
-        if state.get("unit") != self.schedule.unit:
-            raise PlanError(f"the saved run counts {state.get('unit')} but the schedule counts {self.schedule.unit}")
+        index, position, images, steps, fade = self._checked(state)
+        phase = self.schedule.phases[index]
+        undo = self._snapshot()
+        try:
+            for stage in range(self.stage + 1, phase.stage + 1):
+                self._grow(stage)
+            if phase.kind == "fade":
+                self._restore_fade(phase.stage, fade)
+            self._index = index
+            self.position = position
+            self.images, self.steps = images, steps
+            self._set_alpha()
+        except BaseException:
+            for restore in reversed(undo):
+                restore()
+            raise
+
+    def _snapshot(self) -> list[Callable[[], None]]:
+        """Restores of everything loading a state changes: torch's RNG, the chains, the optimizers, this grower."""
+        unique = {id(o): o for o in self.optimizers.values() if o is not None}
+        kept = (self._index, self.position, self.images, self.steps, dict(self.blends))
+
+        def restore_self() -> None:
+            self._index, self.position, self.images, self.steps, blends = kept
+            self.blends = dict(blends)
+
+        return [_RngSnapshot().restore, *(_ChainSnapshot(c).restore for c in self.chains.values()),
+                *(_optim.snapshot(o).restore for o in unique.values()), restore_self]
+
+    def _checked(self, state: Any) -> tuple[int, int, int, int, Mapping[str, Any]]:
+        """Check every field of a saved state against this grower; return where it puts the run.
+
+        Returns ``(phase index, position, images, steps, fade-ins)``.
+        """
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"grower state should be a dict, got {type(state).__name__}")
+        version = state.get("version")
+        if type(version) is not int or version != STATE_VERSION:
+            raise CheckpointError(f"grower state has version {_q(version)}; this release reads {STATE_VERSION}")
+        unit = state.get("unit")
+        if not isinstance(unit, str) or unit not in ("images", "steps"):
+            raise _invalid("unit", f"should be 'images' or 'steps', got {_q(unit)}")
+        if unit != self.schedule.unit:
+            raise PlanError(f"the saved run counts {unit} but the schedule counts {self.schedule.unit}")
         if self.blends:
             raise PlanError("load_state_dict needs chains at a plain stage, but a fade is in progress; "
                             "build fresh chains (spec.build_all) and a new Grower, then load")
-        position = int(state["position"])
+        position, images, steps = (_count(state, key) for key in ("position", "images", "steps"))
+        counted = images if unit == "images" else steps
+        if position != counted:
+            raise _invalid("position", f"is {position}, but the run counted {counted} {unit}")
+        saved_stage, saved_kind = self._checked_point(state)
+        fade = state.get("fade", {})
+        if not isinstance(fade, Mapping):
+            raise _invalid("fade", f"should be a dict, got {type(fade).__name__}")
         index = self.schedule.index(position)
         phase = self.schedule.phases[index]
-        if (phase.kind, phase.stage) != (state["phase"], state["stage"]):
-            raise PlanError(f"the saved run was in the {state['phase']} phase of stage {state['stage']} at "
+        if (phase.kind, phase.stage) != (saved_kind, saved_stage):
+            raise PlanError(f"the saved run was in the {saved_kind} phase of stage {saved_stage} at "
                             f"{position:,} {self.schedule.unit}, but this schedule puts that position in the "
                             f"{phase.kind} phase of stage {phase.stage}; use the schedule the run was saved with")
-        current = self.stage
-        if current > phase.stage:
-            raise PlanError(f"the chains are at stage {current}, past the saved stage {phase.stage}; "
+        if self.stage > phase.stage:
+            raise PlanError(f"the chains are at stage {self.stage}, past the saved stage {phase.stage}; "
                             "build them at an earlier stage")
-        for stage in range(current + 1, phase.stage + 1):
-            self._grow(stage)
-        if phase.kind == "fade":
-            self._restore_fade(phase.stage, state.get("fade", {}))
-        self._index = index
-        self.position = position
-        self.images, self.steps = int(state["images"]), int(state["steps"])
-        self._set_alpha()
+        self._check_fades(phase, fade)
+        return index, position, images, steps, fade
+
+    def _checked_point(self, state: Mapping[str, Any]) -> tuple[int, str]:
+        """The saved stage and phase kind, and checks of alpha and the saved schedule."""
+        stage = state.get("stage")
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < self.spec.stages:
+            raise _invalid("stage", f"should be a stage of {_show(self.spec.source)} (0..{self.spec.stages - 1}), "
+                                    f"got {_q(stage)}")
+        kind = state.get("phase")
+        if not isinstance(kind, str) or kind not in ("stabilize", "fade", "done"):
+            raise _invalid("phase", f"should be 'stabilize', 'fade' or 'done', got {_q(kind)}")
+        alpha = state.get("alpha")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
+                (math.isfinite(alpha) if isinstance(alpha, float) else True) and 0 <= alpha <= 1):
+            raise _invalid("alpha", f"should be a number in [0, 1], got {_q(alpha)}")
+        if "schedule" in state:
+            try:
+                Schedule.from_dict(state["schedule"])
+            except ValueError as exc:
+                raise _invalid("schedule", f"is not a schedule: {_show(str(exc))}") from None
+        return stage, kind
+
+    def _check_fades(self, phase: Phase, fade: Mapping[str, Any]) -> None:
+        """The saved fade-ins: exactly one per chain the saved phase blends, each fitting its old path."""
+        fading = [name for name in self.chains
+                  if phase.kind == "fade" and self.transition(name, phase.stage).region is not None]
+        for name in fade:
+            if not isinstance(name, str) or name not in fading:
+                raise _invalid(("fade", name), f"is a fade-in of a chain that is not fading in the saved phase "
+                                               f"({phase.kind} of stage {phase.stage})")
+        for name in fading:
+            if name not in fade:
+                raise CheckpointError(f"the saved grower state has no fade-in of chain {_q(name)} into stage "
+                                      f"{phase.stage}")
+            self._check_fade(name, phase.stage, fade[name])
+
+    def _check_fade(self, name: str, stage: int, entry: Any) -> None:
+        """Check one saved fade-in against a meta-device build of the old path."""
+        where = ("fade", name)
+        if not isinstance(entry, Mapping):
+            raise _invalid(where, f"should be a dict, got {type(entry).__name__}")
+        weights, optim = entry.get("weights"), entry.get("optimizer")
+        for key, value in (("weights", weights), ("optimizer", optim)):
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise _invalid((*where, key), "should be a dict with string keys")
+        region = self.transition(name, stage).region
+        assert region is not None
+        nodes = {n.id: n for n in self.spec.resolved(name).at(stage - 1)}
+        _, dtype = _placement(self.chains[name])
+        expected: dict[str, Tensor] = {}
+        params: dict[str, Tensor] = {}
+        with torch.random.fork_rng(devices=[]):
+            for node_id in region.old_ids:
+                module = instantiate(nodes[node_id], device="meta", dtype=dtype)
+                expected.update((f"{node_id}.{k}", v) for k, v in module.state_dict().items())
+                params.update((f"{node_id}.{k}", p) for k, p in module.named_parameters())
+        for key, value in weights.items():
+            _check(tensor_problem(value), (*where, "weights", key))
+        mismatched = state_mismatch(weights, expected)
+        if mismatched:
+            raise _invalid((*where, "weights"), f"do not fit the old path: {_show('; '.join(mismatched), 2000)}")
+        for key, value in weights.items():
+            if value.is_floating_point() != expected[key].is_floating_point():
+                raise _invalid((*where, "weights", key), f"is a {value.dtype} tensor where the old path has "
+                                                         f"{expected[key].dtype}")
+        optimizer = self.optimizers[name]
+        for pname, saved in optim.items():
+            self._check_old_state((*where, "optimizer", pname), saved, params.get(pname),
+                                  type(optimizer) if optimizer is not None else None)
+
+    @staticmethod
+    def _check_old_state(where: tuple[object, ...], saved: Any, param: Tensor | None,
+                         cls: type[Optimizer] | None) -> None:
+        if param is None:
+            raise _invalid(where, "is not a parameter of the old path")
+        if not isinstance(saved, Mapping):
+            raise _invalid(where, f"should be a dict, got {type(saved).__name__}")
+        group = saved.get("group")
+        if isinstance(group, bool) or not isinstance(group, int) or not -1 <= group <= MAX_COUNT:
+            raise _invalid((*where, "group"), f"should be a group index (or -1: untrained), got {_q(group)}")
+        state = saved.get("state")
+        if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+            raise _invalid((*where, "state"), "should be a dict with string keys")
+        for key, value in state.items():
+            _check(state_value_problem(key, value) or state_shape_problem(cls, key, value, param),
+                   (*where, "state", key))
 
     def _restore_fade(self, stage: int, saved: Mapping[str, Any]) -> None:
+        """Blend the saved old paths in again (``saved`` is checked: see :meth:`_check_fade`)."""
         for name, chain in self.chains.items():
             transition = self.transition(name, stage)
             if transition.region is None:
                 continue
-            if name not in saved:
-                raise CheckpointError(f"the saved grower state has no fade-in of chain {name!r} into stage {stage}")
             weights, optim = saved[name]["weights"], saved[name]["optimizer"]
             nodes = {n.id: n for n in self.spec.resolved(name).at(stage - 1)}
             device, dtype = _placement(chain)
@@ -446,16 +587,24 @@ class Grower:
                     try:
                         module.load_state_dict(own, strict=True)
                     except RuntimeError as exc:
-                        raise CheckpointError(f"cannot restore the old path {node_id!r} of chain {name!r}: "
-                                              f"{str(exc).splitlines()[0]}") from None
+                        raise CheckpointError(f"cannot restore the old path {_q(node_id)} of chain {_q(name)}: "
+                                              f"{_show(str(exc).splitlines()[0])}") from None
                     module.train(chain.training)
                     old.append((node_id, module, nodes[node_id].type))
             entries = []
+            optimizer = self.optimizers[name]
             for node_id, module, _ in old:
                 for pname, param in module.named_parameters():
                     saved_entry = optim.get(f"{node_id}.{pname}")
                     group = None if saved_entry is None or saved_entry["group"] < 0 else int(saved_entry["group"])
                     st = _to_param(saved_entry["state"], param) if saved_entry and saved_entry["state"] else None
+                    if optimizer is not None and group is not None and st is not None:
+                        groups = optimizer.param_groups
+                        found = state_layout_problem(type(optimizer), groups[group] if group < len(groups)
+                                                     else groups[0], st, param)
+                        if found is not None:
+                            raise _invalid(("fade", name, "optimizer", f"{node_id}.{pname}", "state", found[0]),
+                                           found[1])
                     entries.append((f"{node_id}.{pname}", param, group, st))
             self._wrap(name, stage, old, transition.adapters(), entries, alpha=0.0)
 
@@ -503,23 +652,90 @@ class Grower:
                         policy: str | None = None) -> Grower:
         """Resume from a checkpoint written by :meth:`save`: its chains and optimizers, grown and blended as saved.
 
-        The schedule is the one the run was saved with, unless ``schedule`` is given.
+        The schedule is the one the run was saved with, unless ``schedule`` is given. The grower
+        state in the checkpoint is checked field by field before the chains change; on any failure
+        they are left as :func:`chainspec.load_checkpoint` rebuilt them.
+
+        Raises:
+            CheckpointError: the checkpoint has no grower state, or its grower state, its saved schedule
+                or its optimizer map is malformed or does not fit its spec (the message names the field).
+            PlanError: ``schedule`` was given and does not put the saved position in the saved phase.
+            ValueError: ``schedule`` or ``policy`` is not valid for this spec.
 
         Example:
             >>> ckpt = chainspec.load_checkpoint("run/last.pt")  # doctest: +SKIP
             >>> grower = chainspec.Grower.from_checkpoint(ckpt)  # doctest: +SKIP
             >>> g, d = grower.chains["generator"], grower.chains["discriminator"]  # doctest: +SKIP
         """
-        if "grower" not in checkpoint.extra:
+        if policy is not None and policy not in ("keep", "reset"):
+            raise ValueError(f"policy must be 'keep' or 'reset', got {policy!r}")
+        if schedule is not None and schedule.stages != checkpoint.spec.stages:
+            raise ValueError(f"the schedule has {schedule.stages} stages but {checkpoint.spec.source} has "
+                             f"{checkpoint.spec.stages}")
+        extra = checkpoint.extra
+        state = extra.get("grower") if isinstance(extra, Mapping) else None
+        if state is None:
             raise CheckpointError("the checkpoint has no grower state; save it with Grower.save")
-        keys = checkpoint.extra.get("grower_optimizers", {})
-        optimizers = {name: checkpoint.optimizers[key] for name, key in keys.items() if key in checkpoint.optimizers}
-        state = checkpoint.extra["grower"]
+        if not isinstance(state, Mapping):
+            raise _invalid((), f"should be a dict, got {type(state).__name__}")
+        optimizers = _saved_optimizers(checkpoint)
+        given = schedule is not None
         if schedule is None and "schedule" in state:
-            schedule = Schedule.from_dict(state["schedule"])
-        grower = cls(checkpoint.spec, checkpoint.chains, optimizers, schedule=schedule, policy=policy)
-        grower.load_state_dict(state)
+            try:
+                schedule = Schedule.from_dict(state["schedule"])
+            except ValueError as exc:
+                raise _invalid("schedule", f"is not a schedule: {_show(str(exc))}") from None
+        try:
+            grower = cls(checkpoint.spec, checkpoint.chains, optimizers, schedule=schedule, policy=policy)
+            grower.load_state_dict(state)
+        except (ValueError, PlanError) as exc:
+            if given and isinstance(exc, PlanError):
+                raise
+            raise CheckpointError(f"cannot resume a grower from the checkpoint: {_show(str(exc), 2000)}") from exc
         return grower
+
+
+def _saved_optimizers(checkpoint: Checkpoint) -> dict[str, Optimizer]:
+    """The optimizer of each chain, from the checkpoint's ``extra["grower_optimizers"]`` map."""
+    keys = checkpoint.extra.get("grower_optimizers", {})
+    if not isinstance(keys, Mapping):
+        raise CheckpointError(f"the checkpoint's grower_optimizers should be a dict, got {type(keys).__name__}")
+    optimizers: dict[str, Optimizer] = {}
+    for name, key in keys.items():
+        if not isinstance(name, str) or name not in checkpoint.chains:
+            raise CheckpointError(f"the checkpoint's grower_optimizers names {_q(name)}, which is not one of its "
+                                  f"chains ({_show(', '.join(checkpoint.chains))})")
+        if not isinstance(key, str) or key not in checkpoint.optimizers:
+            raise CheckpointError(f"the checkpoint's grower_optimizers gives chain {_q(name)} the optimizer "
+                                  f"{_q(key)}, which the checkpoint does not have")
+        optimizers[name] = checkpoint.optimizers[key]
+    unused = [key for key in checkpoint.optimizers if key not in set(keys.values())]
+    if unused:
+        raise CheckpointError(f"the checkpoint's optimizer {_q(unused[0])} is no chain's in its grower_optimizers; "
+                              "growing without it would leave it training parameters that leave the chains")
+    return optimizers
+
+
+#: Largest count (images, steps, a position, a group index) a grower state may hold.
+MAX_COUNT = 2**63 - 1
+
+
+def _invalid(field: str | tuple[object, ...], problem: str) -> CheckpointError:
+    """A malformed grower state, naming the field (``fade.generator.weights``)."""
+    path = _path(field if isinstance(field, tuple) else (field,))
+    return CheckpointError(f"grower state: '{path}' {problem}" if path else f"grower state {problem}")
+
+
+def _check(problem: str | None, field: tuple[object, ...]) -> None:
+    if problem is not None:
+        raise _invalid(field, problem)
+
+
+def _count(state: Mapping[str, Any], key: str) -> int:
+    value = state.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise _invalid(key, f"should be a count in [0, 2**63 - 1], got {_q(value)}")
+    return value
 
 
 def _abrupt_hint(stage: int) -> str:

@@ -12,11 +12,12 @@ what ``chainspec validate`` checks and what :class:`chainspec.Grower` follows.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._errors import Problem
+from ._errors import Problem, printable
 from ._model import GrowthSpec, SpecModel
 from ._yaml import Document
 
@@ -149,18 +150,94 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
-        """The inverse of :meth:`to_dict`.
+        """The inverse of :meth:`to_dict`, checking every field (the dict may come from a file).
+
+        Raises:
+            ValueError: naming the field: a missing key, a value of the wrong type or out of range, or
+                phases that are not a schedule (a stabilize phase per stage, a fade only before a
+                stabilize of the stage it fades into, contiguous spans, one open-ended ``done`` at the end).
 
         Example:
             >>> sched = Schedule.lengths(3, stabilize=5, fade=2, unit="steps")
             >>> Schedule.from_dict(sched.to_dict()) == sched
             True
+            >>> Schedule.from_dict({"unit": "steps", "policy": "keep", "phases": []})
+            Traceback (most recent call last):
+            ...
+            ValueError: schedule.phases: a schedule's phases must end with exactly one open-ended 'done' phase
         """
-        phases = tuple(Phase(p["kind"], int(p["stage"]), int(p["start"]), None if p["end"] is None else int(p["end"]))
-                       for p in data["phases"])
+        if not isinstance(data, Mapping):
+            raise ValueError(f"schedule: should be a dict, got {type(data).__name__}")
+        unit = _choice(data, "unit", ("images", "steps"))
+        policy = _choice(data, "policy", ("keep", "reset"))
+        raw = data.get("phases")
+        if not isinstance(raw, (list, tuple)):
+            raise ValueError(f"schedule.phases: should be a list, got {type(raw).__name__}")
+        if len(raw) > MAX_PHASES:
+            raise ValueError(f"schedule.phases: has {len(raw):,} phases; at most {MAX_PHASES:,}")
+        phases = tuple(_phase(item, i) for i, item in enumerate(raw))
         if not phases or phases[-1].end is not None or any(p.end is None for p in phases[:-1]):
-            raise ValueError("a schedule's phases must end with exactly one open-ended 'done' phase")
-        return cls(phases, data["unit"], data["policy"])
+            raise ValueError("schedule.phases: a schedule's phases must end with exactly one open-ended 'done' phase")
+        _check_sequence(phases)
+        return cls(phases, unit, policy)  # type: ignore[arg-type]
+
+
+#: Most phases a schedule read from a dict may have (two per stage, stages up to ``_model.MAX_STAGES``).
+MAX_PHASES = 4096
+#: Largest position (images or steps) in a schedule read from a dict.
+MAX_POSITION = 2**63 - 1
+_KINDS = ("stabilize", "fade", "done")
+
+
+def _choice(data: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or value not in allowed:
+        shown = repr(value[:80]) if isinstance(value, str) else type(value).__name__
+        raise ValueError(f"schedule.{key}: should be one of {', '.join(allowed)}, got {printable(shown)}")
+    return value
+
+
+def _count(item: Mapping[str, Any], key: str, where: str) -> int:
+    value = item.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}.{key}: should be an int, got {type(value).__name__}")
+    if not 0 <= value <= MAX_POSITION:
+        raise ValueError(f"{where}.{key}: should be in [0, 2**63 - 1], got {value if abs(value) < 10**30 else 'more'}")
+    return value
+
+
+def _phase(item: Any, i: int) -> Phase:
+    where = f"schedule.phases[{i}]"
+    if not isinstance(item, Mapping):
+        raise ValueError(f"{where}: should be a dict, got {type(item).__name__}")
+    kind = item.get("kind")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"{where}.kind: should be one of {', '.join(_KINDS)}")
+    stage, start = _count(item, "stage", where), _count(item, "start", where)
+    end = None if "end" in item and item["end"] is None else _count(item, "end", where)
+    if end is not None and end < start:
+        raise ValueError(f"{where}.end: {end} is before its start {start}")
+    return Phase(kind, stage, start, end)  # type: ignore[arg-type]
+
+
+def _check_sequence(phases: tuple[Phase, ...]) -> None:
+    """Phases in the order :meth:`Schedule.lengths` makes them: stage 0 stabilizes first, each later stage
+    optionally fades in then stabilizes, spans are contiguous from 0, and ``done`` is at the last stage."""
+    if phases[0].kind != "stabilize" or phases[0].stage != 0 or phases[0].start != 0:
+        raise ValueError("schedule.phases[0]: a schedule starts with stage 0 stabilizing at 0")
+    for i, (prev, phase) in enumerate(itertools.pairwise(phases), start=1):
+        where = f"schedule.phases[{i}]"
+        if phase.start != prev.end:
+            raise ValueError(f"{where}.start: {phase.start} is not where the phase before it ends ({prev.end})")
+        if phase.kind == "done":
+            ok = prev.kind == "stabilize" and phase.stage == prev.stage
+        elif phase.kind == "fade":
+            ok = prev.kind == "stabilize" and phase.stage == prev.stage + 1
+        else:
+            ok = phase.stage == (prev.stage if prev.kind == "fade" else prev.stage + 1)
+        if not ok:
+            raise ValueError(f"{where}: a {phase.kind} phase of stage {phase.stage} cannot follow a {prev.kind} "
+                             f"phase of stage {prev.stage}")
 
 
 def growth_problems(model: SpecModel, doc: Document, stages: int) -> list[Problem]:
