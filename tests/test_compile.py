@@ -230,3 +230,159 @@ def test_build_gives_each_node_its_type_and_fresh_weights(blog_path: Path) -> No
     assert [(n.id, n.type) for n in one] == [("b1", "conv_block"), ("b2", "conv_block"), ("b3", "conv_block")]
     assert not torch.equal(one.b1.conv.weight, two.b1.conv.weight)  # every build initialises anew
     assert one.stage == 2
+
+
+# -- the memory a build allocates: parameters, buffers and every other tensor ----------------------------------------
+
+#: The largest size a spec may give (``_model.MAX_DIM``).
+MAX_DIM = 2**31 - 1
+
+
+def _no_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test, instead of allocating, if a build gets past the memory guard."""
+    from chainspec import _compile
+
+    def refuse(*args: object, **kwargs: object) -> nn.Module:
+        raise AssertionError("the memory guard let a build through")
+
+    monkeypatch.setattr(_compile, "instantiate", refuse)
+
+
+def _norms(count: int, kind: str = "batchnorm1d", args: str = f"num_features: {MAX_DIM}, affine: false") -> str:
+    shape = {"batchnorm1d": f"[{MAX_DIM}]", "batchnorm2d": f"[{MAX_DIM}, 1, 1]"}.get(kind, f"[{MAX_DIM}, 2, 1]")
+    nodes = "".join(f"      - {{id: n{i}, type: {kind}, args: {{{args}}}}}\n" for i in range(count))
+    return f"chainspec: 1\nchains:\n  net:\n    input_shape: {shape}\n    nodes:\n{nodes}"
+
+
+def test_summary_rows_count_parameter_and_buffer_bytes(blog_path: Path) -> None:
+    summary = chainspec.load(blog_path).summary(stage=0)
+    [b1] = summary.nodes
+    # conv 3 -> 32 (no bias) and batch norm over 32 channels: 864 + 64 weights; running mean, var
+    # (32 floats each) and the int64 batch counter.
+    assert (b1.params, b1.param_bytes, b1.buffer_bytes) == (928, 928 * 4, 2 * 32 * 4 + 8)
+    assert summary.nbytes == summary.param_bytes + summary.buffer_bytes == 928 * 4 + 264
+    half = chainspec.load(blog_path).summary(stage=0, dtype=torch.float16).nodes[0]
+    assert (half.param_bytes, half.buffer_bytes) == (928 * 2, 2 * 32 * 2 + 8)  # the counter stays int64
+    assert summary.to_dict() == {"stage": 0, "params": 928, "nodes": [
+        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928}]}
+    assert summary.to_dict(memory=True) == {"stage": 0, "params": 928, "param_bytes": 3712, "buffer_bytes": 264,
+                                            "nodes": [{"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32],
+                                                       "params": 928, "param_bytes": 3712, "buffer_bytes": 264}]}
+
+
+@pytest.mark.parametrize(("kind", "args", "per_node"), [
+    ("batchnorm1d", f"num_features: {MAX_DIM}, affine: false", 2 * 4 * MAX_DIM + 8),
+    ("batchnorm2d", f"num_features: {MAX_DIM}, affine: false", 2 * 4 * MAX_DIM + 8),
+    ("instancenorm2d", f"num_features: {MAX_DIM}, track_running_stats: true", 2 * 4 * MAX_DIM + 8),
+], ids=["batchnorm1d", "batchnorm2d", "instancenorm2d"])
+def test_norms_without_weights_are_measured_by_their_running_statistics(kind: str, args: str, per_node: int) -> None:
+    summary = chainspec.loads(_norms(2, kind, args)).summary()
+    assert summary.params == 0 and [n.buffer_bytes for n in summary.nodes] == [per_node, per_node]
+
+
+def test_ten_affine_free_batch_norms_are_refused_before_allocating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reported case: no weight at all, 172 GB of running statistics."""
+    from chainspec import _memory
+
+    _no_allocation(monkeypatch)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 100 * 10**9)
+    spec = chainspec.loads(_norms(10), source="bn.yaml")
+    with pytest.raises(SpecError) as info:
+        spec.build()
+    assert str(info.value) == (
+        "bn.yaml:6:9: chains.net.nodes[0] (n0): chain 'net' needs 171.8 GB of weights and buffers at stage 0, "
+        "but cpu has 100.0 GB free; this node alone holds 17.2 GB of buffers; reduce its sizes, or build on a "
+        "device with more memory")
+
+
+def test_buffers_no_machine_has_are_refused_without_a_patched_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thousand of them: 17 TB of memory, and each node alone 17 GB, so only the sum is over any machine."""
+    _no_allocation(monkeypatch)
+    with pytest.raises(SpecError, match=r"needs 17.2 TB of weights and buffers .* this node alone holds 17.2 GB of "
+                                        r"buffers"):
+        chainspec.loads(_norms(1000)).build()
+
+
+@pytest.fixture
+def big_state(fresh_types: list[str]) -> None:
+    """Registered types holding big tensors: as buffers (persistent or not), attributes, lists, many of them."""
+    from chainspec import register_type
+
+    class Table(nn.Module):
+        def __init__(self, size: int, how: str = "buffer", count: int = 1) -> None:
+            super().__init__()
+            if how == "buffer":
+                self.register_buffer("table", torch.empty(size))
+            elif how == "scratch":
+                self.register_buffer("scratch", torch.empty(size), persistent=False)
+            elif how == "attribute":
+                self.table = torch.empty(size)
+            elif how == "list":
+                self.tables = [torch.empty(size), torch.empty(size)]
+            elif how == "views":  # one storage, seen twice
+                self.register_buffer("table", torch.empty(size))
+                self.register_buffer("first_half", self.table[: size // 2])
+            elif how == "many":
+                for i in range(count):
+                    self.register_buffer(f"t{i}", torch.empty(size))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    register_type("table")(Table)
+    fresh_types.append("table")
+
+
+@pytest.mark.parametrize(("how", "bytes_"), [("buffer", 4096), ("scratch", 4096), ("attribute", 4096),
+                                             ("list", 8192), ("views", 4096), ("many", 3 * 4096)])
+def test_every_tensor_a_registered_type_keeps_is_measured(big_state: None, how: str, bytes_: int) -> None:
+    spec = chainspec.loads("chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes:\n"
+                           f"      - {{id: t, type: table, args: {{size: 1024, how: {how}, count: 3}}}}\n")
+    [row] = spec.summary().nodes
+    assert (row.params, row.param_bytes, row.buffer_bytes) == (0, 0, bytes_)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    ("size: 35184372088832", "140.7 TB of buffers"),  # one registered buffer of 2**45 floats
+    ("size: 35184372088832, how: scratch", "140.7 TB of buffers"),  # the same, not persistent
+    ("size: 2147483647, how: many, count: 10000", "85.9 TB of buffers"),  # 10,000 medium buffers in one node
+], ids=["buffer", "non-persistent", "many-medium"])
+def test_a_registered_type_with_big_buffers_is_refused(big_state: None, monkeypatch: pytest.MonkeyPatch,
+                                                       args: str, fragment: str) -> None:
+    _no_allocation(monkeypatch)
+    spec = chainspec.loads("chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes:\n"
+                           f"      - {{id: t, type: table, args: {{{args}}}}}\n", source="t.yaml")
+    with pytest.raises(SpecError, match=rf"^t.yaml:6:\d+: chains.net.nodes\[0\] \(t\): .* this node alone holds "
+                                        rf"{re.escape(fragment)}"):
+        spec.build()
+
+
+def test_weights_and_buffers_are_summed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainspec import _memory
+
+    _no_allocation(monkeypatch)
+    # 52 GB of running statistics, then 43 GB of weights, with 60 GB free: each fits, together they do not.
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 60 * 10**9)
+    spec = chainspec.loads(_norms(3) + f"      - {{id: w, type: linear, args: {{in_features: {MAX_DIM}, "
+                                       "out_features: 5, bias: false}}\n")
+    summary = spec.summary()
+    assert (summary.param_bytes, summary.buffer_bytes) == (5 * MAX_DIM * 4, 3 * (2 * MAX_DIM * 4 + 8))
+    with pytest.raises(SpecError, match=r"\(w\): chain 'net' needs 94.5 GB of weights and buffers .* this node "
+                                        r"alone holds 10,737,418,235 parameters"):
+        spec.build()
+
+
+def test_applying_a_revision_refuses_new_modules_that_cannot_fit(big_state: None) -> None:
+    from chainspec._apply import shape_check
+
+    head = "chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes:\n"
+    fc = "      - {id: fc, type: linear, args: {in_features: 4, out_features: 4}}\n"
+    big = "      - {id: t, type: table, args: {size: 35184372088832}}\n"
+    plan = chainspec.diff(chainspec.loads(head + fc), chainspec.loads(head + fc + big, source="new.yaml"))
+    shape_check(plan, None)  # shapes only
+    with pytest.raises(SpecError, match=r"^new.yaml:7:\d+: chains.net.nodes\[1\] \(t\): chain 'net' needs 140.7 TB "
+                                        r"of weights and buffers"):
+        shape_check(plan, None, "cpu")
+    # Only what the plan builds counts: a node both revisions have is already allocated.
+    kept = chainspec.diff(chainspec.loads(head + big), chainspec.loads(head + big + fc))
+    shape_check(kept, None, "cpu")

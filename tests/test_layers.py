@@ -135,3 +135,18 @@ def test_composite_is_named_after_its_type() -> None:
     assert repr(block).startswith("conv_block(\n  (conv): Conv2d")
     assert list(block.state_dict()) == ["conv.weight", "conv.bias"]
     assert block(torch.randn(1, 3, 5, 5)).shape == (1, 8, 3, 3)
+
+
+def test_elementwise_builtins_keep_every_floating_shape_and_dtype() -> None:
+    """Shape checks never run these (see ``_compile.Probes``): they must give back what they get."""
+    from chainspec._registry import builtin_type_names, get_type
+
+    marked = sorted(name for name in builtin_type_names()
+                    if getattr(get_type(name).factory, "chainspec_elementwise", False))
+    assert marked == ["dropout", "gelu", "identity", "leaky_relu", "relu", "sigmoid", "silu", "tanh"]
+    for name in marked:
+        module = get_type(name).factory()
+        for shape in [(2,), (2, 3), (2, 1, 5), (3, 2, 4, 4), (1, 2, 3, 4, 5)]:
+            for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                y = module(torch.randn(shape).to(dtype))
+                assert y.shape == shape and y.dtype == dtype, (name, shape, dtype)

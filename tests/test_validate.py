@@ -112,6 +112,36 @@ def test_deep_adds_shape_inference_at_every_stage(tmp_path: Path, capsys: pytest
     assert LOCATED.match(out) and "chains.net.nodes[1]" in out and "6" in out, out
 
 
+def test_deep_on_a_thousand_stages_of_a_growing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 stages x 3,000 nodes, the input growing at each stage: checked, building one module."""
+    from chainspec import _compile
+
+    nodes = ", ".join(f"{{id: n{i}, type: relu}}" for i in range(3000))
+    path = write(tmp_path, "growing.yaml", f'chainspec: 1\nstages: 1000\nchains:\n  net:\n'
+                                           f'    input_shape: ["${{stage + 1}}"]\n    nodes: [{nodes}]\n')
+    built: list[object] = []
+    real = _compile.build_module
+    monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
+    assert run_cli(["--deep", str(path)], capsys)[:2] == (0, "")
+    assert len(built) == 1
+
+
+def test_deep_refuses_what_would_cost_too_much_with_a_located_problem(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainspec import _compile
+
+    monkeypatch.setattr(_compile, "MAX_CHECK_RUNS", 10)
+    path = write(tmp_path, "wide.yaml", 'chainspec: 1\nstages: 20\nchains:\n  net:\n'
+                                        '    input_shape: ["${stage + 1}", 4]\n'
+                                        "    nodes: [{id: fc, type: linear, args: {in_features: 4, out_features: 4}}]"
+                                        "\n")
+    code, out, _err = run_cli(["--deep", str(path)], capsys)
+    assert code == 1 and "Traceback" not in out
+    assert out.startswith(f"{path}:4:3: chains.net: shape-checking 20 stage(s) of 1 nodes takes more than 10 module "
+                          "runs on the meta device; it was stopped there"), out
+
+
 def test_import_paths_need_permission(capsys: pytest.CaptureFixture[str]) -> None:
     path = FIXTURES / "valid" / "import_path.yaml"
     code, out, _err = run_cli([str(path)], capsys)

@@ -8,7 +8,8 @@ these types costs no torch import.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -30,6 +31,23 @@ Pad2 = Pad | tuple[Pad, Pad]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 #: PG-GAN's default gain for equalized learning rate: He initialisation for leaky ReLU-ish activations.
 SQRT2 = math.sqrt(2.0)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def elementwise(factory: F) -> F:
+    """Mark a type whose module gives back any floating-point input's shape and dtype unchanged.
+
+    Shape checks then run such a node once, at the first input it gets, instead of once per
+    input shape (see ``_compile.Probes``). Only for modules that work elementwise on inputs of
+    every shape, as ``relu`` does.
+
+    Example:
+        >>> relu.chainspec_elementwise, conv2d.__dict__.get("chainspec_elementwise", False)
+        (True, False)
+    """
+    setattr(factory, "chainspec_elementwise", True)  # noqa: B010 (a function attribute mypy would not know)
+    return factory
 
 
 @builtin("conv1d")
@@ -115,6 +133,7 @@ def instancenorm2d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1,
 
 
 @builtin("dropout")
+@elementwise
 def dropout(p: Probability = 0.5) -> nn.Module:
     """Dropout (``torch.nn.Dropout``)."""
     from torch import nn
@@ -123,6 +142,7 @@ def dropout(p: Probability = 0.5) -> nn.Module:
 
 
 @builtin("relu")
+@elementwise
 def relu() -> nn.Module:
     """Rectified linear unit (``torch.nn.ReLU``)."""
     from torch import nn
@@ -131,6 +151,7 @@ def relu() -> nn.Module:
 
 
 @builtin("leaky_relu")
+@elementwise
 def leaky_relu(negative_slope: float = 0.01) -> nn.Module:
     """Leaky ReLU (``torch.nn.LeakyReLU``); PG-GAN uses a slope of 0.2."""
     from torch import nn
@@ -139,6 +160,7 @@ def leaky_relu(negative_slope: float = 0.01) -> nn.Module:
 
 
 @builtin("gelu")
+@elementwise
 def gelu(approximate: Literal["none", "tanh"] = "none") -> nn.Module:
     """Gaussian error linear unit (``torch.nn.GELU``)."""
     from torch import nn
@@ -147,6 +169,7 @@ def gelu(approximate: Literal["none", "tanh"] = "none") -> nn.Module:
 
 
 @builtin("silu")
+@elementwise
 def silu() -> nn.Module:
     """Sigmoid linear unit, a.k.a. swish (``torch.nn.SiLU``)."""
     from torch import nn
@@ -155,6 +178,7 @@ def silu() -> nn.Module:
 
 
 @builtin("tanh")
+@elementwise
 def tanh() -> nn.Module:
     """Hyperbolic tangent (``torch.nn.Tanh``)."""
     from torch import nn
@@ -163,6 +187,7 @@ def tanh() -> nn.Module:
 
 
 @builtin("sigmoid")
+@elementwise
 def sigmoid() -> nn.Module:
     """Logistic sigmoid (``torch.nn.Sigmoid``)."""
     from torch import nn
@@ -171,6 +196,7 @@ def sigmoid() -> nn.Module:
 
 
 @builtin("identity")
+@elementwise
 def identity() -> nn.Module:
     """Passes its input through unchanged (``torch.nn.Identity``)."""
     from torch import nn

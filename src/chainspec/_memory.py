@@ -3,8 +3,9 @@
 Shape inference runs on the meta device, so a spec asking for a linear layer
 of 2**31 x 2**20 features passes it; allocating that for real would fail deep
 inside torch, or worse, succeed on an overcommitting OS and get the process
-killed. The build compares the parameter bytes the summary counted with what
-the device has free and raises a located :class:`SpecError` instead.
+killed. The build compares the bytes the summary measured on the meta-device
+build (parameters, buffers such as running statistics, any other tensor a module
+keeps) with what the device has free and raises a located :class:`SpecError` instead.
 """
 
 from __future__ import annotations
@@ -71,17 +72,41 @@ def format_bytes(size: float) -> str:
 
 def check_fits(summary: ChainSummary, chain: ResolvedChain, doc: Document, *,
                device: torch.device | str | None, dtype: torch.dtype | None) -> None:
-    """Raise :class:`SpecError` at the largest node if the chain's weights exceed the device's free memory."""
+    """Raise :class:`SpecError` at the largest node if building the summary's nodes exceeds the device's free memory.
+
+    Every tensor the modules hold counts, as measured on their meta-device build
+    (``NodeSummary.param_bytes`` and ``buffer_bytes``): parameters, buffers persistent
+    or not (batch norm's running statistics), and any other tensor a module keeps, summed
+    over all nodes, so many medium tensors are refused like one huge one. A row without
+    measured bytes counts its parameters at ``dtype``'s size.
+
+    Example:
+        >>> from chainspec._compile import ChainSummary, NodeSummary
+        >>> from chainspec._resolve import ResolvedChain
+        >>> from chainspec._yaml import parse_yaml
+        >>> rows = tuple(NodeSummary(f"bn{i}", "batchnorm1d", (8,), 0, buffer_bytes=10**17) for i in range(10))
+        >>> check_fits(ChainSummary("net", 0, (8,), rows), ResolvedChain("net", (8,), ()), parse_yaml("{}", "x.yaml"),
+        ...            device="cpu", dtype=None)
+        Traceback (most recent call last):
+        ...
+        chainspec._errors.SpecError: x.yaml:1:1: chains.net: chain 'net' needs 1000.0 PB of weights and buffers ...
+    """
     itemsize = torch.empty((), dtype=dtype or torch.get_default_dtype(), device="meta").element_size()
-    need = summary.params * itemsize
+    sizes = [n.nbytes or n.params * itemsize for n in summary.nodes]
+    need = sum(sizes)
     free = available_bytes(device)
     if free is None or need <= free or not summary.nodes:
         return
-    biggest = max(summary.nodes, key=lambda n: n.params)
-    node = next(n for n in chain.nodes if n.id == biggest.id)
+    biggest = summary.nodes[max(range(len(sizes)), key=sizes.__getitem__)]
+    node = next((n for n in chain.nodes if n.id == biggest.id), None)
     where = torch.device(device) if device is not None else torch.get_default_device()
+    buffers = any(n.buffer_bytes for n in summary.nodes)
+    holds = [f"{biggest.params:,} parameters"] if biggest.params else []
+    holds += [f"{format_bytes(biggest.buffer_bytes)} of buffers"] if biggest.buffer_bytes else []
     raise SpecError([doc.problem(
-        node.path,
-        f"chain {chain.name!r} needs {format_bytes(need)} of weights at stage {summary.stage}, but {where} has "
-        f"{format_bytes(free)} free; this node alone holds {biggest.params:,} parameters",
-        "reduce its sizes, or build on a device with more memory", label=f" ({node.id})")])
+        node.path if node is not None else ("chains", chain.name),
+        f"chain {chain.name!r} needs {format_bytes(need)} of weights{' and buffers' if buffers else ''} at stage "
+        f"{summary.stage}, but {where} has {format_bytes(free)} free; this node alone holds "
+        f"{' and '.join(holds) or format_bytes(max(sizes))}",
+        "reduce its sizes, or build on a device with more memory",
+        label=f" ({biggest.id})" if node is not None else "")])
