@@ -10,7 +10,10 @@ runs every scenario, so torch is imported twice, not per test:
 * ``grower``: the generator of ``specs/pggan_tiny.yaml`` through two fade-ins
   and their collapses with a :class:`DistributedGrower`;
 * ``failures``: ranks holding different revisions, an invalid revision and a
-  rank that never reaches the barrier all raise, quickly, on every rank.
+  rank that never reaches the barrier all raise, quickly, on every rank;
+* ``settle``: saves written in two ``write()`` calls are taken only once
+  complete (rank 0 decides), and a node a half save removed comes back
+  trained, on every rank.
 
 Each rank seeds torch with its own seed, so every new weight is different on
 the two ranks until it is broadcast from rank 0: rank 0 uses the seed of the
@@ -113,7 +116,8 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
     chain = spec.build(stage=0)
     model: nn.Module = csd.wrap(chain) if world > 1 else chain
     opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
-    watcher = csd.DistributedSpecWatcher(watch_path, model, opt, spec=spec)
+    # Each save here is written whole, and polled at once: settle=0 (scenario_settle covers the wait).
+    watcher = csd.DistributedSpecWatcher(watch_path, model, opt, spec=spec, settle=0)
     first = model
     data = torch.Generator().manual_seed(7)
     teacher = torch.randn(6, 3, generator=data)
@@ -200,6 +204,70 @@ def scenario_grower(rank: int, world: int) -> dict[str, Any]:
         out["snapshots"].append(_snapshot(g))
         out["rank_diff"].append(_sync_check(g))
         out["ids"].append(g.ids())
+    return out
+
+
+#: The watched-save scenario's settle time (seconds) and the pause that outlasts it.
+SETTLE_S, PAUSE_S = 0.2, 0.3
+
+
+def scenario_settle(rank: int, world: int, tmp: Path) -> dict[str, Any]:
+    """Saves written in two ``write()`` calls, their first half a valid spec, under a DistributedSpecWatcher.
+
+    First the writer finishes within ``settle``: the half is never applied, on any rank. Then it pauses
+    longer than ``settle``: the half (without ``out``) is applied, and the rest brings ``out`` back with
+    its trained weights and Adam state, on every rank.
+    """
+    torch.manual_seed(4000)  # the same weights on both ranks, and no DDP: they stay equal
+    spec = chainspec.loads(SPEC, source="settle.yaml")
+    chain = spec.build(stage=0)
+    opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
+    data = torch.Generator().manual_seed(8)
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        chain(torch.randn(4, 6, generator=data)).square().mean().backward()
+        opt.step()
+
+    train()
+    path = tmp / "settle.yaml" if rank == 0 else tmp / "absent" / "settle.yaml"
+    if rank == 0:
+        path.write_text(SPEC, encoding="utf-8")
+    watcher = csd.DistributedSpecWatcher(path, chain, opt, spec=spec, settle=SETTLE_S)
+    out: dict[str, Any] = {"noted": [], "ids": [], "plans": []}
+
+    def save_in_two_writes(text: str, pause: float) -> None:
+        half = text[:text.index("      - {id: out")]
+        handle = open(path, "w", encoding="utf-8") if rank == 0 else None  # noqa: SIM115
+        if handle is not None:
+            handle.write(half)
+            handle.flush()
+        out["noted"].append(watcher.poll() is None)  # the first half has landed
+        out["ids"].append(chain.ids())
+        time.sleep(pause)
+        if pause > SETTLE_S:  # the writer paused too long: the half is complete as far as anyone can tell
+            plan = watcher.poll()
+            out["plans"].append(str(plan))
+            out["ids"].append(chain.ids())
+            train()
+        if handle is not None:
+            handle.write(text[len(half):])
+            handle.close()
+        out["noted"].append(watcher.poll() is None)  # the rest has landed: noted, not taken at once
+        time.sleep(PAUSE_S)
+        out["plans"].append(str(watcher.poll()))
+        out["ids"].append(chain.ids())
+
+    weight = chain["out"].module.weight
+    save_in_two_writes(SPEC.replace("act0, type: leaky_relu, args: {negative_slope: 0.2}",
+                                    "act0, type: leaky_relu, args: {negative_slope: 0.1}"), pause=0.0)
+    train()
+    kept = (weight.detach().clone(), opt.state[weight]["exp_avg"].clone(), float(opt.state[weight]["step"]))
+    save_in_two_writes(SPEC, pause=PAUSE_S)
+    out["restored"] = (chain["out"].module.weight is weight and torch.equal(weight, kept[0])
+                       and torch.equal(opt.state[weight]["exp_avg"], kept[1])
+                       and float(opt.state[weight]["step"]) == kept[2])
+    out["diff"] = _sync_check(chain)
     return out
 
 
@@ -355,7 +423,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         if rank == 0:
             watch.write_text(SPEC, encoding="utf-8")
         results = {"plan": scenario_plan(rank, world, watch), "grower": scenario_grower(rank, world),
-                   "plain": scenario_plain(rank, world)}
+                   "plain": scenario_plain(rank, world), "settle": scenario_settle(rank, world, base)}
         dist.barrier()
         results["failures"] = scenario_failures(rank, world, base)
         torch.save(results, base / f"rank{rank}.pt")
@@ -620,7 +688,7 @@ def test_self_check_under_torchrun(tmp_path: Path) -> None:
     assert "every growth step kept the ranks equal" in done.stdout
 
 
-def test_watcher_refuses_a_revision_mid_fade(tmp_path: Path) -> None:
+def test_watcher_refuses_a_revision_mid_fade(tmp_path: Path, clock: _Clock) -> None:
     """In one process (the same code path, no collectives): the chain holds blend nodes, so nothing applies."""
     spec = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
     g = spec.build("generator", stage=0)
@@ -636,11 +704,11 @@ def test_watcher_refuses_a_revision_mid_fade(tmp_path: Path) -> None:
     assert [(e.kind, e.stage) for e in grower.step(4)] == [("fade", 1)]
     ids = g.ids()
     path.write_text(spec.text.replace("slope: 0.2 ", "slope: 0.1 "), encoding="utf-8")
-    assert watcher.poll() is None
+    assert _settled(watcher, clock) is None
     assert g.ids() == ids and len(errors) == 1 and isinstance(errors[0], chainspec.PlanError)
 
 
-def test_watcher_keeps_moments_on_a_comment_only_save_even_with_reset(tmp_path: Path) -> None:
+def test_watcher_keeps_moments_on_a_comment_only_save_even_with_reset(tmp_path: Path, clock: _Clock) -> None:
     """As SpecWatcher: a save that changes no chain is no growth step, so policy='reset' does not apply."""
     spec = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
     g = spec.build("generator", stage=0)
@@ -654,9 +722,77 @@ def test_watcher_keeps_moments_on_a_comment_only_save_even_with_reset(tmp_path: 
     watcher = csd.DistributedSpecWatcher(path, g, opt, spec=spec, stage=0, policy="reset")
     path.write_text("# tuned\n" + spec.text, encoding="utf-8")
     os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
-    assert watcher.poll() is not None and watcher.error is None
+    assert _settled(watcher, clock) is not None and watcher.error is None
     assert all(torch.equal(opt.state[p]["exp_avg"], moments[id(p)]) for p in g.parameters())
     path.write_text("# tuned\n" + spec.text.replace("slope: 0.2 ", "slope: 0.1 "), encoding="utf-8")
     os.utime(path, ns=(time.time_ns() + 2 * 10**9,) * 2)
-    assert watcher.poll() is not None and watcher.error is None
+    assert _settled(watcher, clock) is not None and watcher.error is None
     assert len(opt.state) == 0  # a real revision resets
+
+
+def test_watched_saves_are_taken_only_when_complete_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    full, half = ["fc0", "act0", "out"], ["fc0", "act0"]
+    for r in ranks:
+        settle = r["settle"]
+        assert settle["noted"] == [True] * 4  # no poll takes a change it has just seen
+        # A writer that finishes within settle: its first half is never applied.
+        assert settle["ids"][:2] == [full, full]
+        assert "negative_slope 0.2 → 0.1" in settle["plans"][0] and "out" not in settle["plans"][0]
+        # A writer that pauses longer: the half is applied, and the rest brings `out` back, trained.
+        assert settle["ids"][2:] == [full, half, full]
+        assert "- out (linear)" in settle["plans"][1]
+        assert "+ out (linear) after act0 (restored)" in settle["plans"][2]
+        assert settle["restored"]  # the same Parameter, its weights and Adam state as before the half save
+        assert settle["diff"] == 0.0
+    assert ranks[0]["settle"]["plans"] == ranks[1]["settle"]["plans"]
+
+
+class _Clock:
+    """The watchers' monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _settled(watcher: csd.DistributedSpecWatcher, clock: _Clock) -> Any:
+    """Poll across a save: the first poll notes it, the first poll ``settle`` later takes it."""
+    assert watcher.poll() is None
+    clock.now += watcher.settle * 1.1
+    return watcher.poll()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    from chainspec import _watch
+
+    fake = _Clock()
+    monkeypatch.setattr(_watch, "monotonic", fake)
+    return fake
+
+
+def test_watcher_settles_and_limits_as_spec_watcher_does(tmp_path: Path, clock: _Clock) -> None:
+    """Without a process group (the same code path as rank src): the default settle, the spec's limits."""
+    from chainspec import _watch
+
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC, encoding="utf-8")
+    small = chainspec.Limits(max_bytes=2000)
+    spec = chainspec.load(path, limits=small)
+    chain = spec.build(stage=0)
+    errors: list[Exception] = []
+    watcher = csd.DistributedSpecWatcher(path, chain, spec=spec, on_error=errors.append)
+    assert watcher.settle == _watch.SETTLE > 0 and watcher.limits is small
+    path.write_text(SPEC.replace("out_features: 3", "out_features: 4"), encoding="utf-8")
+    assert watcher.poll() is None and chain["out"].module.out_features == 3  # noted, not taken
+    clock.now += watcher.settle * 0.9
+    assert watcher.poll() is None and chain["out"].module.out_features == 3  # not settled yet
+    clock.now += watcher.settle * 0.2
+    assert watcher.poll() is not None and chain["out"].module.out_features == 4
+    path.write_text(SPEC + "# " + "x" * 2000 + "\n", encoding="utf-8")
+    assert _settled(watcher, clock) is None
+    assert "specs are limited to 2,000 bytes" in str(errors[-1]) and chain["out"].module.out_features == 4
+    with pytest.raises(ValueError, match="settle"):
+        csd.DistributedSpecWatcher(path, chain, spec=spec, settle=-0.5)

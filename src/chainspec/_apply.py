@@ -8,11 +8,20 @@ splices the chain (each op O(1)), updates the optimizer and records the new
 revision on the chain. A snapshot taken between the phases restores the
 chain's links and modules, the optimizer's groups and state and torch's RNG
 exactly if anything raises in either phase, ``KeyboardInterrupt`` included.
+
+A removed node's module is not dropped: it goes, with its optimizer state, to
+the chain's :class:`RemovedNodes` (bounded), and an insert of the same id with
+the same definition takes it back instead of building new weights. The store
+is attached to its chain by :func:`removed_nodes` (a weak mapping keyed by the
+chain) and is rolled back with the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -63,6 +72,7 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
         undo += [_ChainSnapshot(job.chain).restore for job in jobs]
         optimizers = {id(job.optimizer): job.optimizer for job in jobs if job.optimizer is not None}
         undo += [_optim.snapshot(o).restore for o in optimizers.values()]
+        undo += [_KeptSnapshot(job).restore for job in jobs]
         for job in jobs:
             job.splice()
         for job in jobs:
@@ -96,15 +106,23 @@ class _Job:
         device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.__dict__.get("placement"))
         self.device, self.dtype = device, dtype
         if not (plan.is_empty and plan.same_input):
-            shape_check(plan, dtype)
+            shape_check(plan, dtype, device)  # and what it builds must fit where it goes
+        # Inserts the chain's store of removed nodes can restore, and the plan as it applies here.
+        self.restored = restorable(plan, chain)
+        self.ops = plan._marked(set(self.restored)).ops
         self.built: dict[str, nn.Module] = {}
         self.changed: dict[str, Op] = {}  # id -> its insert, replace or update op
         for op in plan.ops:
             if op.kind in ("insert", "replace") or (op.kind == "update" and op.rebuild):
                 self.changed[op.node_id] = op
-                self.built[op.node_id] = self._build(op)
-        if any(op.init == "preserve" and op.kind in ("insert", "replace") for op in self.changed.values()):
+                kept = self.restored.get(op.node_id)
+                self.built[op.node_id] = kept.module if kept is not None else self._build(op)
+        if any(op.init == "preserve" and op.kind in ("insert", "replace") and op.node_id not in self.restored
+               for op in self.changed.values()):
             self._preserve()
+        # What the store keeps of each removed node (read now: the commit takes its state out of the optimizer).
+        leaving = [_kept_node(op, chain[op.node_id].module, optimizer) for op in plan.ops if op.kind == "remove"]
+        self.leaving = [kept for kept in leaving if kept is not None]
         self.removed: list[Tensor] = []
         self.placements: list[_optim.Placement] = []
         if optimizer is not None:
@@ -141,7 +159,8 @@ class _Job:
         for node_id in self.plan.new_ids:
             op = self.changed.get(node_id)
             if op is not None and op.kind == "insert":
-                entries.append(Entry(node_id, self.built[node_id], None, "insert", op.init))
+                init = "restored" if node_id in self.restored else op.init  # trained weights: not an identity
+                entries.append(Entry(node_id, self.built[node_id], None, "insert", init))
             elif op is not None and op.kind == "replace":
                 entries.append(Entry(node_id, self.built[node_id], self.chain[node_id].module, "replace", op.init))
             else:
@@ -192,6 +211,8 @@ class _Job:
         for op in self.plan.ops:
             if op.kind == "insert":
                 module = self.built[op.node_id]
+                if op.node_id in self.restored:
+                    module.train(chain.training)  # as a new module would be (undone by _KeptSnapshot)
                 if op.after is None:
                     chain.prepend(op.node_id, module, node_type=op.type)
                 else:
@@ -214,6 +235,10 @@ class _Job:
         if self.optimizer is None:
             return
         _optim.carry_out(self.optimizer, self.removed, self.placements)
+        for kept in self.restored.values():  # restored parameters get their state back, in their own optimizer
+            if kept.optimizer is not None and kept.optimizer() is self.optimizer:
+                for param, state in kept.state:
+                    self.optimizer.state[param] = state
         if self.placements or any(op.kind == "move" for op in self.plan.ops):
             _optim.sort_params(self.optimizer, {id(p): i for i, p in enumerate(self.chain.parameters())})
         if self.policy == "reset":
@@ -223,42 +248,48 @@ class _Job:
         self.chain.stage = self.plan.new_stage
         self.chain.spec = self.plan.new_spec
         self.chain.placement = (self.device, self.dtype)
+        if self.restored or self.leaving:
+            store = removed_nodes(self.chain)
+            for kept in self.restored.values():
+                store._take(kept)
+            for kept in self.leaving:
+                store._keep(kept)
+        self.plan.ops = self.ops  # the plan now says which inserts were restored
 
 
-def shape_check(plan: Plan, dtype: torch.dtype | None) -> None:
-    """Shape-check the whole new chain on the meta device, as ``Spec.summary`` does, but faster.
+def shape_check(plan: Plan, dtype: torch.dtype | None, device: torch.device | str | None = None) -> None:
+    """Shape-check the whole new chain on the meta device, as ``Spec.summary`` does; refuse what cannot fit.
 
-    Each distinct (definition, input shape) pair is built and probed once, so a
-    chain of many identical blocks costs one probe per kind of block plus a
-    dictionary lookup per node. Any failure is re-checked by ``Spec.summary``,
-    which reports it at the node's line in the spec.
+    Each distinct (definition, input shape) pair is built and run once (see
+    ``_compile.Probes``), so a chain of many identical blocks costs one probe per
+    kind of block plus a lookup per node, and a failure is reported at its node's
+    line in the spec. With ``device``, the modules the plan builds (inserted,
+    replaced or rebuilt nodes) must fit in its free memory, their parameters and
+    buffers counted as the meta-device build measured them.
 
     Raises:
-        SpecError: a node cannot take the output of the node before it.
-    """
-    from ._compile import PROBE_BATCH, build_module
-    from ._diff import tree_key
+        SpecError: a node cannot take the output of the node before it, or the new modules cannot fit.
 
-    resolved = plan.new_spec.resolved(plan.chain)
-    shape = tuple(resolved.input_shape_at(plan.new_stage))
-    seen: dict[Any, tuple[int, ...]] = {}
-    for node in plan.new_nodes:
-        key = (tree_key(node.tree), _factories(node.tree), shape)
-        out = seen.get(key)
-        if out is None:
-            try:
-                with torch.device("meta"):
-                    module = build_module(node.tree)
-                    if dtype is not None:
-                        module = module.to(dtype)
-                    y = module(torch.empty((PROBE_BATCH, *shape), device="meta", dtype=dtype or torch.float32))
-                if not isinstance(y, Tensor):
-                    raise TypeError(f"node {node.id!r} returns {type(y).__name__}, not a tensor")
-            except Exception:
-                plan.new_spec.summary(plan.chain, stage=plan.new_stage, dtype=dtype)  # raises, located
-                raise
-            out = seen[key] = tuple(y.shape[1:])
-        shape = out
+    Example:
+        >>> import chainspec
+        >>> old = chainspec.load("specs/blog.yaml")  # doctest: +SKIP
+        >>> shape_check(chainspec.diff(old, old, stage=(0, 1)), None, "cpu")  # doctest: +SKIP
+    """
+    from dataclasses import replace
+
+    from ._compile import infer
+    from ._memory import check_fits
+
+    spec = plan.new_spec
+    resolved = spec.resolved(plan.chain)
+    summary, problems = infer(resolved, plan.new_stage, spec._doc, dtype=dtype, nodes=list(plan.new_nodes))
+    if problems or summary is None:
+        raise SpecError(problems)
+    if device is not None:
+        built = {op.node_id for op in plan.ops if op.kind in ("insert", "replace") or (op.kind == "update"
+                                                                                        and op.rebuild)}
+        rows = tuple(row for row in summary.nodes if row.id in built)
+        check_fits(replace(summary, nodes=rows), resolved, spec._doc, device=device, dtype=dtype)
 
 
 def _factories(tree: Any) -> tuple[int, ...]:
@@ -307,6 +338,264 @@ def _revision_difference(plan: Plan, chain: Chain) -> str | None:
             return (f"node {want.id!r} is as in {recorded.source} (stage {stage}), not as in "
                     f"{plan.old_spec.source} (stage {plan.old_stage})")
     return None
+
+
+# -- the store of removed nodes ----------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class KeptNode:
+    """A node a revision removed from a chain: its module, kept with its optimizer state.
+
+    Attributes:
+        node_id: the node's id.
+        type: its type in the spec.
+        key: its definition, as :func:`definition_key` gives it: only an insert of the same id with
+            an equal key restores it.
+        module: the very module it had (its Parameter objects, with their trained values).
+        state: ``(parameter, optimizer state)`` for each of its parameters the optimizer had state for.
+        optimizer: a weak reference to the optimizer the state comes from (None without one); the
+            state only goes back into that optimizer.
+        nbytes: what it holds: its parameters, buffers and optimizer state, in bytes.
+
+    Example:
+        >>> kept = KeptNode("fc", "linear", None, nn.Linear(2, 2), (), None, 24)
+        >>> kept.node_id, kept.nbytes
+        ('fc', 24)
+    """
+
+    node_id: str
+    type: str
+    key: Any
+    module: nn.Module
+    state: tuple[tuple[Tensor, Any], ...]
+    optimizer: weakref.ref[Optimizer] | None
+    nbytes: int
+
+
+class RemovedNodes:
+    """The modules of the nodes that revisions removed from one chain, kept so that a later revision can restore them.
+
+    Every ``plan.apply`` (and so every :class:`chainspec.SpecWatcher` revision and growth step) puts
+    each node it removes here, with its optimizer state; an insert of the same id with the same
+    definition (the same resolved tree) takes it back: the very same module and Parameter objects,
+    bit for bit, and their optimizer state (reset with ``policy="reset"``, as for any node). A
+    failed apply leaves the store exactly as it was. Get a chain's store with :func:`removed_nodes`.
+
+    It is bounded, per chain: at most :attr:`max_nodes` modules and :attr:`max_bytes` bytes
+    (parameters, buffers and optimizer state), the oldest removal going first; a node larger than
+    ``max_bytes`` on its own is not kept. Set either on one store, or on the class for every chain;
+    ``max_nodes = 0`` keeps nothing. The kept tensors stay where they were (a GPU's memory for a
+    model on a GPU). The store lives in memory only: a checkpoint does not save it, and a copy of
+    the chain does not share it. Replaced nodes are not kept: their new weights start as their
+    ``init`` says, from the old ones.
+
+    Attributes:
+        max_nodes: most modules kept (default 16).
+        max_bytes: most bytes kept (default 256 MiB).
+
+    Example:
+        >>> import chainspec
+        >>> text = '''
+        ... chainspec: 1
+        ... chains:
+        ...   net:
+        ...     input_shape: [4]
+        ...     nodes:
+        ...       - {id: fc, type: linear, args: {in_features: 4, out_features: 4}}
+        ...       - {id: fc2, type: linear, args: {in_features: 4, out_features: 4}}
+        ... '''
+        >>> full = chainspec.loads(text)
+        >>> short = chainspec.loads(text.split("      - {id: fc2")[0])
+        >>> net = full.build()
+        >>> chainspec.diff(full, short).apply(net)
+        >>> kept = removed_nodes(net)
+        >>> kept.ids(), kept.nbytes
+        (['fc2'], 80)
+        >>> kept.max_nodes = 4  # for this chain only
+        >>> chainspec.diff(short, full).apply(net)  # fc2 comes back, and leaves the store
+        >>> len(kept)
+        0
+    """
+
+    max_nodes: int = 16
+    max_bytes: int = 256 * 2**20
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[str, Any], KeptNode] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __iter__(self) -> Iterator[KeptNode]:
+        """The kept nodes, oldest removal first."""
+        return iter(list(self._kept.values()))
+
+    def __repr__(self) -> str:
+        return (f"<RemovedNodes {self.ids()}: {self.nbytes:,} bytes (at most {self.max_nodes} nodes, "
+                f"{self.max_bytes:,} bytes)>")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the kept nodes (parameters, buffers and optimizer state)."""
+        return sum(kept.nbytes for kept in self._kept.values())
+
+    def ids(self) -> list[str]:
+        """The ids of the kept nodes, oldest removal first (an id kept with two definitions appears twice)."""
+        return [kept.node_id for kept in self._kept.values()]
+
+    def find(self, node_id: str, key: Any) -> KeptNode | None:
+        """The node kept for ``node_id`` with definition ``key`` (see :func:`definition_key`), or None."""
+        return self._kept.get((node_id, key))
+
+    def clear(self) -> None:
+        """Forget every kept node (their memory is freed once nothing else holds them)."""
+        self._kept.clear()
+
+    def _keep(self, kept: KeptNode) -> None:
+        self._kept.pop((kept.node_id, kept.key), None)
+        self._kept[(kept.node_id, kept.key)] = kept
+        limit_nodes, limit_bytes = max(0, int(self.max_nodes)), max(0, int(self.max_bytes))
+        total = self.nbytes
+        while self._kept and (len(self._kept) > limit_nodes or total > limit_bytes):
+            _, oldest = self._kept.popitem(last=False)
+            total -= oldest.nbytes
+
+    def _take(self, kept: KeptNode) -> None:
+        self._kept.pop((kept.node_id, kept.key), None)
+
+
+#: Each chain's store of removed nodes, by chain (weakly: the store goes when its chain goes).
+_STORES: weakref.WeakKeyDictionary[Chain, RemovedNodes] = weakref.WeakKeyDictionary()
+
+
+def removed_nodes(chain: Chain) -> RemovedNodes:
+    """The store of nodes that revisions removed from ``chain`` (created empty on first use).
+
+    Example:
+        >>> from chainspec._chain import Chain
+        >>> net = Chain([("fc", nn.Linear(2, 2))])
+        >>> removed_nodes(net) is removed_nodes(net), len(removed_nodes(net))
+        (True, 0)
+    """
+    store = _STORES.get(chain)
+    if store is None:
+        store = _STORES[chain] = RemovedNodes()
+    return store
+
+
+def definition_key(tree: Any) -> Any:
+    """What must be equal for a kept module to stand for a node: its resolved tree, as the diff compares it.
+
+    Example:
+        >>> from chainspec._resolve import Leaf
+        >>> definition_key(Leaf("relu", {}, None)) == definition_key(Leaf("relu", {}, None))
+        True
+    """
+    from ._diff import tree_key
+
+    return tree_key(tree), _factories(tree)
+
+
+def restorable(plan: Plan, chain: Chain) -> dict[str, KeptNode]:
+    """The inserts of ``plan`` that ``chain``'s store can restore, by node id.
+
+    A kept module is restored when the insert has its id and definition, it would be built on the
+    same device and floating dtype as the kept one, and it is not in the chain already.
+
+    Example:
+        >>> import chainspec
+        >>> spec = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [2], nodes: [{id: a, type: relu}]}}")
+        >>> restorable(chainspec.diff(spec, spec), spec.build())
+        {}
+    """
+    store = _STORES.get(chain)
+    if not store:
+        return {}
+    found: dict[str, KeptNode] = {}
+    live: set[int] | None = None
+    placement: tuple[torch.device, torch.dtype] | None = None
+    for op in plan.ops:
+        if op.kind != "insert" or op.new is None:
+            continue
+        kept = store.find(op.node_id, definition_key(op.new.tree))
+        if kept is None:
+            continue
+        if placement is None:
+            device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.__dict__.get("placement"))
+            placement = (device, dtype or torch.get_default_dtype())
+        have = _floating(kept.module)
+        if have is not None and (have.device, have.dtype) != placement:
+            continue
+        if live is None:
+            live = {id(t) for t in (*chain.parameters(), *chain.buffers())}
+        if any(id(t) in live for t in (*kept.module.parameters(), *kept.module.buffers())):
+            continue
+        found[op.node_id] = kept
+    return found
+
+
+def _floating(module: nn.Module) -> Tensor | None:
+    return next((t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), None)
+
+
+def _kept_node(op: Op, module: nn.Module, optimizer: Optimizer | None) -> KeptNode | None:
+    """What the store keeps of a node ``op`` removes; None for a node without tensors (nothing to lose)."""
+    assert op.old is not None
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    if not tensors:
+        return None
+    state: list[tuple[Tensor, Any]] = []
+    if optimizer is not None:
+        for p in module.parameters():
+            entry = optimizer.state.get(p)
+            if entry is not None:
+                state.append((p, entry))
+                tensors.update((id(v), v) for v in entry.values() if isinstance(v, Tensor))
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    return KeptNode(op.node_id, op.type, definition_key(op.old.tree), module, tuple(state),
+                    weakref.ref(optimizer) if optimizer is not None else None, nbytes)
+
+
+class StoreSnapshot:
+    """A chain's store of removed nodes (or its absence), restorable exactly; restoring twice is harmless.
+
+    Example:
+        >>> from chainspec._chain import Chain
+        >>> net = Chain([("fc", nn.Linear(2, 2))])
+        >>> snap = StoreSnapshot(net)
+        >>> removed_nodes(net).max_nodes = 1
+        >>> snap.restore()  # no store before: none after
+        >>> net in _STORES
+        False
+    """
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain, self.store = chain, _STORES.get(chain)
+        self.entries = list(self.store._kept.items()) if self.store is not None else []
+
+    def restore(self) -> None:
+        """Put the store back as it was (the same object, with the same entries in the same order)."""
+        if self.store is None:
+            _STORES.pop(self.chain, None)
+        else:
+            self.store._kept.clear()
+            self.store._kept.update(self.entries)
+            _STORES[self.chain] = self.store
+
+
+class _KeptSnapshot(StoreSnapshot):
+    """What an apply changes besides the chain and the optimizer: its store, its plan's ops, restored modules' modes."""
+
+    def __init__(self, job: _Job) -> None:
+        super().__init__(job.chain)
+        self.plan, self.ops = job.plan, job.plan.ops
+        self.modes = [(m, m.training) for kept in job.restored.values() for m in kept.module.modules()]
+
+    def restore(self) -> None:
+        super().restore()
+        self.plan.ops = self.ops
+        for module, mode in self.modes:
+            module.training = mode
 
 
 def _rng_untouched(device: torch.device) -> Any:

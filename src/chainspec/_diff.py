@@ -15,11 +15,13 @@ takes milliseconds.
 from __future__ import annotations
 
 import bisect
+import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._expr import ExpressionError, substitute
+from ._errors import printable
+from ._expr import Budget, ExpressionError, substitute
 from ._resolve import Leaf, ResolvedNode, Tree
 
 if TYPE_CHECKING:
@@ -157,6 +159,8 @@ class Op:
         params_before: the node's parameter count before the op.
         params_after: its parameter count after the op.
         init: how a replace or insert starts its new weights (``fresh``, ``keep`` or ``preserve``).
+        restored: an insert whose module, trained weights and optimizer state come back from the
+            chain's store of removed nodes (see :meth:`Plan.restoring`), rather than new weights.
 
     Example:
         >>> Op("update", "act", "leaky_relu", 2, "b2", (Change("negative_slope", 0.2, 0.1),)).describe()
@@ -177,6 +181,7 @@ class Op:
     new: ResolvedNode | None = field(default=None, repr=False, compare=False)
     #: False for an update that only changes optimizer overrides: the module is not rebuilt.
     rebuild: bool = field(default=True, repr=False, compare=False)
+    restored: bool = False
 
     @property
     def marker(self) -> str:
@@ -193,6 +198,8 @@ class Op:
         head = f"{self.node_id} ({self.type})"
         where = f"after {self.after}" if self.after is not None else "at the head"
         if self.kind == "insert":
+            if self.restored:
+                return f"{head} {where} (restored)"
             return f"{head} {where}" + (" (identity init)" if self.init == "preserve" else "")
         if self.kind == "remove":
             return head
@@ -208,7 +215,8 @@ class Op:
         return {"kind": self.kind, "marker": self.marker, "node_id": self.node_id, "type": self.type,
                 "position": self.position, "after": self.after,
                 "changes": [c.to_dict() for c in self.changes], "params_before": self.params_before,
-                "params_after": self.params_after, "param_delta": self.param_delta, "init": self.init}
+                "params_after": self.params_after, "param_delta": self.param_delta, "init": self.init,
+                "restored": self.restored}
 
 
 class Plan:
@@ -218,7 +226,9 @@ class Plan:
     for each node of the new chain, head to tail, its insert or move and its
     update or replace. ``str(plan)`` renders it like ``terraform plan``;
     ``plan.to_dict()`` gives the same as JSON; ``plan.apply(chain, optimizer)``
-    carries it out on a live chain, all or nothing.
+    carries it out on a live chain, all or nothing; ``plan.restoring(chain)``
+    marks the inserts that bring back a node the chain kept when a revision
+    removed it (``(restored)``).
 
     Example:
         >>> import chainspec
@@ -291,7 +301,9 @@ class Plan:
         """One line: the op counts and the parameter change, or ``no changes``."""
         if self.is_empty:
             return "no changes"
-        parts = [f"{n} to {kind}" for kind, n in self.counts().items() if n]
+        restored = sum(op.restored for op in self.ops)
+        parts = [f"{n} to {kind}" + (f" ({restored} restored)" if kind == "insert" and restored else "")
+                 for kind, n in self.counts().items() if n]
         return ", ".join(parts) + f"; parameters {self.param_delta:+,}"
 
     def __str__(self) -> str:
@@ -318,12 +330,66 @@ class Plan:
                 "empty": self.is_empty, "counts": self.counts(), "param_delta": self.param_delta,
                 "ops": [op.to_dict() for op in self.ops]}
 
+    def restoring(self, chain: Chain) -> Plan:
+        """This plan as it would apply to ``chain``: each insert whose module the chain still keeps is restored.
+
+        A revision that removes a node keeps its module and optimizer state in the chain's store of
+        removed nodes (see :class:`chainspec._apply.RemovedNodes`); an insert of the same id with the
+        same definition then brings them back instead of new weights. :func:`diff` has no chain, so
+        its plan cannot know; this returns a copy whose ops say so (``+ fc2 (linear) after fc
+        (restored)``, ``"restored": true`` in :meth:`to_dict`). :meth:`apply` decides the same way,
+        and marks the plan it applied.
+
+        Example:
+            >>> import chainspec
+            >>> text = '''
+            ... chainspec: 1
+            ... chains:
+            ...   net:
+            ...     input_shape: [4]
+            ...     nodes:
+            ...       - {id: fc, type: linear, args: {in_features: 4, out_features: 4}}
+            ...       - {id: fc2, type: linear, args: {in_features: 4, out_features: 4}}
+            ... '''
+            >>> full = chainspec.loads(text)
+            >>> short = chainspec.loads(text.split("      - {id: fc2")[0])
+            >>> net = full.build()
+            >>> weight = net["fc2"].module.weight
+            >>> chainspec.diff(full, short).apply(net)  # fc2 leaves the chain; its module is kept
+            >>> back = chainspec.diff(short, full)
+            >>> [op.restored for op in back.ops], [op.restored for op in back.restoring(net).ops]
+            ([False], [True])
+            >>> back.apply(net)
+            >>> print(back)
+            chain 'net', stage 0 (<string>)
+            <BLANKLINE>
+              + fc2 (linear) after fc (restored)   +20 params
+            <BLANKLINE>
+            Plan: 1 to insert (1 restored); parameters +20.
+            >>> net["fc2"].module.weight is weight
+            True
+        """
+        from ._apply import restorable
+
+        return self._marked(set(restorable(self, chain)))
+
+    def _marked(self, restored: set[str]) -> Plan:
+        """A copy whose inserts are marked restored exactly when their id is in ``restored``."""
+        plan = copy.copy(self)
+        plan.ops = [op if op.restored == (op.kind == "insert" and op.node_id in restored)
+                    else replace(op, restored=not op.restored) for op in self.ops]
+        return plan
+
     def apply(self, chain: Chain, optimizer: Optimizer | None = None, *, policy: str = "keep") -> None:
         """Carry out the plan on a live chain (and its optimizer), all or nothing.
 
         Every new module is built and the whole new chain shape-checked before
         anything is spliced; if anything fails (even ``KeyboardInterrupt``),
         the chain, its parameters and the optimizer are exactly as before.
+
+        A removed node's module (and its optimizer state) is kept in the chain's store of removed
+        nodes, and an insert of the same id with the same definition brings it back (see
+        :meth:`restoring`); once applied, the plan's ops say which inserts were restored.
 
         Args:
             chain: the chain built from the plan's old revision (same ids, same order).
@@ -499,9 +565,10 @@ def _node_args(spec: Spec, node: ResolvedNode) -> dict[str, Any]:
     typedef = model.types.get(node.spec.type)
     values: dict[str, Any] = dict(typedef.params) if typedef is not None else {}
     merged = {**model.defaults.get(node.spec.type, {}), **node.spec.args}
+    budget = Budget(spec.limits)  # the work the spec was loaded under: this repeats part of it
     for key, raw in merged.items():
         try:
-            values[key] = substitute(raw, dict(model.vars))
+            values[key] = substitute(raw, dict(model.vars), budget)
         except ExpressionError:  # cannot happen in a validated spec; show the raw text rather than fail
             values[key] = raw
     return values
@@ -608,8 +675,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
+        return "{" + ", ".join(f"{printable(str(k))}: {format_value(v)}" for k, v in value.items()) + "}"
+    # A value from the spec may hold escape sequences: a printed plan must not drive the terminal.
+    return printable(str(value))
 
 
 def jsonable(value: Any) -> Any:

@@ -1,26 +1,31 @@
 """``SpecWatcher``: apply each complete, valid save of a spec file to the live model.
 
 ``poll()`` is meant to be called every training step: when the file has not
-changed it costs one ``stat()``. When it has, the new text is validated,
-diffed against the revision in force and applied, all or nothing. An invalid
-revision (a half-saved file, a typo, a channel mismatch) is reported with its
-``file:line:col`` and leaves the model untouched; the next valid save is
-diffed against the last revision that was applied.
+changed it costs one ``stat()``. A change is applied only once it is
+*complete*: the same bytes and the same ``stat()`` signature on two reads at
+least ``settle`` seconds apart (:class:`SettledReader`, which the distributed
+watcher uses too). A poll never waits: it notes a change and a later poll
+applies it. The new text is validated, diffed against the revision in force
+and applied, all or nothing. An invalid revision (a typo, a channel mismatch)
+is reported with its ``file:line:col`` and leaves the model untouched; the
+next valid save is diffed against the last revision that was applied.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from ._apply import apply_plans
 from ._diff import Plan, PlanSet, diff
 from ._errors import SpecError
+from ._limits import Limits, limits_or_default
 from ._spec import Spec, loads
-from ._yaml import MAX_BYTES, read_head, too_big
+from ._yaml import read_head, too_big
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -29,9 +34,159 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chainspec.watch")
 
+#: Seconds a changed file must stay the same (bytes and ``stat()``) before it is applied, by default.
+#: Long enough for a save written in several ``write()`` calls, or copied over a network file system,
+#: to finish; short next to the time it takes to edit a spec. 0 reads twice at once (for writers that
+#: replace the file atomically, by a rename).
+SETTLE = 0.3
+
+#: What one ``stat()`` says of a file: (mtime in ns, size, inode).
+Signature = tuple[int, int, int]
+
+
+def stat_signature(path: str | os.PathLike[str]) -> Signature | None:
+    """What one ``stat()`` says of a watched file: (mtime in ns, size, inode), or None if it is missing.
+
+    A save changes it (an editor's rename-over changes the inode even within one mtime tick).
+
+    Example:
+        >>> stat_signature("/nonexistent/net.yaml") is None
+        True
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A read of the file: its signature before the read, its bytes, when it was read and its size if too big."""
+
+    signature: Signature
+    raw: bytes
+    at: float
+    size: int | None
+
+
+class SettledReader:
+    """Reads a watched file, and hands over its bytes only once a save is complete.
+
+    A change counts once the file holds the same bytes, with the same ``stat()`` signature (mtime,
+    size, inode) before and after reading, on two reads at least ``settle`` seconds apart. A save
+    written in several ``write()`` calls is so never taken half-written, as long as its writer pauses
+    less than ``settle`` between them. :meth:`poll` never waits: it notes a change and a later
+    call hands it over; when nothing changed (or a noted change is still settling) it costs one
+    ``stat()``. Content equal to what was last handed over is not handed over again.
+
+    Args:
+        path: the file.
+        settle: seconds between the two reads (0: both in one call).
+        limits: ``max_bytes`` (at most one byte more is read) and ``read_timeout`` (the longest a
+            read may take, for a file replaced by a pipe) bound every read.
+        seen: bytes already known (the revision in force): the file holding them is no change.
+
+    Attributes:
+        size: the file's size when the bytes last handed over were more than ``limits.max_bytes``, else None.
+
+    Example:
+        >>> with open("net.yaml", "w") as f:
+        ...     _ = f.write("chainspec: 1\\n")
+        >>> reader = SettledReader("net.yaml", settle=0)
+        >>> reader.poll()
+        b'chainspec: 1\\n'
+        >>> reader.poll() is None  # unchanged since
+        True
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, settle: float = SETTLE,
+                 limits: Limits | None = None, seen: bytes | None = None) -> None:
+        self.path = os.fspath(path)
+        self.settle = settle
+        self.limits = limits_or_default(limits)
+        self.size: int | None = None
+        self._seen = seen
+        self._signature: Signature | None = None  # of the file when it last held self._seen
+        self._pending: _Seen | None = None  # a change noted, not yet settled
+        if seen is not None:
+            before = stat_signature(self.path)
+            raw = self._read_or_none()
+            if before is not None and raw == seen and stat_signature(self.path) == before:
+                self._signature = before
+
+    @property
+    def settle(self) -> float:
+        """Seconds between the two reads that must find the same save (0: both in one :meth:`poll`)."""
+        return self._settle
+
+    @settle.setter
+    def settle(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise ValueError(f"settle must be a number of seconds >= 0, got {seconds!r}")
+        self._settle = float(seconds)
+
+    def _read_or_none(self) -> bytes | None:
+        try:
+            return read_head(self.path, self.limits.max_bytes, self.limits.read_timeout)[0]
+        except OSError:
+            return None
+
+    def _read(self, signature: Signature) -> _Seen:
+        # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
+        # /dev/zero) must not be read whole into a training process, nor a FIFO block it.
+        raw, size = read_head(self.path, self.limits.max_bytes, self.limits.read_timeout)
+        return _Seen(signature, raw, monotonic(), size)
+
+    def poll(self) -> bytes | None:
+        """The file's bytes if a complete change is ready, else None (nothing changed, or not settled yet).
+
+        Raises:
+            OSError: the file exists but cannot be read; that state is not read again until it changes.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._pending = None  # between an editor's unlink and rename: try again next time
+            return None
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        pending = self._pending
+        if pending is None and signature == self._signature:
+            return None
+        if pending is not None and signature == pending.signature:
+            if monotonic() - pending.at < self.settle:
+                return None  # still settling: one stat(), no read
+            return self._confirm(pending)
+        # A new change (or another change while one was settling): first read.
+        try:
+            first = self._read(signature)
+        except OSError:
+            self._pending, self._signature = None, signature
+            raise
+        if first.raw == self._seen:
+            self._pending, self._signature = None, signature  # touched, or saved back as it was
+            return None
+        self._pending = first
+        return self._confirm(first) if self.settle <= 0 else None
+
+    def _confirm(self, pending: _Seen) -> bytes | None:
+        """Second read: the bytes if they and the signature (before and after reading) are still the same."""
+        try:
+            second = self._read(pending.signature)
+        except OSError:
+            self._pending, self._signature = None, pending.signature
+            raise
+        after = stat_signature(self.path)
+        if second.raw != pending.raw or after != pending.signature:
+            # Still being written: start over from this read (the next poll sees the new signature, if any).
+            self._pending = _Seen(after, second.raw, second.at, second.size) if after is not None else None
+            return None
+        self._pending, self._signature, self._seen, self.size = None, pending.signature, second.raw, second.size
+        return second.raw
+
 
 class SpecWatcher:
-    """Watches a spec file and applies each valid revision to one chain (or several) while training.
+    """Watches a spec file and applies each complete, valid revision to one chain (or several) while training.
 
     Args:
         path: the spec file.
@@ -45,10 +200,15 @@ class SpecWatcher:
         allow_imports: module prefixes import-path node types may use (as in :func:`chainspec.load`).
         on_error: called with the exception when a revision is rejected; by default it is logged as a
             warning on the ``chainspec.watch`` logger.
-        settle: seconds a change must be old before it is read, for editors that write in several steps.
+        settle: seconds a changed file must stay the same, on two reads, before it is applied
+            (default :data:`SETTLE`, 0.3 s), so that a save written in several steps is never taken
+            half-written; 0 reads twice at once.
+        limits: the bounds a revision is loaded with (see :class:`chainspec.Limits`); by default
+            those the revision in force was loaded with.
 
     Attributes:
         spec: the revision in force.
+        limits: the bounds each revision is read and loaded with.
         error: the exception that rejected the last revision, or None after a successful one.
 
     Example:
@@ -62,7 +222,8 @@ class SpecWatcher:
     def __init__(self, path: str | os.PathLike[str], chain_or_chains: Chain | Mapping[str, Chain],
                  optimizer: Optimizer | Mapping[str, Optimizer] | None = None, *, spec: Spec | None = None,
                  stage: int | str | None = None, policy: str = "keep", allow_imports: Iterable[str] = (),
-                 on_error: Callable[[Exception], None] | None = None, settle: float = 0.0) -> None:
+                 on_error: Callable[[Exception], None] | None = None, settle: float = SETTLE,
+                 limits: Limits | None = None) -> None:
         if policy not in ("keep", "reset"):
             raise ValueError(f"policy must be 'keep' or 'reset', got {policy!r}")
         self.path = os.fspath(path)
@@ -76,19 +237,17 @@ class SpecWatcher:
         self.policy = policy
         self.allow_imports = tuple(allow_imports)
         self.on_error = on_error
-        self.settle = settle
         self.error: Exception | None = None
-        self._signature: tuple[int, int, int] | None = None
-        self._seen: bytes | None = None
         current = spec if spec is not None else self._spec_of_chains()
+        self.limits = limits_or_default(limits if limits is not None or current is None
+                                        else getattr(current, "limits", None))
         if current is None:
-            raw = self._read_bytes()
-            current = loads(raw, source=self.path, allow_imports=self.allow_imports)
-            self._seen = raw
-            self._signature = self._stat_signature()
-        elif self._read_text_or_none() == current.text:
-            self._seen = current.text.encode("utf-8")
-            self._signature = self._stat_signature()
+            raw = read_head(self.path, self.limits.max_bytes, self.limits.read_timeout)[0]
+            current = loads(raw, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
+            seen = raw
+        else:
+            seen = current.text.encode("utf-8")
+        self._file = SettledReader(self.path, settle=settle, limits=self.limits, seen=seen)
         self.spec: Spec = current
         self.stages = {name: self._stage_of(chain, stage) for name, chain in self.chains.items()}
         if self.single:
@@ -103,6 +262,15 @@ class SpecWatcher:
             raise ValueError(f"{current.source} has no chain {unknown[0]!r}; it has {', '.join(current.chain_names)}: "
                              "pass the chains in a dict by their names in the spec")
 
+    @property
+    def settle(self) -> float:
+        """Seconds a changed file must stay the same, on two reads, before it is applied."""
+        return self._file.settle
+
+    @settle.setter
+    def settle(self, seconds: float) -> None:
+        self._file.settle = seconds
+
     def _spec_of_chains(self) -> Spec | None:
         specs = {id(getattr(c, "spec", None)): getattr(c, "spec", None) for c in self.chains.values()}
         found = next(iter(specs.values())) if len(specs) == 1 else None
@@ -114,63 +282,33 @@ class SpecWatcher:
         recorded = getattr(chain, "stage", None)
         return recorded if isinstance(recorded, int) else "final"
 
-    def _stat_signature(self) -> tuple[int, int, int] | None:
-        return stat_signature(self.path)
-
-    def _read_bytes(self) -> bytes:
-        # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
-        # /dev/zero) must not be read whole into a training process, nor a FIFO block it.
-        return read_head(self.path)[0]
-
-    def _size(self) -> int | None:
-        try:
-            size = os.stat(self.path).st_size
-        except OSError:
-            return None
-        return size if size > MAX_BYTES else None
-
-    def _read_text_or_none(self) -> str | None:
-        try:
-            return self._read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
-
     def poll(self) -> Plan | PlanSet | None:
-        """Apply the file's revision if it changed and is valid; return its plan, else None.
+        """Apply the file's revision if it changed, the save is complete and it is valid; return its plan, else None.
 
         Returns the :class:`Plan` applied (a :class:`PlanSet` by chain name when watching several
         chains), possibly empty when only comments or layout changed; None when the file did not
-        change, is being replaced, or holds an invalid revision (then see :attr:`error`).
+        change, a change is still settling (see ``settle``), the file is being replaced, or it holds
+        an invalid revision (then see :attr:`error`). An insert that brings back a node an earlier
+        revision removed restores its weights and optimizer state, and the plan says ``(restored)``.
         """
         try:
-            st = os.stat(self.path)
-        except OSError:
-            return None  # between an editor's unlink and rename: try again next time
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if signature == self._signature:
-            return None
-        if self.settle and time.time() - st.st_mtime < self.settle:
-            return None
-        self._signature = signature
-        try:
-            raw = self._read_bytes()
+            raw = self._file.poll()
         except OSError as exc:
             self._report(exc)
             return None
-        if raw == self._seen:
+        if raw is None:
             return None
-        self._seen = raw
         return self._revise(raw)
 
     def _revise(self, raw: bytes) -> Plan | PlanSet | None:
         try:
-            if len(raw) > MAX_BYTES:
-                raise SpecError([too_big(os.fspath(self.path), self._size())])
-            new = loads(raw, source=self.path, allow_imports=self.allow_imports)
+            if len(raw) > self.limits.max_bytes:
+                raise SpecError([too_big(self.path, self._file.size, self.limits.max_bytes)])
+            new = loads(raw, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
             plans = PlanSet()
-            for name in self.chains:
+            for name, chain in self.chains.items():
                 stage = self.spec.stage_index(self.stages[name])
-                plans[name] = diff(self.spec, new, chain=name, stage=(stage, stage))
+                plans[name] = diff(self.spec, new, chain=name, stage=(stage, stage)).restoring(chain)
             # A revision that changes no chain (comments, layout) leaves the optimizers alone, even
             # with policy="reset": it is no growth step. Applying it still records the new spec.
             apply_plans([(plans[name], chain, self.optimizers[name]) for name, chain in self.chains.items()],
@@ -189,19 +327,3 @@ class SpecWatcher:
             self.on_error(exc)
         else:
             logger.warning("%s: revision not applied, the model is unchanged:\n%s", self.path, exc)
-
-
-def stat_signature(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
-    """What one ``stat()`` says of a watched file: (mtime in ns, size, inode), or None if it is missing.
-
-    A save changes it (an editor's rename-over changes the inode even within one mtime tick).
-
-    Example:
-        >>> stat_signature("/nonexistent/net.yaml") is None
-        True
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)

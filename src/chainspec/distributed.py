@@ -61,13 +61,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _optim
-from ._apply import _ChainSnapshot, _RngSnapshot, apply_plans
+from ._apply import StoreSnapshot, _ChainSnapshot, _RngSnapshot, apply_plans
 from ._chain import Chain
 from ._diff import Plan, PlanSet, diff
 from ._errors import ChainspecError, SpecError
+from ._limits import Limits, limits_or_default
 from ._spec import Spec, load, loads
-from ._watch import stat_signature
-from ._yaml import MAX_BYTES, read_head, too_big
+from ._watch import SETTLE, SettledReader
+from ._yaml import too_big
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -494,28 +495,31 @@ def _settle(statuses: list[tuple[str, str]], here: int, local: BaseException | N
 def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
               stages: Callable[[_Target], tuple[int | str, int | str]], policy: str, src: int, group: Any,
               timeout: Timeout, broadcast: Broadcast, source: str | None, where: str,
-              unchanged_keeps: bool = False) -> LockstepResult:
+              unchanged_keeps: bool = False, limits: Limits | None = None) -> LockstepResult:
     """Broadcast rank ``src``'s revision, agree on the plans, apply them, broadcast new tensors, re-wrap DDPs.
 
     With ``unchanged_keeps``, a revision that changes no chain (comments, layout) keeps the optimizer
-    state even under ``policy="reset"``: a watched file's cosmetic save is no growth step.
+    state even under ``policy="reset"``: a watched file's cosmetic save is no growth step. Revision
+    text is loaded with ``limits`` (by default those of ``old``), rank ``src``'s on every rank.
+    Each plan is marked with the inserts its chain restores (:meth:`Plan.restoring`) before the
+    ranks compare digests, so they also agree on which trained nodes come back.
     """
     if broadcast not in ("new", "all", "none"):
         raise ValueError(f"broadcast must be 'new', 'all' or 'none', got {broadcast!r}")
     here = _src_index(src, group)
     barrier(timeout=timeout, group=group, where=f"before {where}")
-    payload: tuple[str | None, str, tuple[str, ...]] | None = None
+    payload: tuple[str | None, str, tuple[str, ...], Limits | None] | None = None
     if _rank() == src or not is_distributed():
         if isinstance(new, Spec):
-            payload = (new.text, new.source, new.allow_imports)
+            payload = (new.text, new.source, new.allow_imports, new.limits)
         elif isinstance(new, (str, bytes)):
             payload = (new.decode("utf-8", "replace") if isinstance(new, bytes) else new, source or old.source,
-                       old.allow_imports)
+                       old.allow_imports, limits if limits is not None else old.limits)
         else:  # tell the other ranks too, rather than leave them waiting for a revision
             payload = (None, f"rank {src} must pass the new revision (a Spec or its text), got "
-                             f"{type(new).__name__}", ())
-    text, src_source, allow_imports = _broadcast_object(payload, src=src, group=group,
-                                                        where=f"broadcasting the revision for {where}")
+                             f"{type(new).__name__}", (), None)
+    text, src_source, allow_imports, src_limits = _broadcast_object(payload, src=src, group=group,
+                                                                    where=f"broadcasting the revision for {where}")
     if text is None:
         raise ValueError(f"{where}: {src_source}")
     # Agree on the plans before anyone touches a model.
@@ -523,9 +527,9 @@ def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
     plans = PlanSet()
     try:
         revised = (old if text == old.text and src_source == old.source
-                   else loads(text, source=src_source, allow_imports=allow_imports))
+                   else loads(text, source=src_source, allow_imports=allow_imports, limits=src_limits))
         for name, target in targets.items():
-            plans[name] = diff(old, revised, chain=name, stage=stages(target))
+            plans[name] = diff(old, revised, chain=name, stage=stages(target)).restoring(target.chain)
         if unchanged_keeps and plans.is_empty:
             policy = "keep"
         key = json.dumps({n: _plan_key(p) for n, p in plans.items()} | {"policy": policy}, sort_keys=True,
@@ -681,12 +685,16 @@ class DistributedSpecWatcher:
 
     Every rank calls :meth:`poll` at the same step (each call is one small broadcast, so poll every
     N steps if that matters). On rank ``src`` it costs one ``stat()`` when the file has not changed;
-    when it has, the new text is validated and diffed there, and a valid revision is broadcast as
-    text and applied on every rank by :func:`apply_plan` (plans agreed by digest, new parameters
-    broadcast from ``src``, DDP re-wrapped). An invalid revision (a half-saved file, a typo, a channel
-    mismatch) is reported with its ``file:line:col``, on rank ``src`` by default, and leaves every
-    model untouched; the next valid save is diffed against the last revision applied. The other
-    ranks never read the file: it need not exist on their machines.
+    a change is taken only once the save is complete, exactly as :class:`chainspec.SpecWatcher`
+    decides it (the same bytes and ``stat()`` on two reads at least ``settle`` seconds apart, noted
+    by one poll and taken by a later one; rank ``src`` decides and the others follow). The new text
+    is validated and diffed there, and a valid revision is broadcast as text and applied on every
+    rank by :func:`apply_plan` (plans agreed by digest, new parameters broadcast from ``src``, DDP
+    re-wrapped). An invalid revision (a typo, a channel mismatch) is reported with its
+    ``file:line:col``, on rank ``src`` by default, and leaves every model untouched; the next valid
+    save is diffed against the last revision applied. The other ranks never read the file: it need
+    not exist on their machines. A node that a revision removed and a later one inserts again
+    comes back with its trained weights and optimizer state on every rank (``(restored)`` in the plan).
 
     Args:
         path: the spec file (read on rank ``src`` only).
@@ -702,11 +710,15 @@ class DistributedSpecWatcher:
         on_error: called on every rank with the exception when a revision is rejected (on ranks other
             than ``src`` a :class:`chainspec.ChainspecError` carrying the message); by default rank
             ``src`` logs it as a warning on the ``chainspec.distributed`` logger.
-        settle: seconds a change must be old before it is read, for editors that write in several steps.
+        settle: seconds a changed file must stay the same, on two reads by rank ``src``, before it is
+            applied (default 0.3 s, as :class:`chainspec.SpecWatcher`); 0 reads twice at once.
+        limits: the bounds a revision is loaded with (see :class:`chainspec.Limits`), on every rank;
+            by default those the revision in force was loaded with.
         src, group, timeout, broadcast: as for :func:`apply_plan`.
 
     Attributes:
         spec: the revision in force.
+        limits: the bounds each revision is read and loaded with, on every rank.
         model: the model to train from now on (re-wrapped after each revision; a dict for several chains).
         error: the exception that rejected the last revision, or None after a successful one.
 
@@ -721,29 +733,43 @@ class DistributedSpecWatcher:
     def __init__(self, path: str | os.PathLike[str], model: nn.Module | Mapping[str, nn.Module],
                  optimizer: Optimizer | Mapping[str, Optimizer | None] | None = None, *, spec: Spec | None = None,
                  stage: int | str | None = None, policy: str = "keep", allow_imports: Iterable[str] = (),
-                 on_error: Callable[[Exception], None] | None = None, settle: float = 0.0, src: int = 0,
-                 group: Any = None, timeout: Timeout = None, broadcast: Broadcast = "new") -> None:
+                 on_error: Callable[[Exception], None] | None = None, settle: float = SETTLE, src: int = 0,
+                 group: Any = None, timeout: Timeout = None, broadcast: Broadcast = "new",
+                 limits: Limits | None = None) -> None:
         if policy not in ("keep", "reset"):
             raise ValueError(f"policy must be 'keep' or 'reset', got {policy!r}")
         self.path = os.fspath(path)
         self.policy, self.src, self.group, self.timeout, self.broadcast = policy, src, group, timeout, broadcast
         self.allow_imports = tuple(allow_imports)
-        self.on_error, self.settle, self.stage = on_error, settle, stage
+        self.on_error, self.stage = on_error, stage
+        self._settle = SettledReader(self.path, settle=settle).settle  # validated on every rank alike
         self.error: Exception | None = None
-        self._signature: tuple[int, int, int] | None = None
-        self._seen: bytes | None = None
         self._rejected: Exception | None = None
         self._pending: Spec | None = None
         self._single = not isinstance(model, Mapping)
         chains = [unwrap(m) for m in (model.values() if isinstance(model, Mapping) else [model])]
         recorded = {id(getattr(c, "spec", None)): getattr(c, "spec", None) for c in chains}
         found = next(iter(recorded.values())) if len(recorded) == 1 else None
-        self.spec: Spec = spec or (found if isinstance(found, Spec) else self._read_initial())
+        current = spec or (found if isinstance(found, Spec) else None)
+        self.limits = limits_or_default(limits if limits is not None or current is None
+                                        else getattr(current, "limits", None))
+        self.spec: Spec = current or self._read_initial()
         self._targets = _targets(model, optimizer, self.spec)
-        if self._is_src():
-            raw = self._read_or_none()
-            if raw is not None and raw == self.spec.text.encode("utf-8"):
-                self._seen, self._signature = raw, self._stat_signature()
+        # Rank src reads the file, and decides when a save is complete; the other ranks never do.
+        self._file: SettledReader | None = (
+            SettledReader(self.path, settle=self._settle, limits=self.limits,
+                          seen=self.spec.text.encode("utf-8")) if self._is_src() else None)
+
+    @property
+    def settle(self) -> float:
+        """Seconds a changed file must stay the same, on two reads by rank ``src``, before it is applied."""
+        return self._settle
+
+    @settle.setter
+    def settle(self, seconds: float) -> None:
+        self._settle = SettledReader(self.path, settle=seconds).settle
+        if self._file is not None:
+            self._file.settle = self._settle
 
     # -- where the model is ----------------------------------------------------------------------
     @property
@@ -758,22 +784,14 @@ class DistributedSpecWatcher:
         return not is_distributed() or _rank() == self.src
 
     # -- the file, on rank src -------------------------------------------------------------------------
-    def _stat_signature(self) -> tuple[int, int, int] | None:
-        return stat_signature(self.path)
-
-    def _read_or_none(self) -> bytes | None:
-        try:
-            return read_head(self.path)[0]  # never a file too big to be a spec whole; a FIFO never blocks
-        except OSError:
-            return None
-
     def _read_initial(self) -> Spec:
         """The file as rank ``src`` reads it, on every rank (a collective: every rank constructs the watcher)."""
         message: tuple[str, str] | None = None
         error: Exception | None = None
         if self._is_src():
             try:
-                current = load(self.path, allow_imports=self.allow_imports)  # reads at most MAX_BYTES + 1
+                # Reads at most limits.max_bytes + 1 bytes.
+                current = load(self.path, allow_imports=self.allow_imports, limits=self.limits)
                 message = ("ok", current.text)
             except (OSError, ChainspecError) as exc:
                 error, message = exc, ("error", str(exc))
@@ -781,29 +799,20 @@ class DistributedSpecWatcher:
                                        where="broadcasting the spec the watcher starts from")
         if kind == "error":
             raise error if error is not None else ChainspecError(f"rank {self.src} cannot read {self.path}: {body}")
-        return loads(body, source=self.path, allow_imports=self.allow_imports)
+        return loads(body, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
 
     def _changed(self) -> bytes | None:
-        """The file's bytes if it changed since the last look (and is old enough), else None."""
-        signature = self._stat_signature()
-        if signature is None or signature == self._signature:
-            return None  # unchanged, or between an editor's unlink and rename: try again next time
-        if self.settle and time.time() - signature[0] / 1e9 < self.settle:
-            return None
-        self._signature = signature
-        raw = self._read_or_none()
-        if raw is None or raw == self._seen:
-            return None
-        self._seen = raw
-        return raw
+        """The file's bytes once a change is complete (see :class:`chainspec.SpecWatcher`), else None."""
+        assert self._file is not None
+        return self._file.poll()
 
     def _check(self, raw: bytes) -> tuple[str, str]:
         """``("revision", text)`` when ``raw`` is a valid revision that diffs cleanly, else ``("rejected", why)``."""
         try:
-            if len(raw) > MAX_BYTES:
-                size = os.stat(self.path).st_size
-                raise SpecError([too_big(os.fspath(self.path), size if size > MAX_BYTES else None)])
-            new = loads(raw, source=self.path, allow_imports=self.allow_imports)
+            if len(raw) > self.limits.max_bytes:
+                size = self._file.size if self._file is not None else None
+                raise SpecError([too_big(self.path, size, self.limits.max_bytes)])
+            new = loads(raw, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
             for name, target in self._targets.items():
                 current = self._stage_of(target)
                 diff(self.spec, new, chain=name, stage=(current, current))
@@ -821,11 +830,11 @@ class DistributedSpecWatcher:
 
     # -- polling, on every rank ---------------------------------------------------------------------------
     def poll(self) -> Plan | PlanSet | None:
-        """Apply the file's new revision on every rank if there is a valid one; return its plan, else None.
+        """Apply the file's new revision on every rank if there is a complete, valid one; return its plan, else None.
 
         Returns the :class:`chainspec.Plan` applied (a PlanSet by chain name for several chains); None when
-        the file did not change or holds an invalid revision (then see :attr:`error`). After a revision,
-        train :attr:`model`, the re-wrapped DDP.
+        the file did not change, a change is still settling, or it holds an invalid revision (then see
+        :attr:`error`). After a revision, train :attr:`model`, the re-wrapped DDP.
 
         Raises:
             DistributedError: the ranks disagree or a collective timed out.
@@ -833,7 +842,11 @@ class DistributedSpecWatcher:
         message: tuple[str, str] | None = None
         self._rejected = None
         if self._is_src():
-            raw = self._changed()
+            try:
+                raw = self._changed()
+            except OSError as exc:
+                self._rejected, raw = exc, None
+                message = ("rejected", str(exc))
             if raw is not None:
                 message = self._check(raw)
         message = _broadcast_object(message, src=self.src, group=self.group, where="polling the spec watcher")
@@ -849,7 +862,8 @@ class DistributedSpecWatcher:
             result = _lockstep(self.spec, pending if self._is_src() else None, self._targets,
                                stages=lambda t: (stages[t.name], stages[t.name]), policy=self.policy,
                                src=self.src, group=self.group, timeout=self.timeout, broadcast=self.broadcast,
-                               source=self.path, where="applying a watched revision", unchanged_keeps=True)
+                               source=self.path, where="applying a watched revision", unchanged_keeps=True,
+                               limits=self.limits)
         except DistributedError:
             raise
         except Exception as exc:  # every rank rejected it alike and rolled back: training goes on
@@ -1032,6 +1046,7 @@ class _GrowerSnapshot:
         self.alphas = [(blend, blend.alpha) for blend in grower.blends.values()]
         targets = list(targets)
         self.chains = [_ChainSnapshot(t.chain) for t in targets]
+        self.stores = [StoreSnapshot(t.chain) for t in targets]  # a growth step keeps the nodes it removes
         unique = {id(o): o for o in (*grower.optimizers.values(), *(t.optimizer for t in targets)) if o is not None}
         self.optimizers = [_optim.snapshot(o) for o in unique.values()]
         self.rng = _RngSnapshot()
@@ -1043,6 +1058,8 @@ class _GrowerSnapshot:
             blend.alpha = alpha
         for chain in self.chains:
             chain.restore()
+        for store in self.stores:
+            store.restore()
         for optimizer in self.optimizers:
             optimizer.restore()
         self.rng.restore()
