@@ -235,7 +235,7 @@ def test_a_watched_spec_swapped_for_a_blocking_file_changes_nothing(tmp_path: Pa
     path.write_bytes(SPEC)
     net = chainspec.load(path).build()
     errors: list[Exception] = []
-    watcher = chainspec.SpecWatcher(path, net, on_error=errors.append, settle=0)
+    watcher = chainspec.SpecWatcher(path, net, on_error=errors.append, settle=0, limits=quick)
     path.unlink()
     writer = None
     if target.startswith("/"):
