@@ -24,11 +24,11 @@ from ._schedule import Schedule
 from ._spec import Spec, load, loads
 
 if TYPE_CHECKING:
+    from ._apply import RemovedNodes, removed_nodes
     from ._blend import Blend
     from ._chain import Chain, Node, NodeNotFoundError
     from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from ._compile import ChainSummary, NodeSummary
-    from ._apply import RemovedNodes, removed_nodes
     from ._diff import Op, Plan, PlanSet, diff
     from ._grow import Grower, GrowthEvent
     from ._watch import SpecWatcher
