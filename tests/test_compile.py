@@ -386,3 +386,44 @@ def test_applying_a_revision_refuses_new_modules_that_cannot_fit(big_state: None
     # Only what the plan builds counts: a node both revisions have is already allocated.
     kept = chainspec.diff(chainspec.loads(head + big), chainspec.loads(head + big + fc))
     shape_check(kept, None, "cpu")
+
+
+def test_the_memory_guard_sees_an_address_space_limit(tmp_path: Path) -> None:
+    """``ulimit -v 2G`` (RLIMIT_AS) and a 4 GB layer: a located SpecError before allocating, not a MemoryError."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY))
+        import chainspec
+        spec = chainspec.loads("chainspec: 1\\nchains:\\n  net:\\n    input_shape: [32768]\\n    nodes:\\n"
+                               "      - {id: fc, type: linear, args: {in_features: 32768, out_features: 32768}}\\n",
+                               source="big.yaml")
+        try:
+            spec.build()
+        except chainspec.SpecError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("big.yaml:6:9: chains.net.nodes[0] (fc): chain 'net' needs 4.3 GB"), out.stdout
+
+
+def test_build_all_refuses_chains_that_fit_alone_but_not_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two chains of 400 MB each with 600 MB free: refused before either is built, naming the other chains' need."""
+    from chainspec import _memory
+
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 600 * 10**6)
+    layer = "{id: fc, type: linear, args: {in_features: 10000, out_features: 10000, bias: false}}"
+    spec = chainspec.loads(f"chainspec: 1\nchains:\n  g: {{input_shape: [10000], nodes: [{layer}]}}\n"
+                           f"  d: {{input_shape: [10000], nodes: [{layer}]}}\n", source="gan.yaml")
+    built: list[str] = []
+    real = chainspec.Spec.build
+    monkeypatch.setattr(chainspec.Spec, "build",
+                        lambda self, name=None, **kw: built.append(name) or real(self, name, **kw))
+    with pytest.raises(SpecError) as info:
+        spec.build_all(device="meta")
+    assert built == []
+    assert "chain 'g' needs 400.0 MB of weights at stage 0 (and the other chains 400.0 MB), but meta has 600.0 MB" \
+        in str(info.value)

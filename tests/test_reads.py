@@ -254,6 +254,24 @@ def test_a_watched_spec_swapped_for_a_blocking_file_changes_nothing(tmp_path: Pa
     assert [n.id for n in net] == ["a"]
 
 
+def test_a_poll_waits_on_a_pipe_no_longer_than_its_own_bound(tmp_path: Path) -> None:
+    """A training loop's poll: a FIFO with an idle writer costs at most POLL_READ_TIMEOUT, not Limits.read_timeout."""
+    from chainspec._watch import POLL_READ_TIMEOUT, SettledReader
+
+    path = tmp_path / "net.yaml"
+    path.write_bytes(SPEC)
+    reader = SettledReader(path, settle=0, limits=Limits(read_timeout=30.0), seen=SPEC)
+    assert reader.read_timeout == POLL_READ_TIMEOUT
+    path.unlink()
+    os.mkfifo(path)
+    writer = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(TimeoutError):
+            reader.poll()
+    finally:
+        os.close(writer)
+
+
 # -- '-': stdin --------------------------------------------------------------------------------------------------
 
 def cli(*argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -361,3 +361,211 @@ def test_every_test_the_security_doc_cites_exists() -> None:
     missing = {name for name in cited if not any(d.startswith(name.rstrip("*")) if name.endswith("*") else d == name
                                                   for d in defined)}
     assert not missing, f"docs/security.md cites tests that do not exist: {sorted(missing)}"
+
+
+# -- documented exceptions: what each public entry point raises on bad arguments ------------------------------------
+
+def _documented(fn: Callable[..., Any]) -> tuple[type[BaseException], ...]:
+    """The exception types the ``Raises:`` section of ``fn``'s docstring names."""
+    import inspect
+
+    import chainspec._chain
+
+    doc = inspect.getdoc(fn) or ""
+    if "Raises:" not in doc:
+        return ()
+    section = doc.split("Raises:", 1)[1]
+    names = []
+    for line in section.splitlines()[1:]:
+        if line.strip() and not line.startswith(" "):
+            break  # the next section
+        match = re.match(r"\s{4}(\w+):", line)
+        if match:
+            names.append(match.group(1))
+    scopes = [chainspec, builtins, chainspec._chain]
+    return tuple(next(getattr(s, n) for s in scopes if isinstance(getattr(s, n, None), type)) for n in names)
+
+
+def _bad_calls(tmp_path: Path) -> dict[str, tuple[Callable[..., Any], Callable[[], Any]]]:
+    """Label -> (the public callable whose docstring counts, a call of it with bad arguments)."""
+    spec = chainspec.loads(SPEC, source="net.yaml")
+    net = spec.build()
+    grow = chainspec.loads("chainspec: 1\nstages: 3\nchains:\n  net:\n    input_shape: ['${stage + 1}']\n"
+                           "    nodes: [{id: a, type: relu}]\n", source="grow.yaml")
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC, encoding="utf-8")
+    wider = chainspec.loads(SPEC.replace("out_features: 3", "out_features: 5"), source="wider.yaml")
+    target = tmp_path / "x.pt"
+    calls = {
+        "loads(bytearray)": (chainspec.loads, lambda: chainspec.loads(bytearray(SPEC.encode()))),
+        "loads(memoryview)": (chainspec.loads, lambda: chainspec.loads(memoryview(SPEC.encode()))),
+        "load(limits=Limits(max_bytes=2**62))": (
+            chainspec.load, lambda: chainspec.load(path, limits=chainspec.Limits(max_bytes=2**62))),
+        "Spec.check([10**6])": (chainspec.Spec.check, lambda: grow.check([10**6])),
+        "Spec.check([-1])": (chainspec.Spec.check, lambda: grow.check([-1])),
+        "Spec.build(device='nope')": (chainspec.Spec.build, lambda: spec.build(device="nope")),
+        "Spec.build_all(device='nope')": (chainspec.Spec.build, lambda: spec.build_all(device="nope")),
+        "diff(spec, None)": (chainspec.diff, lambda: chainspec.diff(spec, None)),
+        "Plan.apply(chain, optimizer='adam')": (
+            chainspec.Plan.apply, lambda: chainspec.diff(spec, wider).apply(spec.build(), "adam")),
+        "SpecWatcher(path, None)": (chainspec.SpecWatcher, lambda: chainspec.SpecWatcher(path, None)),
+        "SpecWatcher(path, 'net')": (chainspec.SpecWatcher, lambda: chainspec.SpecWatcher(path, "net")),
+        "SpecWatcher(missing file, chain)": (
+            chainspec.SpecWatcher, lambda: chainspec.SpecWatcher(tmp_path / "missing.yaml", chainspec.Chain())),
+        "save_checkpoint(chains={'net': 'x'})": (chainspec.save_checkpoint, lambda: chainspec.save_checkpoint(
+            target, spec=spec, chains={"net": "x"}, stage=0)),
+        "save_checkpoint(chains=None)": (chainspec.save_checkpoint, lambda: chainspec.save_checkpoint(
+            target, spec=spec, chains=None, stage=0)),
+        "save_checkpoint(spec=None)": (chainspec.save_checkpoint, lambda: chainspec.save_checkpoint(
+            target, spec=None, chains={"net": net}, stage=0)),
+        "save_checkpoint(optimizers={'o': 'x'})": (chainspec.save_checkpoint, lambda: chainspec.save_checkpoint(
+            target, spec=spec, chains={"net": net}, stage=0, optimizers={"o": "x"})),
+        "get_type(123)": (chainspec.get_type, lambda: chainspec.get_type(123)),
+        "get_type('torch:relu', allow torch)": (
+            chainspec.get_type, lambda: chainspec.get_type("torch:relu", allow_imports=["torch"])),
+        "get_type('torch:nope', allow torch)": (
+            chainspec.get_type, lambda: chainspec.get_type("torch:nope", allow_imports=["torch"])),
+        "is_registered(123)": (chainspec.is_registered, lambda: chainspec.is_registered(123)),
+        "list_types(123)": (chainspec.list_types, lambda: chainspec.list_types(123)),
+    }
+    if not torch.cuda.is_available():
+        calls["Spec.build(device='cuda') without CUDA"] = (chainspec.Spec.build, lambda: spec.build(device="cuda"))
+    return calls
+
+
+#: Calls that must raise (a bad argument accepted silently is the bug): the rest may also succeed.
+MUST_RAISE = {"Spec.check([10**6])", "Spec.check([-1])", "Spec.build(device='nope')", "Spec.build_all(device='nope')",
+              "diff(spec, None)", "Plan.apply(chain, optimizer='adam')", "SpecWatcher(path, None)",
+              "SpecWatcher(path, 'net')", "SpecWatcher(missing file, chain)", "save_checkpoint(chains={'net': 'x'})",
+              "save_checkpoint(chains=None)", "save_checkpoint(spec=None)", "save_checkpoint(optimizers={'o': 'x'})",
+              "get_type(123)", "get_type('torch:relu', allow torch)", "get_type('torch:nope', allow torch)",
+              "is_registered(123)", "list_types(123)", "Spec.build(device='cuda') without CUDA"}
+
+
+BAD_CALLS = [
+    "loads(bytearray)", "loads(memoryview)", "load(limits=Limits(max_bytes=2**62))", "Spec.check([10**6])",
+    "Spec.check([-1])", "Spec.build(device='nope')", "Spec.build_all(device='nope')", "diff(spec, None)",
+    "Plan.apply(chain, optimizer='adam')", "SpecWatcher(path, None)", "SpecWatcher(path, 'net')",
+    "SpecWatcher(missing file, chain)", "save_checkpoint(chains={'net': 'x'})", "save_checkpoint(chains=None)",
+    "save_checkpoint(spec=None)", "save_checkpoint(optimizers={'o': 'x'})", "get_type(123)",
+    "get_type('torch:relu', allow torch)", "get_type('torch:nope', allow torch)", "is_registered(123)",
+    "list_types(123)", "Spec.build(device='cuda') without CUDA"]
+
+
+@pytest.mark.parametrize("label", BAD_CALLS)
+def test_bad_arguments_raise_what_the_docstring_documents(tmp_path: Path, label: str) -> None:
+    """A wrong argument raises a type its docstring names, or TypeError / ValueError: never AttributeError,
+    IndexError, RuntimeError, AssertionError, OSError or MemoryError from somewhere inside."""
+    calls = _bad_calls(tmp_path)
+    if label not in calls:
+        pytest.skip("CUDA is available here")
+    owner, call = calls[label]
+    allowed = (*_documented(owner), TypeError, ValueError)
+    try:
+        call()
+    except Exception as exc:
+        assert isinstance(exc, allowed), (
+            f"{label} raised {type(exc).__name__}: {exc}; {owner.__qualname__} documents "
+            f"{[t.__name__ for t in _documented(owner)] or 'nothing'} (and TypeError/ValueError for bad arguments)")
+        return
+    assert label not in MUST_RAISE, f"{label} accepted a bad argument"
+
+
+def test_the_documented_raises_are_read_from_the_docstrings(tmp_path: Path) -> None:
+    assert set(_bad_calls(tmp_path)) <= set(BAD_CALLS) and set(BAD_CALLS) >= MUST_RAISE
+    assert _documented(chainspec.load) == (SpecError,)
+    assert CheckpointError in _documented(chainspec.load_checkpoint)
+    assert KeyError in _documented(chainspec.get_type)
+
+
+def test_a_full_disk_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A write that fails part-way (here: the file-size limit, as a full disk, hit at many points of the write, in
+    the middle of one write call or between two) raises CheckpointError naming the file, keeps the previous
+    checkpoint and leaves no temporary file; ``build --save`` exits 1 without a traceback."""
+    script = textwrap.dedent(f"""
+        import os, resource, signal, sys
+        import torch, chainspec
+        spec = chainspec.loads({SPEC.replace('[4]', '[64]').replace('in_features: 4', 'in_features: 64')!r})
+        net = spec.build()
+        target = sys.argv[1]
+        chainspec.save_checkpoint(target, spec=spec, chains={{"net": net}}, stage=0)
+        before = open(target, "rb").read()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        outcomes = set()
+        for limit in range(97, len(before), 89):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            try:
+                chainspec.save_checkpoint(target, spec=spec, chains={{"net": net}}, stage=0)
+                outcomes.add("saved")
+            except chainspec.CheckpointError as exc:
+                outcomes.add(f"CheckpointError naming the file: {{target in str(exc)}}")
+            except Exception as exc:
+                outcomes.add(f"{{type(exc).__name__}}: {{exc}}")
+            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            outcomes.add(f"kept: {{open(target, 'rb').read() == before}}")
+            outcomes.add(f"left: {{sorted(os.listdir(os.path.dirname(target)))}}")
+        print(sorted(outcomes))
+    """)
+    target = tmp_path / "run" / "last.pt"
+    target.parent.mkdir()
+    out = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(sorted(["CheckpointError naming the file: True", "kept: True",
+                                             "left: ['last.pt']"])), out.stdout
+
+
+def test_cli_build_save_on_a_full_disk_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC, encoding="utf-8")
+    script = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))\n"
+              "from chainspec.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", script, "build", str(path), "--save", str(tmp_path / "c.pt")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "CHAINSPEC_DEBUG": ""})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr
+    assert "c.pt" in out.stderr
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["build", "{spec}", "--chain", "nope"], 1),
+    (["build", "{spec}", "--stage", "99"], 1),
+    (["build", "{spec}", "--save", "{tmp}/no/such/dir/c.pt"], 1),
+    (["diff", "{spec}", "{spec}", "--stage", "x"], 2),
+    (["diff", "{spec}", "{spec}", "--stage", "0:9"], 2),
+    (["diff", "{spec}", "{spec}", "--chain", "nope"], 2),
+    (["diff", "{spec}", "{tmp}/missing.yaml"], 2),
+    (["schema", "--output", "{tmp}/no/such/dir/s.json"], 1),
+    (["schema", "--check", "{tmp}/missing.json"], 1),
+    (["types", "--filter", "\x1b[2J"], 1),
+    (["validate", "{tmp}/\x1b[2J.yaml"], 1),
+    (["validate", "--deep", "{tmp}/missing.yaml"], 1),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_cli_subcommands_on_bad_arguments(tmp_path: Path, argv: list[str], code: int) -> None:
+    """Every subcommand: the documented exit code, a message, no traceback, nothing raw for the terminal."""
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC, encoding="utf-8")
+    args = [a.format(spec=path, tmp=tmp_path) for a in argv]
+    out = subprocess.run([sys.executable, "-m", "chainspec", *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CHAINSPEC_DEBUG": ""})
+    text = out.stdout + out.stderr
+    assert out.returncode == code, text
+    assert text.strip() and "Traceback" not in text and "internal error" not in text, text
+    assert not [c for c in text if not c.isprintable() and c != "\n"], repr(text)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("command, code", [("build", 1), ("diff", 2), ("types", 1), ("schema", 1)])
+def test_cli_output_to_a_full_device(tmp_path: Path, command: str, code: int) -> None:
+    """stdout on a full disk: a message and the command's error code (diff: 2), not a traceback."""
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC, encoding="utf-8")
+    other = tmp_path / "other.yaml"
+    other.write_text(SPEC.replace("out_features: 3", "out_features: 5"), encoding="utf-8")
+    argv = {"build": ["build", str(path), "--stage", "0"], "diff": ["diff", str(path), str(other)],
+            "types": ["types"], "schema": ["schema"]}[command]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chainspec", *argv], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120, env={**os.environ, "CHAINSPEC_DEBUG": ""})
+    assert out.returncode == code, out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr

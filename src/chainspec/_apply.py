@@ -61,6 +61,16 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
     """
     if policy not in POLICIES:
         raise PlanError(f"policy must be 'keep' or 'reset', got {policy!r}")
+    from ._chain import Chain
+    from ._diff import Plan
+
+    for plan, chain, optimizer in items:
+        if not isinstance(chain, Chain):
+            raise TypeError(f"a plan applies to a chainspec.Chain, got {type(chain).__name__}")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        if not isinstance(plan, Plan):
+            raise TypeError(f"expected a chainspec.Plan, got {type(plan).__name__}")
     chains = [chain for _, chain, _ in items]
     if len({id(c) for c in chains}) != len(chains):
         raise PlanError("the same chain is given twice; apply one plan per chain")

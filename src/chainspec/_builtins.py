@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import Field
 
-from ._model import MAX_DIM
+from ._model import FLOAT32_MAX, MAX_DIM
 from ._registry import builtin
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ Size2 = Size | tuple[Size, Size]
 Pad2 = Pad | tuple[Pad, Pad]
 #: A probability, as dropout takes it.
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+#: A finite number a float32 tensor can hold.
+Real = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)]
+#: A norm's epsilon: a non-negative :data:`Real`.
+Eps = Annotated[float, Field(ge=0.0, le=FLOAT32_MAX, allow_inf_nan=False)]
 #: PG-GAN's default gain for equalized learning rate: He initialisation for leaky ReLU-ish activations.
 SQRT2 = math.sqrt(2.0)
 
@@ -89,7 +93,7 @@ def linear(in_features: Size, out_features: Size, bias: bool = True) -> nn.Modul
 
 
 @builtin("batchnorm1d")
-def batchnorm1d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+def batchnorm1d(num_features: Size, eps: Eps = 1e-5, momentum: Real = 0.1, affine: bool = True,
                 track_running_stats: bool = True) -> nn.Module:
     """Batch normalisation over ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``)."""
     from torch import nn
@@ -98,7 +102,7 @@ def batchnorm1d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, af
 
 
 @builtin("batchnorm2d")
-def batchnorm2d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+def batchnorm2d(num_features: Size, eps: Eps = 1e-5, momentum: Real = 0.1, affine: bool = True,
                 track_running_stats: bool = True) -> nn.Module:
     """Batch normalisation over ``(N, C, H, W)`` (``torch.nn.BatchNorm2d``)."""
     from torch import nn
@@ -107,7 +111,7 @@ def batchnorm2d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, af
 
 
 @builtin("layernorm")
-def layernorm(normalized_shape: Size | tuple[Size, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+def layernorm(normalized_shape: Size | tuple[Size, ...], eps: Eps = 1e-5, elementwise_affine: bool = True,
               bias: bool = True) -> nn.Module:
     """Layer normalisation over the trailing dimensions (``torch.nn.LayerNorm``)."""
     from torch import nn
@@ -116,7 +120,7 @@ def layernorm(normalized_shape: Size | tuple[Size, ...], eps: float = 1e-5, elem
 
 
 @builtin("groupnorm")
-def groupnorm(num_groups: Size, num_channels: Size, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+def groupnorm(num_groups: Size, num_channels: Size, eps: Eps = 1e-5, affine: bool = True) -> nn.Module:
     """Group normalisation (``torch.nn.GroupNorm``)."""
     from torch import nn
 
@@ -124,7 +128,7 @@ def groupnorm(num_groups: Size, num_channels: Size, eps: float = 1e-5, affine: b
 
 
 @builtin("instancenorm2d")
-def instancenorm2d(num_features: Size, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
+def instancenorm2d(num_features: Size, eps: Eps = 1e-5, momentum: Real = 0.1, affine: bool = False,
                    track_running_stats: bool = False) -> nn.Module:
     """Instance normalisation over ``(N, C, H, W)`` (``torch.nn.InstanceNorm2d``)."""
     from torch import nn
@@ -152,7 +156,7 @@ def relu() -> nn.Module:
 
 @builtin("leaky_relu")
 @elementwise
-def leaky_relu(negative_slope: float = 0.01) -> nn.Module:
+def leaky_relu(negative_slope: Real = 0.01) -> nn.Module:
     """Leaky ReLU (``torch.nn.LeakyReLU``); PG-GAN uses a slope of 0.2."""
     from torch import nn
 
@@ -259,7 +263,7 @@ def adaptive_avgpool2d(output_size: Size2 = 1) -> nn.Module:
 
 @builtin("eq_conv2d")
 def eq_conv2d(in_channels: Size, out_channels: Size, kernel_size: Size = 3, stride: Size = 1, padding: Pad = 0,
-              bias: bool = True, gain: float = SQRT2) -> nn.Module:
+              bias: bool = True, gain: Real = SQRT2) -> nn.Module:
     """2-D convolution with equalized learning rate (Karras et al. 2018, section 4.1).
 
     Args:
@@ -277,7 +281,7 @@ def eq_conv2d(in_channels: Size, out_channels: Size, kernel_size: Size = 3, stri
 
 
 @builtin("eq_linear")
-def eq_linear(in_features: Size, out_features: Size, bias: bool = True, gain: float = SQRT2) -> nn.Module:
+def eq_linear(in_features: Size, out_features: Size, bias: bool = True, gain: Real = SQRT2) -> nn.Module:
     """Fully connected layer with equalized learning rate (Karras et al. 2018, section 4.1).
 
     Args:
@@ -304,7 +308,7 @@ def channel_bias(num_channels: Size) -> nn.Module:
 
 
 @builtin("pixel_norm")
-def pixel_norm(eps: float = 1e-8) -> nn.Module:
+def pixel_norm(eps: Eps = 1e-8) -> nn.Module:
     """Pixelwise feature-vector normalisation (Karras et al. 2018, section 4.2)."""
     from ._layers import PixelNorm
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._chain import Chain
+from ._compile import check_device
 from ._errors import CheckpointError, SpecError, printable
 from ._limits import Limits, limits_or_default
 from ._spec import Spec, loads
@@ -511,7 +512,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: torch.device | str 
             spec; or ``optimizer_factory`` fails on the parameters it is given. Nothing else, whatever the
             file holds.
         TypeError: ``limits`` is not a :class:`chainspec.Limits`, or ``optimizer_factory`` is not callable.
-        ValueError: ``device`` is not a torch device.
+        ValueError: ``device`` is not a torch device, or not one this machine has.
 
     Example:
         >>> ckpt = load_checkpoint("run/last.pt", optimizer_factory=lambda name, params: torch.optim.Adam(params))
@@ -522,11 +523,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: torch.device | str 
         chainspec._errors.CheckpointError: no checkpoint at missing.pt
     """
     limits = limits_or_default(limits)
-    if device is not None:
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"device {device!r} is not a torch device: {str(exc).splitlines()[0]}") from None
+    device = check_device(device)
     if optimizer_factory is not None and not callable(optimizer_factory):
         raise TypeError(f"optimizer_factory must be callable, got {type(optimizer_factory).__name__}")
     real_path = os.fspath(path)

@@ -110,6 +110,37 @@ class ChainSummary:
         return out
 
 
+def check_device(device: Any) -> torch.device | None:
+    """Turn ``device`` into a ``torch.device`` that this process can allocate on, or refuse it.
+
+    A string that names no device, and a device this build or machine lacks (``"cuda"`` without
+    CUDA, ``"cuda:7"`` on a one-GPU machine), are the caller's mistake: ``ValueError``, not
+    torch's ``RuntimeError`` or ``AssertionError`` from deep inside a build.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("nope")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must name a torch device such as 'cpu' or 'cuda:0', got 'nope'
+    """
+    if device is None:
+        return None
+    if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device, a string or an index, got {type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    try:
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"device {str(parsed)!r} is not available here: {reason}") from None
+    return parsed
+
+
 def check_dtype(dtype: Any) -> None:
     """Refuse a ``dtype`` parameters cannot have, as the caller's mistake rather than the spec's.
 

@@ -401,6 +401,7 @@ class Plan:
         Raises:
             PlanError: the chain is not the plan's old revision, or a bad policy.
             SpecError: the new revision does not shape-check, or an ``init``/``optim`` setting cannot apply.
+            TypeError: ``chain`` is not a :class:`Chain`, or ``optimizer`` not an optimizer.
         """
         from ._apply import apply_plans
 
@@ -448,6 +449,7 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
     Raises:
         ValueError: unknown chain, or a stage out of range.
         SpecError: a changed node cannot be built (located at its line in the spec).
+        TypeError: ``old`` or ``new`` is not a :class:`Spec`.
 
     Example:
         >>> import chainspec
@@ -459,6 +461,11 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
         <BLANKLINE>
         Plan: 1 to insert; parameters +73,984.
     """
+    from ._spec import Spec
+
+    for which, spec in (("old", old), ("new", new)):
+        if not isinstance(spec, Spec):
+            raise TypeError(f"diff compares two chainspec.Spec revisions; {which} is {type(spec).__name__}")
     old_stage, new_stage = _stages(stage)
     name = _chain_name(old, new, chain)
     old_chain, new_chain = old.resolved(name), new.resolved(name)

@@ -128,7 +128,7 @@ class NodeType:
                     best[key] = err
             for key, err in best.items():
                 value = known.get(key) if key else None
-                problems.append((key, f"{err['msg'].rstrip('.').lower()}, got {value!r}", _type_hint(self, key)))
+                problems.append((key, f"{_error_text(err)}, got {value!r}", _type_hint(self, key)))
             return {}, problems
         if problems:
             return {}, problems
@@ -201,13 +201,32 @@ def describe_annotation(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+_BOUND_WORDS = {"less_than_equal": ("le", "less than or equal to"), "less_than": ("lt", "less than"),
+                "greater_than_equal": ("ge", "greater than or equal to"), "greater_than": ("gt", "greater than")}
+
+
+def _error_text(err: Any) -> str:
+    """Pydantic's message for one argument, lower-cased; a float bound in short form (``3.40282e+38``, not 39 digits).
+
+    Example:
+        >>> _error_text({"type": "less_than_equal", "msg": "Input should be ...", "ctx": {"le": 3.4028234663852886e38}})
+        'input should be less than or equal to 3.40282e+38'
+    """
+    words = _BOUND_WORDS.get(err.get("type", ""))
+    bound = (err.get("ctx") or {}).get(words[0]) if words else None
+    if words and isinstance(bound, float):
+        return f"input should be {words[1]} {bound:g}"
+    return str(err["msg"]).rstrip(".").lower()
+
+
 def _with_bounds(base: str, metadata: tuple[Any, ...]) -> str:
     """``int >= 1``, ``float in [0.0, 1.0]``: the numeric bounds of an ``Annotated`` type, readably.
 
-    An upper bound equal to the format's limit on any dimension is left out:
-    it applies to every size alike and would only add noise.
+    An upper bound equal to the format's limit on any dimension, and the float32 range every
+    real-valued argument shares, are left out: they apply to every argument alike and would only
+    add noise (a value past them is still refused, with the bound in the message).
     """
-    from ._model import MAX_DIM
+    from ._model import FLOAT32_MAX, MAX_DIM
 
     items: list[Any] = []
     for meta in metadata:
@@ -215,10 +234,10 @@ def _with_bounds(base: str, metadata: tuple[Any, ...]) -> str:
     low = high = None
     for item in items:
         for attr, sign in (("ge", "["), ("gt", "(")):
-            if getattr(item, attr, None) is not None:
+            if getattr(item, attr, None) is not None and getattr(item, attr) != -FLOAT32_MAX:
                 low = (sign, getattr(item, attr))
         for attr, sign in (("le", "]"), ("lt", ")")):
-            if getattr(item, attr, None) is not None and getattr(item, attr) != MAX_DIM:
+            if getattr(item, attr, None) is not None and getattr(item, attr) not in (MAX_DIM, FLOAT32_MAX):
                 high = (sign, getattr(item, attr))
     if low and high:
         return f"{base} in {low[0]}{low[1]}, {high[1]}{high[0]}"

@@ -41,8 +41,10 @@ class Leaf:
     type: str
     args: Mapping[str, Any]
     factory: Callable[..., Any] = field(compare=False)
-    #: Modules it builds: one.
+    #: Leaf modules it builds: one.
     leaves: ClassVar[int] = 1
+    #: Modules it builds, containers included: one.
+    modules: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
@@ -51,22 +53,25 @@ class Group:
 
     Expansion shares the trees of parts defined alike (a composite of ten parts of one type
     holds the same subtree ten times), so a tree is a DAG whose expanded size can be far larger
-    than its memory. ``leaves`` is that size, the number of modules building it makes, known
-    without walking it.
+    than its memory. ``leaves`` is the number of leaf modules building it makes, and ``modules``
+    that number with the composites' own containers, both known without walking it.
 
     Example:
         >>> relu = Leaf("relu", {}, None)
         >>> block = Group("block", (("a", relu), ("b", relu)))
-        >>> Group("net", (("x", block), ("y", block))).leaves
-        4
+        >>> net = Group("net", (("x", block), ("y", block)))
+        >>> net.leaves, net.modules
+        (4, 7)
     """
 
     type: str
     parts: tuple[tuple[str, Leaf | Group], ...]
     leaves: int = field(init=False, compare=False, repr=False)
+    modules: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "leaves", sum(sub.leaves for _, sub in self.parts))
+        object.__setattr__(self, "modules", 1 + sum(sub.modules for _, sub in self.parts))
 
 
 Tree = Leaf | Group
@@ -164,7 +169,7 @@ class _Resolver:
         #: The expression work and value sizes of the whole load.
         self.budget = Budget(limits)
         #: Modules expanded so far, over all chains (every part of every composite, shared or not).
-        self.leaves = 0
+        self.modules = 0
         #: Successful composite expansions by (type, concrete argument values): shared, never redone.
         self.memo: dict[tuple[str, Any], Group] = {}
         self.leaf_memo: dict[tuple[str, Any], Leaf] = {}
@@ -208,10 +213,11 @@ class _Resolver:
         if isinstance(exc, LimitError) and exc.fatal:
             raise _Stop
 
-    def count(self, leaves: int, path: Path, label: Label) -> None:
-        """Count ``leaves`` more expanded modules, at ``path``; stop the load past ``max_nodes``."""
-        self.leaves += leaves
-        if self.leaves > self.limits.max_nodes:
+    def count(self, modules: int, path: Path, label: Label) -> None:
+        """Count ``modules`` more expanded modules (leaves and composites), at ``path``; stop the load past
+        ``max_nodes``."""
+        self.modules += modules
+        if self.modules > self.limits.max_nodes:
             self.report(path, f"the spec expands to more than {self.limits.max_nodes:,} modules (every part of "
                         "every composite, over all chains)", limit_hint("max_nodes"), label)
             raise _Stop
@@ -432,7 +438,7 @@ class _Resolver:
         key = _memo_key(type_name, values)
         done = self.memo.get(key) if key is not None else None
         if done is not None:  # defined alike before: the same tree, shared; its modules still count
-            self.count(done.leaves, path, label)
+            self.count(done.modules, path, label)
             return done
         group = self.expand_composite(type_name, typedef, values, path, label, (*stack, type_name))
         if group is not None and key is not None:
@@ -526,6 +532,7 @@ class _Resolver:
             if sub is None:
                 return None
             parts.append((part.id, sub))
+        self.count(1, path, label)  # the composite's own container; its parts counted as they expanded
         return Group(name, tuple(parts))
 
 

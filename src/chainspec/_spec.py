@@ -148,7 +148,7 @@ class Spec:
         Raises:
             SpecError: listing every chain and stage that does not fit together, or the bound
                 the check would go past.
-            ValueError: ``budget`` is not a positive number.
+            ValueError: ``budget`` is not a positive number, or a stage is out of range.
 
         Example:
             >>> spec = loads('''
@@ -168,7 +168,7 @@ class Spec:
         """
         from ._compile import check_stages
 
-        chosen = range(self.stages) if stages is None else stages
+        chosen = range(self.stages) if stages is None else [self.stage_index(stage) for stage in stages]
         problems = check_stages(self._chains.values(), chosen, self._doc, budget=budget)
         if problems:
             raise SpecError(problems)
@@ -186,7 +186,8 @@ class Spec:
         Raises:
             SpecError: the chain does not shape-check at that stage, or what it would allocate
                 (parameters, buffers, any tensor a module keeps) exceeds the device's free memory.
-            ValueError: unknown chain, out-of-range stage, or a dtype that is not floating point.
+            ValueError: unknown chain, out-of-range stage, a dtype that is not floating point, or a
+                device that is not a device or is not available here (``"cuda"`` without CUDA).
             TypeError: ``dtype`` is not a ``torch.dtype``.
 
         Example:
@@ -195,17 +196,48 @@ class Spec:
             >>> spec.build().fc.weight.shape
             torch.Size([2, 4])
         """
-        from ._compile import build_chain, check_dtype
+        from ._compile import build_chain, check_device, check_dtype
 
         check_dtype(dtype)
+        device = check_device(device)
         built = build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
         built.spec = self  # the revision it runs: plans, watchers and checkpoints start from it
         return built
 
     def build_all(self, *, stage: int | str = 0, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> dict[str, Chain]:
-        """Build every chain at ``stage``, by name (for example PG-GAN's generator and discriminator)."""
-        return {name: self.build(name, stage=stage, device=device, dtype=dtype) for name in self._chains}
+        """Build every chain at ``stage``, by name (for example PG-GAN's generator and discriminator).
+
+        Raises:
+            SpecError: as :meth:`build`, for the first chain that does not build, or when the chains
+                together need more memory than the device has free (checked before any is built).
+            ValueError: out-of-range stage, or a bad ``device`` or ``dtype``, as for :meth:`build`.
+            TypeError: ``dtype`` is not a ``torch.dtype``.
+
+        Example:
+            >>> spec = loads("chainspec: 1\\nchains: {g: {input_shape: [2], nodes: [{id: a, type: relu}]},"
+            ...              " d: {input_shape: [2], nodes: [{id: b, type: relu}]}}")
+            >>> sorted(spec.build_all())
+            ['d', 'g']
+        """
+        from ._compile import check_device, check_dtype, infer
+        from ._memory import check_fits, needed_bytes
+
+        check_dtype(dtype)
+        device, index = check_device(device), self.stage_index(stage)
+        # All chains together must fit before any is built: a generator that fits and a
+        # discriminator that then does not would be built for nothing.
+        summaries = {}
+        for name in self._chains:
+            summary, problems = infer(self._chains[name], index, self._doc, dtype=dtype)
+            if problems or summary is None:
+                raise SpecError(problems)
+            summaries[name] = summary
+        needs = {name: needed_bytes(summary, dtype) for name, summary in summaries.items()}
+        for name, summary in summaries.items():
+            check_fits(summary, self._chains[name], self._doc, device=device, dtype=dtype,
+                       others=sum(needs.values()) - needs[name])
+        return {name: self.build(name, stage=index, device=device, dtype=dtype) for name in self._chains}
 
     def problem(self, path: Path, message: str, hint: str | None = None) -> Problem:
         """A :class:`Problem` located at a key path of this spec's file."""
@@ -240,12 +272,13 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (), lim
     return loads(raw, source=os.fspath(path), allow_imports=allow_imports, limits=limits)
 
 
-def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterable[str] = (),
+def loads(text: str | bytes | bytearray | memoryview, *, source: str = "<string>", allow_imports: Iterable[str] = (),
           limits: Limits | None = None) -> Spec:
     """Validate spec text; ``source`` names it in error messages and ``limits`` bounds the work.
 
     Raises:
         SpecError: listing every problem, each as ``source:line:col: path: message``.
+        TypeError: ``text`` is not text or bytes.
 
     Example:
         >>> loads("chainspec: 1\\nchains: {}", source="x.yaml")
@@ -254,6 +287,10 @@ def loads(text: str | bytes, *, source: str = "<string>", allow_imports: Iterabl
         chainspec._errors.SpecError: x.yaml:2:1: chains: must have at least 1 chain
     """
     limits = limits_or_default(limits)
+    if isinstance(text, (bytearray, memoryview)):
+        text = bytes(text)
+    if not isinstance(text, (str, bytes)):
+        raise TypeError(f"spec text must be str or bytes, got {type(text).__name__}")
     model, doc, problems = validate_structure(text, source, limits)
     if model is None:
         # Report the whole-document problems too, where the structure allows it.

@@ -39,6 +39,9 @@ logger = logging.getLogger("chainspec.watch")
 #: to finish; short next to the time it takes to edit a spec. 0 reads twice at once (for writers that
 #: replace the file atomically, by a rename).
 SETTLE = 0.3
+#: The most seconds one poll waits on a pipe swapped in for the watched file: a training loop's poll
+#: must not stall for ``Limits.read_timeout`` on a FIFO whose writer stays open and idle.
+POLL_READ_TIMEOUT = 0.05
 
 #: What one ``stat()`` says of a file: (mtime in ns, size, inode).
 Signature = tuple[int, int, int]
@@ -91,9 +94,11 @@ class SettledReader:
         size: the file's size when the bytes last handed over were more than ``limits.max_bytes``, else None.
 
     Example:
-        >>> with open("net.yaml", "w") as f:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "net.yaml")
+        >>> with open(path, "w") as f:
         ...     _ = f.write("chainspec: 1\\n")
-        >>> reader = SettledReader("net.yaml", settle=0)
+        >>> reader = SettledReader(path, settle=0)
         >>> reader.poll()
         b'chainspec: 1\\n'
         >>> reader.poll() is None  # unchanged since
@@ -126,16 +131,21 @@ class SettledReader:
             raise ValueError(f"settle must be a number of seconds >= 0, got {seconds!r}")
         self._settle = float(seconds)
 
+    @property
+    def read_timeout(self) -> float:
+        """Seconds one read may wait on a pipe: ``limits.read_timeout``, at most :data:`POLL_READ_TIMEOUT`."""
+        return min(self.limits.read_timeout, POLL_READ_TIMEOUT)
+
     def _read_or_none(self) -> bytes | None:
         try:
-            return read_head(self.path, self.limits.max_bytes, self.limits.read_timeout)[0]
+            return read_head(self.path, self.limits.max_bytes, self.read_timeout)[0]
         except OSError:
             return None
 
     def _read(self, signature: Signature) -> _Seen:
         # Never more than a spec may hold: a watched file replaced by a huge one (or a link to
-        # /dev/zero) must not be read whole into a training process, nor a FIFO block it.
-        raw, size = read_head(self.path, self.limits.max_bytes, self.limits.read_timeout)
+        # /dev/zero) must not be read whole into a training process, nor a FIFO stall it.
+        raw, size = read_head(self.path, self.limits.max_bytes, self.read_timeout)
         return _Seen(signature, raw, monotonic(), size)
 
     def poll(self) -> bytes | None:
@@ -185,6 +195,53 @@ class SettledReader:
         return second.raw
 
 
+def check_chains_and_optimizers(chains: object, optimizer: object) -> None:
+    """Refuse, as ``TypeError``, what a watcher cannot watch: anything but a chain or a dict of chains,
+    and an optimizer that is neither an optimizer, a dict of them, nor None.
+
+    Example:
+        >>> check_chains_and_optimizers("net", None)
+        Traceback (most recent call last):
+        ...
+        TypeError: a watcher watches a chainspec.Chain or a dict of them by name, got str
+    """
+    from torch.optim import Optimizer
+
+    from ._chain import Chain
+
+    values = list(chains.values()) if isinstance(chains, Mapping) else [chains]
+    bad = [v for v in values if not isinstance(v, Chain)]
+    if bad or not values:
+        got = type(bad[0]).__name__ if bad else "an empty dict"
+        raise TypeError(f"a watcher watches a chainspec.Chain or a dict of them by name, got {got}")
+    optimizers = list(optimizer.values()) if isinstance(optimizer, Mapping) else [optimizer]
+    wrong = next((o for o in optimizers if o is not None and not isinstance(o, Optimizer)), None)
+    if wrong is not None:
+        raise TypeError("optimizer must be a torch.optim.Optimizer, a dict of them by chain name, or None; "
+                        f"got {type(wrong).__name__}")
+
+
+def read_spec_file(path: str, limits: Limits) -> bytes:
+    """The bytes of the spec file at ``path``, read within ``limits``; a file that cannot be read or is too
+    big is a :class:`SpecError` naming it, as in :func:`chainspec.load`.
+
+    Example:
+        >>> read_spec_file("missing.yaml", Limits())
+        Traceback (most recent call last):
+        ...
+        chainspec._errors.SpecError: missing.yaml: cannot read spec: No such file or directory
+    """
+    from ._errors import Problem
+
+    try:
+        raw, size = read_head(path, limits.max_bytes, limits.read_timeout)
+    except OSError as exc:
+        raise SpecError([Problem(path, None, None, "", f"cannot read spec: {exc.strerror or exc}")]) from None
+    if len(raw) > limits.max_bytes:
+        raise SpecError([too_big(path, size, limits.max_bytes)])
+    return raw
+
+
 class SpecWatcher:
     """Watches a spec file and applies each complete, valid revision to one chain (or several) while training.
 
@@ -211,6 +268,12 @@ class SpecWatcher:
         limits: the bounds each revision is read and loaded with.
         error: the exception that rejected the last revision, or None after a successful one.
 
+    Raises:
+        SpecError: no revision is given and the file cannot be read or is not a valid spec.
+        TypeError: ``chain_or_chains`` is not a chain or a dict of chains, or ``optimizer`` not an
+            optimizer (or a dict of them).
+        ValueError: a bad ``policy``, or a chain the spec does not have.
+
     Example:
         >>> watcher = SpecWatcher("specs/net.yaml", net, optimizer=opt)  # doctest: +SKIP
         >>> for step in range(steps):  # doctest: +SKIP
@@ -226,6 +289,7 @@ class SpecWatcher:
                  limits: Limits | None = None) -> None:
         if policy not in ("keep", "reset"):
             raise ValueError(f"policy must be 'keep' or 'reset', got {policy!r}")
+        check_chains_and_optimizers(chain_or_chains, optimizer)
         self.path = os.fspath(path)
         self.single = not isinstance(chain_or_chains, Mapping)
         self.chains: dict[str, Chain] = ({chain_or_chains.name: chain_or_chains} if self.single  # type: ignore[union-attr]
@@ -242,7 +306,7 @@ class SpecWatcher:
         self.limits = limits_or_default(limits if limits is not None or current is None
                                         else getattr(current, "limits", None))
         if current is None:
-            raw = read_head(self.path, self.limits.max_bytes, self.limits.read_timeout)[0]
+            raw = read_spec_file(self.path, self.limits)
             current = loads(raw, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
             seen = raw
         else:

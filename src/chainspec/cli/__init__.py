@@ -47,8 +47,9 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chainspec`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    Exit codes: 0 success, 1 invalid input (messages on stderr), 2 usage error. When the
-    reader of stdout goes away (``| head``) it stops quietly with 1. Whatever goes wrong, the
+    Exit codes: 0 success, 1 invalid input (messages on stderr), 2 usage error; ``diff``, whose
+    1 means "different", fails with 2. When the reader of stdout goes away (``| head``) it stops
+    quietly with the command's failure code. Whatever goes wrong, the
     user sees a message, never a traceback (unless ``CHAINSPEC_DEBUG=1``), and nothing printed
     can drive the terminal: every stream escapes its control characters (see ``cli._io``).
 
@@ -69,24 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     debug = bool(os.environ.get("CHAINSPEC_DEBUG"))
+    failed = 1  # the exit code of a failure; a subcommand whose 1 means something else sets error_code
     try:
         try:
             args = main_parser().parse_args(argv)
         except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        failed = int(getattr(args, "error_code", 1))
         code = int(args.func(args))
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        return _reader_gone()
+        _reader_gone()
+        return failed
     except ChainspecError as exc:
         print(_text(exc), file=sys.stderr)
-        return 1
+        return failed
     except (ValueError, OSError) as exc:
         if debug:
             raise
         print(f"chainspec: error: {_text(exc)}", file=sys.stderr)
-        return 1
+        return failed
     except KeyboardInterrupt:
         print("chainspec: interrupted", file=sys.stderr)
         return 130
@@ -95,7 +99,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         print(f"chainspec: internal error: {type(exc).__name__}: {_text(exc)}\n"
               "TIP: rerun with CHAINSPEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
-        return 1
+        return failed
 
 
 def _text(exc: BaseException) -> str:

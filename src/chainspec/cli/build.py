@@ -53,18 +53,64 @@ def run(args: argparse.Namespace) -> int:
         spec.resolved(name)  # unknown chain -> ValueError with a hint
     stages = list(range(spec.stages)) if args.stage == "all" else [spec.stage_index(args.stage)]
     spec.check(stages)
-    summaries = {stage: {name: spec.summary(name, stage=stage) for name in names} for stage in stages}
+    shown = stages_to_show(spec, names, stages)
+    omitted = [stage for stage in stages if stage not in shown]
+    summaries = {stage: {name: spec.summary(name, stage=stage) for name in names} for stage in shown}
     if args.format == "json":
-        def chains(stage: int) -> dict[str, Any]:
-            return {"chains": {n: s.to_dict() for n, s in summaries[stage].items()}}
+        def chains(stage: int) -> dict[str, Any] | None:
+            return {"chains": {n: s.to_dict() for n, s in summaries[stage].items()}} if stage in summaries else None
 
-        out = {"stages": [chains(s) for s in stages]} if args.stage == "all" else chains(stages[0])
+        out: dict[str, Any] | None = (
+            {"stages": [chains(s) for s in stages], "omitted_stages": omitted} if args.stage == "all"
+            else chains(stages[0]))
         print(json_text(out))
     else:
         print(render_table(spec, summaries))
+        if omitted:
+            print(f"\n({_ranges(omitted)} not shown: {len(omitted):,} more tables would pass {MAX_ROWS:,} rows; "
+                  "show one with --stage N)")
     if args.save:
         _save(spec, names, stages[0], args.save)
     return 0
+
+
+#: The most table rows (nodes, over every chain and stage) one ``build`` prints: a spec within the
+#: node limit can still have 1,000 stages of 9,000 nodes, nine million rows and hundreds of MB.
+MAX_ROWS = 20_000
+
+
+def stages_to_show(spec: Spec, names: list[str], stages: list[int], max_rows: int = MAX_ROWS) -> list[int]:
+    """The stages whose tables fit in ``max_rows`` rows: the first ones, and the last one always.
+
+    The count stops as soon as the bound is reached, so choosing costs at most ``max_rows`` node
+    visits per chain, not stages x nodes.
+
+    Example:
+        >>> import chainspec
+        >>> spec = chainspec.loads("chainspec: 1\\nstages: 5\\nchains: {n: {input_shape: [2], nodes: "
+        ...                        "[{id: a, type: relu}, {id: b, type: relu}]}}")
+        >>> stages_to_show(spec, ["n"], [0, 1, 2, 3, 4], max_rows=5)
+        [0, 4]
+    """
+    chains = [spec.resolved(name) for name in names]
+
+    def rows(stage: int) -> int:
+        return sum(len(chain.at(stage)) for chain in chains)
+
+    last = stages[-1]
+    used = rows(last)
+    shown: list[int] = []
+    for stage in stages[:-1]:
+        used += rows(stage)
+        if used > max_rows:
+            break
+        shown.append(stage)
+    return [*shown, last]
+
+
+def _ranges(stages: list[int]) -> str:
+    """``stages 3-998`` or ``stage 3``, for the note on what was left out (the omitted stages are consecutive)."""
+    return f"stage {stages[0]}" if len(stages) == 1 else f"stages {stages[0]}-{stages[-1]}"
 
 
 def render_table(spec: Spec, summaries: dict[int, dict[str, Any]]) -> str:

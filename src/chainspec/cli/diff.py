@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                    help="allow node types named by import path under MODULE (repeatable)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, error_code=2)  # 1 means 'different' here, so any failure is 2
 
 
 def run(args: argparse.Namespace) -> int:
