@@ -10,15 +10,32 @@
    parameters, and the weights of every node that survived all revisions
    untouched. A revision that cannot be applied changes nothing.
 
+3. Hostile specs generated at the spec level, through ``chainspec.loads``:
+   composites nested by generation (random fan-out and depth, shared
+   definitions, strings and lists doubled on the way down), expressions from
+   the whole Python expression grammar (node kinds that are not allowed, huge
+   constants, ``~``, calls with huge arguments) wherever a spec takes one, and
+   random YAML tags on any value, merge-key sources included. Each example runs
+   under a hang guard and a memory cap (:func:`bounded`): it ends in a spec or a
+   located ``SpecError`` within seconds and a gigabyte, and what the documented
+   bounds forbid (more modules than ``Limits.max_nodes``, a tag outside the core
+   schema anywhere) is refused.
+
 Example counts are modest so the file runs in well under a minute; raise them
 with ``HYPOTHESIS_PROFILE=thorough``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import os
+import resource
+import signal
 import string
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +43,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import chainspec
@@ -292,7 +309,9 @@ SNIPPETS = ["\t", "&a ", "*a", "*a ", "!!python/object/apply:os.system ['true'] 
             "\x00", "\x1b[2J", "${", "${x}", "}", "#", "'", '"', "\n", "<<: *a\n", "? ", "!!binary ", "0x1F",
             "1e400", "1.0e+400", ".nan", "-.inf", "~", "|\n", ">\n", "%YAML 1.1\n---\n", "---\n", "...\n", "\ufeff",
             "é", "\u2028", "&a [*a]", "!!set ", "!foo ", ",", "${2**62}", "${x.y}", "${" + "-" * 60 + "1}",
-            "[" * 80, "{a: " * 70, "stage: 999", "until: 0", "forward", "__class__", " " * 3, "\\", "\r\n"]
+            "[" * 80, "{a: " * 70, "stage: 999", "until: 0", "forward", "__class__", " " * 3, "\\", "\r\n",
+            "${round(1, -10**18)}", "${~w}", "!!bool maybe ", '!!int "" ', "<<: [!custom {a: 1}]\n",
+            "<<: {!!python/name:os.system : 1}\n", "1:59:59:59 ", "${(-1) ** 0.5}", "${1e400}"]
 TOKENS = ["0", "-1", "2147483648", str(10**30), "1.5", ".inf", "true", "null", "forward", "training", "__class__",
           "relux", "linear", "conv2d", "stage", "until", "args", "chains", "types", "nodes", "params", "id", "type",
           "${in_ch * 0}", "'${nope}'", "[]", "{}", "''"]
@@ -336,7 +355,11 @@ def mutated(draw: st.DrawFn) -> str:
 @examples(150)
 @given(mutated())
 def test_mutated_specs_load_build_and_run_or_fail_cleanly(text: str) -> None:
-    loads_builds_and_runs(text)
+    try:
+        with bounded():
+            loads_builds_and_runs(text)
+    except Hang as exc:
+        raise Hang(f"{exc}, loading:\n{text[:3000]}") from None
 
 
 @examples(60)
@@ -354,6 +377,461 @@ def test_arbitrary_input_fails_cleanly(data: str | bytes) -> None:
 def test_arbitrary_yaml_documents_fail_cleanly(data: Any) -> None:
     text = yaml.safe_dump({"chainspec": 1, "chains": data} if isinstance(data, dict) else data)
     loads_builds_and_runs(text)
+
+
+# -- hostile specs: the guard ---------------------------------------------------------------------------------------
+
+#: Seconds and bytes (beyond what the process holds) one hostile example may take. Generous: a bounded
+#: load takes milliseconds; an unbounded one takes hours or all the memory there is.
+HANG_AFTER = 20.0
+EXTRA_MEMORY = 1 << 30
+#: The default ``Limits`` (``chainspec.Limits``), with the values this file assumes where it has none.
+_LIMITS = getattr(chainspec, "Limits", None)
+MAX_NODES = _LIMITS().max_nodes if _LIMITS is not None else 20_000
+MAX_COMPOSITE_DEPTH = _LIMITS().max_composite_depth if _LIMITS is not None else 32
+
+
+class Hang(BaseException):
+    """An example ran past :data:`HANG_AFTER` (a BaseException: no ``except Exception`` swallows it)."""
+
+
+def _address_space() -> int | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def bounded(seconds: float = HANG_AFTER, memory: int = EXTRA_MEMORY) -> Iterator[None]:
+    """Fail an example that runs past ``seconds`` (with :class:`Hang`) or allocates ``memory`` more bytes.
+
+    The alarm interrupts Python code (expansion loops, did-you-mean); the address-space cap turns a
+    runaway allocation into a ``MemoryError`` instead of swapping the machine. Both are restored after.
+    """
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    size = _address_space()
+    old_limit = resource.getrlimit(resource.RLIMIT_AS) if size is not None else None
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise Hang(f"no answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm) if usable else None
+    if usable:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    if old_limit is not None and size is not None:
+        cap = size + memory
+        if old_limit[1] == resource.RLIM_INFINITY or cap < old_limit[1]:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, old_limit[1]))
+    try:
+        yield
+    finally:
+        if usable:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        if old_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, old_limit)
+
+
+def assert_values_bounded(spec: chainspec.Spec) -> None:
+    """What a loaded spec hands to its node types: finite numbers, integers within 2**63."""
+    def walk(value: Any) -> None:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return
+        if isinstance(value, int):
+            assert abs(value) <= 2**63, f"integer of {value.bit_length()} bits accepted"
+        elif isinstance(value, float):
+            assert math.isfinite(value), f"{value} accepted"
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        else:
+            raise AssertionError(f"a {type(value).__name__} accepted as an argument value: {value!r}")
+
+    def leaves(tree: Any) -> Iterator[Any]:
+        todo = [tree]
+        while todo:
+            node = todo.pop()
+            if hasattr(node, "parts"):
+                todo.extend(sub for _, sub in node.parts)
+            else:
+                yield node
+
+    for name in spec.chain_names:
+        for node in spec.resolved(name).nodes:
+            for leaf in leaves(node.tree):
+                walk(dict(leaf.args))
+
+
+def loads_within_bounds(text: str, *, build: bool = True) -> chainspec.Spec | None:
+    """The property under the guard; with ``build=False`` only loading and the bounds on values.
+
+    A hang is reported with the text that hung (hypothesis does not shrink an example that takes
+    :data:`HANG_AFTER` seconds a try).
+    """
+    try:
+        with bounded():
+            if build:
+                spec = loads_builds_and_runs(text)
+            else:
+                try:
+                    spec = chainspec.loads(text, source="prop.yaml")
+                except SpecError as err:
+                    assert_located(err)
+                    return None
+            if spec is not None:
+                assert_values_bounded(spec)
+            return spec
+    except Hang as exc:
+        raise Hang(f"{exc}, loading:\n{text[:3000]}") from None
+
+
+# -- hostile specs: composites nested by generation -----------------------------------------------------------------
+
+LEAVES = ["relu", "tanh", "identity", "linear"]
+
+
+def _composite(name: str) -> bool:
+    return name[:1] == "t" and name[1:].isdigit()
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A generated spec of nested composites, and what the documented bounds make of it."""
+
+    text: str
+    modules: int  # modules the chain expands to (leaves and composites), if acyclic
+    depth: int  # deepest nesting of composites, if acyclic
+    cyclic: bool
+    strings: int  # longest string a parameter reaches (doubled on the way down)
+
+
+@st.composite
+def nested_composites(draw: st.DrawFn) -> Nested:
+    """Composite types holding parts of deeper types, with random fan-out and depth and shared definitions.
+
+    Type ``t{i}`` takes parts of types ``t{j}`` (``j > i``): a tree (each holds several of the next), a
+    DAG (each holds one of every deeper type), a chain (one part each, up to 40 deep), or a random mix in
+    which a part now and then points back up (a cycle). Parameters flow down: ``w`` sizes the linear
+    leaves, and with ``double`` each level passes ``"${s}${s}"`` (or ``"${[l, l]}"``) down.
+    """
+    shape = draw(st.sampled_from(["tree", "tree", "dag", "chain", "random", "random"]))
+    count = draw(st.integers(1, 40 if shape == "chain" else 10))
+    double = draw(st.sampled_from(["none", "none", "string", "list"]))
+    types: dict[int, list[str]] = {}
+    for i in range(count):
+        below = [f"t{j}" for j in range(i + 1, count)]
+        if shape == "tree":  # fan-out F_i of the next type: prod(F_i) leaves
+            parts = [below[0] if below else draw(st.sampled_from(LEAVES))] * draw(st.integers(2, 12))
+        elif shape == "dag":  # one part of every deeper type, shared: 2**count leaves
+            parts = below or [draw(st.sampled_from(LEAVES))]
+        elif shape == "chain":  # one part each: deep rather than wide
+            parts = [below[0] if below else draw(st.sampled_from(LEAVES))]
+        else:
+            parts = []
+            for _ in range(draw(st.integers(1, 12))):
+                if draw(st.integers(0, 15)) == 0 and i > 0:
+                    parts.append(f"t{draw(st.integers(0, i))}")  # back up: a cycle, or a type used twice
+                elif below and draw(st.integers(0, 3)) > 0:
+                    parts.append(draw(st.sampled_from(below)))
+                else:
+                    parts.append(draw(st.sampled_from(LEAVES)))
+        types[i] = parts
+    lines = ["chainspec: 1", "vars: {v: 4}", "types:"]
+    for i, parts in types.items():
+        params = {"none": "{w: 4}", "string": "{w: 4, s: ab}", "list": "{w: 4, l: [1]}"}[double]
+        pass_down = {"none": ", w: '${w}'", "string": ", w: '${w}', s: '${s}${s}'",
+                     "list": ", w: '${w}', l: '${[l, l]}'"}[double]
+        rendered = []
+        for k, part in enumerate(parts):
+            if part == "linear":
+                rendered.append(f"{{id: p{k}, type: linear, args: {{in_features: '${{w}}', out_features: '${{w}}'}}}}")
+            elif _composite(part):
+                rendered.append(f"{{id: p{k}, type: {part}, args: {{{pass_down.lstrip(', ')}}}}}")
+            else:
+                rendered.append(f"{{id: p{k}, type: {part}}}")
+        lines.append(f"  t{i}:\n    params: {params}\n    nodes: [{', '.join(rendered)}]")
+    chain_nodes = draw(st.integers(1, 3))
+    tops = [f"t{draw(st.integers(0, min(2, count - 1)))}" for _ in range(chain_nodes)]
+    lines.append("chains:\n  net:\n    input_shape: [4]\n    nodes:")
+    lines += [f"      - {{id: n{k}, type: {t}}}" for k, t in enumerate(tops)]
+    text = "\n".join(lines) + "\n"
+
+    # What the expansion would be: modules, depth, cycles, longest doubled string (saturating: it can be huge).
+    cap = 10**12
+    graph = {i: [int(p[1:]) for p in parts if _composite(p)] for i, parts in types.items()}
+    cyclic = _has_cycle(graph)
+    modules: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    if not cyclic:
+        for i in _post_order(graph):
+            modules[i] = min(cap, 1 + sum(modules[int(p[1:])] if _composite(p) else 1 for p in types[i]))
+            depth[i] = 1 + max((depth[j] for j in graph[i]), default=0)
+    used = [int(t[1:]) for t in tops]
+    total = 0 if cyclic else min(cap, sum(modules[i] for i in used))
+    deepest = 0 if cyclic else max(depth[i] for i in used)
+    strings = 2 * 2 ** min(deepest, 60) if double == "string" else 0
+    return Nested(text, total, deepest, cyclic, strings)
+
+
+def _post_order(graph: dict[int, list[int]]) -> list[int]:
+    """The nodes of an acyclic graph, each after every node it points to."""
+    order: list[int] = []
+    done: set[int] = set()
+    for start in graph:
+        todo = [(start, False)]
+        while todo:
+            node, ready = todo.pop()
+            if node in done:
+                continue
+            if ready:
+                done.add(node)
+                order.append(node)
+            else:
+                todo.append((node, True))
+                todo.extend((child, False) for child in graph[node] if child not in done)
+    return order
+
+
+def _has_cycle(graph: dict[int, list[int]]) -> bool:
+    state: dict[int, int] = {}
+    for start in graph:
+        stack = [(start, iter(graph[start]))]
+        if start in state:
+            continue
+        state[start] = 1
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if state.get(child) == 1:
+                    return True
+                if child not in state:
+                    state[child] = 1
+                    stack.append((child, iter(graph[child])))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    return False
+
+
+def _tree(fanouts: list[int], leaf: str = "relu") -> Nested:
+    """A composite tree with these fan-outs, level by level (an explicit example of the generator's shape)."""
+    lines = ["chainspec: 1", "types:"]
+    for level, fanout in enumerate(fanouts):
+        child = f"t{level + 1}" if level + 1 < len(fanouts) else leaf
+        lines.append(f"  t{level}:\n    nodes: [" + ", ".join(f"{{id: p{k}, type: {child}}}" for k in range(fanout))
+                     + "]")
+    lines.append("chains:\n  net:\n    input_shape: [4]\n    nodes:\n      - {id: n0, type: t0}")
+    modules, width = 1, 1
+    for fanout in fanouts:
+        width *= fanout
+        modules += width
+    return Nested("\n".join(lines) + "\n", modules, len(fanouts), False, 0)
+
+
+@examples(40)
+@given(nested_composites())
+@example(_tree([10] * 6))  # the issue's example: 10**6 leaves
+@example(_tree([2] * 13))  # 8,192 leaves and 8,191 composites above them
+@example(_tree([400] + [1] * 30))  # 400 leaves, each inside 30 single-part composites
+def test_nested_composites_expand_within_the_limits_or_are_refused(nested: Nested) -> None:
+    """However wide and deep the composites, loading ends quickly; past the bounds it is a located SpecError."""
+    spec = loads_within_bounds(nested.text, build=nested.modules <= 300)
+    if nested.cyclic or nested.depth > MAX_COMPOSITE_DEPTH or nested.modules > MAX_NODES:
+        assert spec is None, f"accepted a spec expanding to {nested.modules:,} modules, {nested.depth} levels deep"
+
+
+# -- hostile specs: expressions from the whole grammar -------------------------------------------------------------
+
+#: Atoms: mostly numbers and names that evaluate, so that the arithmetic around them runs; then the odd ones.
+NUMBERS = ["0", "1", "-1", "2", "4", "0.5", "1e308", "10**18", "2**62", "-(2**62)", "w", "n", "True"]
+ODD_ATOMS = ["1e400", "9" * 80, "9" * 400, "2**63", "-(2**63)", "None", "'a'", "'9' * 90", "[]", "[1, 2]", "s",
+             "stage", "nope", "1j", "b'x'", "...", "float('nan')", "float('inf')", "int('9' * 90)"]
+ATOMS = st.integers(0, 3).flatmap(lambda k: st.sampled_from(NUMBERS if k else ODD_ATOMS))
+UNARY = ["-", "+", "not ", "~"]
+BINARY = ["+", "-", "*", "/", "//", "%", "**"] * 3 + ["@", "<<", ">>", "|", "&", "^"]
+COMPARE = ["<", "<=", "==", "!=", ">", ">="] * 2 + ["in", "not in", "is", "is not"]
+CALLS = ["min", "max", "abs", "int", "float", "round", "sqrt", "log2", "floor", "ceil"] * 3 + [
+    "pow", "len", "eval", "__import__", "getattr", "open", "print", "type"]
+
+
+def _allowed(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """The forms the evaluator takes (with every operator and function name, allowed or not)."""
+    return st.one_of(
+        st.tuples(st.sampled_from(UNARY), inner).map(lambda t: f"({t[0]}{t[1]})"),
+        st.tuples(inner, st.sampled_from(BINARY), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, st.sampled_from(COMPARE), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, inner, inner).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
+        st.tuples(st.sampled_from(CALLS), st.lists(inner, max_size=3)).map(lambda t: f"{t[0]}({', '.join(t[1])})"),
+        st.tuples(st.sampled_from(["round", "min", "max", "int", "float"]), inner,
+                  st.sampled_from(["-10**18", "-(2**62)", "10**18", "-" + "9" * 30, "n", "-n"])).map(
+            lambda t: f"{t[0]}({t[1]}, {t[2]})"),
+        st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.tuples(inner, inner).map(lambda t: f"({t[0]}, {t[1]})"),
+    )
+
+
+def _forbidden(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Python expression forms outside the evaluator's whitelist, around an allowed expression."""
+    pair = st.tuples(inner, inner)
+    return st.one_of(
+        pair.map(lambda t: f"{t[0]}[{t[1]}]"),
+        pair.map(lambda t: f"{t[0]}[{t[1]}:]"),
+        inner.map(lambda e: f"{e}.real"),
+        inner.map(lambda e: f"{e}.__class__"),
+        inner.map(lambda e: f"(lambda: {e})()"),
+        inner.map(lambda e: f"[x for x in {e}]"),
+        inner.map(lambda e: f"[*{e}]"),
+        inner.map(lambda e: f"(y := {e})"),
+        inner.map(lambda e: f"f'{{{e}}}'"),
+        inner.map(lambda e: f"(await {e})"),
+        inner.map(lambda e: f"(yield {e})"),
+        pair.map(lambda t: f"max({t[0]}, key={t[1]})"),
+    )
+
+
+ALLOWED = st.recursive(ATOMS, _allowed, max_leaves=12)
+#: Mostly what the evaluator takes, so that the arithmetic runs; now and then a forbidden form in it.
+EXPRESSIONS = st.integers(0, 9).flatmap(lambda k: ALLOWED if k < 7 else _forbidden(ALLOWED) if k < 9 else st.tuples(
+    ALLOWED, st.sampled_from(BINARY), _forbidden(ALLOWED)).map(lambda t: f"{t[0]} {t[1]} {t[2]}"))
+
+#: Where a spec takes an expression; ``{e}`` is replaced by ``${...}`` around the expression.
+PLACES = {
+    "out_features": "chains: {net: {input_shape: [4], nodes: [{id: a, type: linear, args: "
+                    "{in_features: 4, out_features: \"{e}\"}}]}}",
+    "negative_slope": "chains: {net: {input_shape: [4], nodes: [{id: a, type: leaky_relu, args: "
+                      "{negative_slope: \"{e}\"}}]}}",
+    "dropout": "chains: {net: {input_shape: [4], nodes: [{id: a, type: dropout, args: {p: \"{e}\"}}]}}",
+    "reshape": "chains: {net: {input_shape: [4], nodes: [{id: a, type: reshape, args: {shape: \"{e}\"}}]}}",
+    "input_shape": "stages: 3\nchains: {net: {input_shape: [\"{e}\"], nodes: [{id: a, type: relu}, "
+                   "{id: b, type: relu, stage: 2}]}}",
+    "param_default": "types: {blk: {params: {k: 4, q: \"{e}\"}, nodes: [{id: fc, type: linear, args: "
+                     "{in_features: 4, out_features: \"${k}\"}}]}}\n"
+                     "chains: {net: {input_shape: [4], nodes: [{id: a, type: blk}]}}",
+    "param_passed": "types: {blk: {params: {q: null}, nodes: [{id: d, type: dropout, args: {p: \"${q}\"}}]}}\n"
+                    "chains: {net: {input_shape: [4], nodes: [{id: a, type: blk, args: {q: \"{e}\"}}]}}",
+    "defaults": "defaults: {leaky_relu: {negative_slope: \"{e}\"}}\n"
+                "chains: {net: {input_shape: [4], nodes: [{id: a, type: leaky_relu}, {id: b, type: leaky_relu}]}}",
+    "template": "chains: {net: {input_shape: [4], nodes: [{id: a, type: gelu, args: {approximate: \"x{e}{e}\"}}]}}",
+}
+
+
+@examples(120)
+@given(EXPRESSIONS, st.sampled_from(sorted(PLACES)))
+@example("~w", "negative_slope")  # an operator the evaluator parses but does not map
+@example("round(1, -10**18)", "out_features")  # 10**(10**18) digits: a hang before the exponent bound
+@example("round(4, n)", "input_shape")  # the same through a var, at every stage
+@example("1e400", "defaults")  # a float literal that is not finite
+@example("1e308", "negative_slope")  # finite for Python, not for the float32 weights it meets
+def test_expressions_from_the_whole_grammar_load_or_fail_cleanly(expr: str, place: str) -> None:
+    """Whatever the expression and wherever it stands: a spec with bounded values, or a located SpecError."""
+    body = expr.replace('"', "'").replace("\\", "")
+    text = ("chainspec: 1\nvars: {w: 4, n: -1000000000000000000, s: ab}\n"
+            + PLACES[place].replace("{e}", "${" + body + "}"))
+    loads_within_bounds(text)
+
+
+# -- hostile specs: YAML tags on any value, merge sources included --------------------------------------------------
+
+CORE_SCALAR_TAGS = ["!!str", "!!int", "!!float", "!!bool", "!!null"]
+FOREIGN_TAGS = ["!!python/object/apply:os.system", "!!python/object:builtins.dict", "!!python/name:os.system",
+                "!!python/tuple", "!!binary", "!!set", "!!omap", "!!pairs", "!custom", "!<tag:evil.example,2000:x>",
+                "!<tag:yaml.org,2002:python/object/new:os.system>"]
+SCALARS = ["1", "-3", "x", "'q'", "1.5", "true", "null", "maybe", '""', "1:2", "0x1F", "0b", ".inf", "~", "'-'"]
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """YAML text in flow style, and whether a tag outside the core schema appears anywhere in it."""
+
+    text: str
+    foreign: bool
+
+
+def _tag(draw: st.DrawFn, kind: str) -> tuple[str, bool]:
+    """A tag for a node of ``kind`` (scalar, seq, map): none, its own core tag, another core tag, or a foreign one."""
+    choice = draw(st.integers(0, 9))
+    if choice < 5:
+        return "", False
+    if choice < 7:
+        own = {"scalar": draw(st.sampled_from(CORE_SCALAR_TAGS)), "seq": "!!seq", "map": "!!map"}[kind]
+        return own + " ", False
+    if choice < 8:  # a core tag on the wrong kind (!!int on a mapping): refused, but not foreign
+        return draw(st.sampled_from(["!!seq", "!!map", *CORE_SCALAR_TAGS])) + " ", False
+    return draw(st.sampled_from(FOREIGN_TAGS)) + " ", True
+
+
+@st.composite
+def tagged_values(draw: st.DrawFn, depth: int = 0) -> Tagged:
+    kind = draw(st.sampled_from(["scalar", "scalar", "seq", "map", "merge"] if depth < 3 else ["scalar"]))
+    if kind == "scalar":
+        tag, foreign = _tag(draw, "scalar")
+        return Tagged(tag + draw(st.sampled_from(SCALARS)), foreign)
+    if kind == "seq":
+        tag, foreign = _tag(draw, "seq")
+        items = draw(st.lists(tagged_values(depth + 1), max_size=3))
+        return Tagged(tag + "[" + ", ".join(i.text for i in items) + "]", foreign or any(i.foreign for i in items))
+    pairs, foreign = [], False
+    for k, value in enumerate(draw(st.lists(tagged_values(depth + 1), min_size=kind == "merge", max_size=3))):
+        key_tag, key_foreign = ("", False) if draw(st.integers(0, 3)) else _tag(draw, "scalar")
+        if key_tag.startswith(("!!int", "!!float", "!!bool", "!!null")):
+            key_tag = ""  # a key of another type is not an identifier: a plain error, not what this tests
+        pairs.append(f"{key_tag}k{k}: {value.text}")
+        foreign = foreign or key_foreign or value.foreign
+    if kind == "merge":
+        sources = draw(merge_sources(depth + 1))
+        pairs.insert(0, f"<<: {sources.text}")
+        foreign = foreign or sources.foreign
+    tag, tag_foreign = _tag(draw, "map")
+    return Tagged(tag + "{" + ", ".join(pairs) + "}", foreign or tag_foreign)
+
+
+@st.composite
+def merge_sources(draw: st.DrawFn, depth: int = 0) -> Tagged:
+    """Mappings to merge, each possibly tagged, with possibly tagged keys: what ``<<:`` takes."""
+    sources = []
+    foreign = False
+    for k in range(draw(st.integers(1, 3))):
+        tag, tag_foreign = _tag(draw, "map")
+        key_tag, key_foreign = ("", False) if draw(st.booleans()) else _tag(draw, "scalar")
+        if key_tag.startswith(("!!int", "!!float", "!!bool", "!!null")):
+            key_tag = draw(st.sampled_from(["", "!!python/name:os.system ", "!custom "]))
+            key_foreign = key_tag != ""
+        value = draw(tagged_values(max(depth, 2)))
+        sources.append(f"{tag}{{{key_tag}m{k}: {value.text}}}")
+        foreign = foreign or tag_foreign or key_foreign or value.foreign
+    text = sources[0] if len(sources) == 1 and draw(st.booleans()) else "[" + ", ".join(sources) + "]"
+    return Tagged(text, foreign)
+
+
+@examples(120)
+@given(tagged_values(), merge_sources(), st.sampled_from(["param", "merged-params", "merged-args", "top"]))
+@example(Tagged("1", False), Tagged("[!!python/object:builtins.dict {m0: 1}, !custom {m1: 2}]", True), "merged-params")
+@example(Tagged("1", False), Tagged("{!!python/name:os.system m0: 1}", True), "merged-args")
+@example(Tagged("!!bool maybe", False), Tagged("{m0: 1}", False), "param")
+@example(Tagged('!!int ""', False), Tagged("{m0: 1}", False), "param")
+def test_tags_on_any_value_and_any_merge_source_are_refused(value: Tagged, merged: Tagged, where: str) -> None:
+    """A tag outside YAML's core schema anywhere, merge sources and merged keys included: a located SpecError.
+
+    The tagged value is a composite's parameter default, which may hold anything: without a foreign tag
+    the spec is valid (or refused for a bad scalar, such as ``!!bool maybe``), never crashes.
+    """
+    params = {"param": f"{{q: {value.text}}}", "merged-params": f"{{<<: {merged.text}, q: {value.text}}}",
+              "merged-args": f"{{q: {value.text}}}", "top": f"{{q: {value.text}}}"}[where]
+    args = f"{{<<: {merged.text}}}" if where == "merged-args" else "{}"
+    top = f"<<: {merged.text}\n" if where == "top" else ""
+    text = (f"chainspec: 1\n{top}types:\n  blk:\n    params: {params}\n    nodes: [{{id: a, type: relu}}]\n"
+            f"chains:\n  net:\n    input_shape: [4]\n    nodes: [{{id: n, type: blk, args: {args}}}]\n")
+    foreign = value.foreign or (where != "param" and merged.foreign)
+    spec = loads_within_bounds(text, build=False)
+    if foreign:
+        assert spec is None, f"a tag outside the core schema was accepted:\n{text}"
 
 
 # -- random revisions applied live ----------------------------------------------------------------------------------
