@@ -101,7 +101,12 @@ NOTES = {
               "old paths blended back in) against building both at k+1 with new optimizers.",
     "validate": "Cold start: each command is a fresh process, as in a pre-commit hook.",
     "hostile": "Each hostile document is refused with a SpecError (see docs/security.md); in-process figures are "
-               "one loads() call, cold-start figures a fresh 'chainspec validate' process exiting 1.",
+               "one loads() call, cold-start figures a fresh 'chainspec validate' process exiting 1. The corpus rows "
+               "run every case of tests/hostile_corpus.py (each class of hostile spec pushed to its worst within "
+               "256 KiB) through each entry point, each call in a process forked after chainspec and torch were "
+               "imported and warmed up: the worst wall time, the worst tracemalloc peak and the worst growth of peak "
+               "RSS over the corpus, against the same call on a valid input; a case still running after 30 s is "
+               "killed and counts as missed.",
     "check": "A fresh Spec each round, so no shape is cached; both sides after a warm-up (torch's first meta "
              "operation in a process imports torch._dynamo, about 2 s once).",
 }

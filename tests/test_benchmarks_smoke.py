@@ -137,3 +137,42 @@ def test_validate_area_sets_validate_against_check_jsonschema_and_torch() -> Non
     assert [(r["baseline"], r["ratio"]) for r in plain] == [("check-jsonschema", 0.5), (bench_validate.TORCH, 0.125)]
     assert plain[0]["target"] == "< 1" and plain[0]["ok"] is True
     assert bench_validate.DEFAULT_FILES == ["specs/pggan.yaml"]
+
+
+def test_hostile_area_at_minimal_sizes(quick: None) -> None:
+    """The hostile area: its refusal rows, then per entry point the worst time and memory over (three) corpus cases."""
+    import bench_hostile
+
+    rows = bench_hostile.run(quick=True)
+    corpus = [r for r in rows if "hostile specs" in r["case"]]
+    assert {r["case"].split(":")[0] for r in corpus} == set(bench_hostile.ENTRIES)
+    assert {r["unit"] for r in corpus} == {"s", "B"}
+    for r in corpus:
+        assert r["target"] in ("< 1 s", "< 200 MB") and r["note"].startswith("worst: "), r
+        assert r["base"] is not None and r["value"] is not None, r
+        limit = bench_hostile.TIME_TARGET if r["unit"] == "s" else bench_hostile.MEMORY_TARGET
+        assert r["ok"] == (r["value"] < limit), r
+    assert any(r["case"].startswith("loads: ") for r in rows)  # the refusal rows are still there
+
+
+def test_hostile_rows_name_the_worst_case_and_miss_on_a_kill() -> None:
+    import bench_hostile
+
+    def figures(seconds: float | None, rss: int | None, peak: int | None, outcome: str = "ok") -> dict:
+        return {entry: {"seconds": seconds, "rss": rss, "peak": peak, "outcome": outcome}
+                for entry in bench_hostile.ENTRIES}
+
+    data = {"baseline": figures(0.01, 1 << 20, 1 << 20),
+            "cases": {"tree-10x6": figures(0.5, 300 * 10**6, 10**6),
+                      "exponent-round-neg-1e18": figures(0.02, 10**6, 250 * 10**6)}}
+    rows = {(r["case"].split(":")[0], r["unit"], r["case"].split(": ")[1].split(",")[0]): r
+            for r in bench_hostile.corpus_rows(data)}
+    time_row = rows[("load", "s", "worst time")]
+    assert time_row["value"] == 0.5 and time_row["ok"] and "tree-10x6 (expansion)" in time_row["note"]
+    rss_row = rows[("load", "B", "worst peak RSS growth")]
+    assert rss_row["value"] == 300 * 10**6 and rss_row["ok"] is False and "tree-10x6" in rss_row["note"]
+    peak_row = rows[("load", "B", "worst Python peak (tracemalloc)")]
+    assert peak_row["ok"] is False and "exponent-round-neg-1e18 (exponent)" in peak_row["note"]
+    data["cases"]["tree-10x6"] = figures(60.0, None, None, "killed after 60 s")
+    killed = [r for r in bench_hostile.corpus_rows(data) if r["case"].startswith("load: worst time")]
+    assert killed[0]["ok"] is False and "killed or died: tree-10x6" in killed[0]["note"]
