@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import chainspec
-from chainspec._registry import builtin_type_names
 from chainspec.cli import main
+from chainspec.types.registry import builtin_type_names
 
 BLOG_STAGES = [
     {"chains": {"net": {"stage": 0, "params": 928, "nodes": [

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainspec import Limits, _expr
-from chainspec._expr import (
+from chainspec.read.expr import (
     FUNCTIONS,
     MAX_LENGTH,
     Budget,

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import _apply
-from chainspec._apply import RemovedNodes, removed_nodes
-from chainspec._chain import Chain
+from chainspec.build.chain import Chain
+from chainspec.revise import apply as _apply
+from chainspec.revise.apply import RemovedNodes, removed_nodes
 
 FULL = """\
 chainspec: 1

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .._errors import printable
-from .._spec import Spec
+from ..read.spec import Spec
 from ._io import json_text, load_spec
 
 

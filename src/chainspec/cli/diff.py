@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plans(args: argparse.Namespace) -> Any:
-    from .._diff import PlanSet, diff
+    from ..revise.diff import PlanSet, diff
 
     if args.old == args.new == STDIN:
         raise ValueError("stdin ('-') can hold only one of OLD and NEW")
@@ -95,7 +95,7 @@ def escaped_plans(plans: Any) -> Any:
     would clear the screen or forge a line of the plan; escaped, it reads ``\\x1b[2J`` or ``\\n``.
 
     Example:
-        >>> from chainspec._diff import Change, Op, Plan, PlanSet
+        >>> from chainspec.revise.diff import Change, Op, Plan, PlanSet
         >>> plan = Plan(chain="net", old_spec=None, new_spec=None, old_stage=0, new_stage=0,
         ...             ops=[Op("update", "act", "gelu", 1, None, (Change("approximate", "none", "\\x1b[2J"),))])
         >>> escaped_plans(PlanSet(net=plan))["net"].ops[0].describe()

@@ -28,15 +28,15 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import _optim
-from ._compile import instantiate
-from ._errors import PlanError, SpecError
-from ._torchstate import FunctionModes
-from ._widen import Entry, WidenError, keep_overlap, preserve
+from .._errors import PlanError, SpecError
+from ..build.modules import instantiate
+from . import optim as _optim
+from .torchstate import FunctionModes
+from .widen import Entry, WidenError, keep_overlap, preserve
 
 if TYPE_CHECKING:
-    from ._chain import Chain, Node
-    from ._diff import Op, Plan
+    from ..build.chain import Chain, Node
+    from .diff import Op, Plan
 
 #: What ``policy`` may be: surviving parameters keep their optimizer state, or lose it.
 POLICIES = ("keep", "reset")
@@ -61,8 +61,8 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
     """
     if policy not in POLICIES:
         raise PlanError(f"policy must be 'keep' or 'reset', got {policy!r}")
-    from ._chain import Chain
-    from ._diff import Plan
+    from ..build.chain import Chain
+    from .diff import Plan
 
     for plan, chain, optimizer in items:
         if not isinstance(chain, Chain):
@@ -271,7 +271,7 @@ def shape_check(plan: Plan, dtype: torch.dtype | None, device: torch.device | st
     """Shape-check the whole new chain on the meta device, as ``Spec.summary`` does; refuse what cannot fit.
 
     Each distinct (definition, input shape) pair is built and run once (see
-    ``_compile.Probes``), so a chain of many identical blocks costs one probe per
+    ``build.shapes.Probes``), so a chain of many identical blocks costs one probe per
     kind of block plus a lookup per node, and a failure is reported at its node's
     line in the spec. With ``device``, the modules the plan builds (inserted,
     replaced or rebuilt nodes) must fit in its free memory, their parameters and
@@ -287,8 +287,8 @@ def shape_check(plan: Plan, dtype: torch.dtype | None, device: torch.device | st
     """
     from dataclasses import replace
 
-    from ._compile import infer
-    from ._memory import check_fits
+    from ..build.memory import check_fits
+    from ..build.shapes import infer
 
     spec = plan.new_spec
     resolved = spec.resolved(plan.chain)
@@ -334,8 +334,8 @@ def _revision_difference(plan: Plan, chain: Chain) -> str | None:
     recorded, stage = chain.__dict__.get("spec"), chain.__dict__.get("stage")
     if recorded is None or (recorded is plan.old_spec and stage == plan.old_stage):
         return None
-    from ._diff import tree_key
-    from ._spec import Spec
+    from ..read.spec import Spec
+    from .diff import tree_key
 
     if not isinstance(recorded, Spec) or not isinstance(stage, int):
         return None
@@ -482,7 +482,7 @@ def removed_nodes(chain: Chain) -> RemovedNodes:
     """The store of nodes that revisions removed from ``chain`` (created empty on first use).
 
     Example:
-        >>> from chainspec._chain import Chain
+        >>> from chainspec.build.chain import Chain
         >>> net = Chain([("fc", nn.Linear(2, 2))])
         >>> removed_nodes(net) is removed_nodes(net), len(removed_nodes(net))
         (True, 0)
@@ -497,11 +497,11 @@ def definition_key(tree: Any) -> Any:
     """What must be equal for a kept module to stand for a node: its resolved tree, as the diff compares it.
 
     Example:
-        >>> from chainspec._resolve import Leaf
+        >>> from chainspec.read.resolve import Leaf
         >>> definition_key(Leaf("relu", {}, None)) == definition_key(Leaf("relu", {}, None))
         True
     """
-    from ._diff import tree_key
+    from .diff import tree_key
 
     return tree_key(tree), _factories(tree)
 
@@ -570,7 +570,7 @@ class StoreSnapshot:
     """A chain's store of removed nodes (or its absence), restorable exactly; restoring twice is harmless.
 
     Example:
-        >>> from chainspec._chain import Chain
+        >>> from chainspec.build.chain import Chain
         >>> net = Chain([("fc", nn.Linear(2, 2))])
         >>> snap = StoreSnapshot(net)
         >>> removed_nodes(net).max_nodes = 1

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from ._errors import ChainspecError
-from ._reserved import id_problem
+from .._errors import ChainspecError
+from ..read.reserved import id_problem
 
 
 class NodeNotFoundError(ChainspecError, KeyError):

@@ -60,20 +60,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import _optim
-from ._apply import StoreSnapshot, _ChainSnapshot, _RngSnapshot, apply_plans
-from ._chain import Chain
-from ._diff import Plan, PlanSet, diff
-from ._errors import ChainspecError, SpecError
-from ._limits import Limits, limits_or_default
-from ._spec import Spec, load, loads
-from ._watch import SETTLE, SettledReader
-from ._yaml import too_big
+from .._errors import ChainspecError, SpecError
+from .._limits import Limits, limits_or_default
+from ..build.chain import Chain
+from ..read.document import too_big
+from ..read.spec import Spec, load, loads
+from ..revise import optim as _optim
+from ..revise.apply import StoreSnapshot, _ChainSnapshot, _RngSnapshot, apply_plans
+from ..revise.diff import Plan, PlanSet, diff
+from ..revise.watch import SETTLE, SettledReader
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-    from ._grow import Grower, GrowthEvent
+    from ..grow.grower import Grower, GrowthEvent
 
 __all__ = [
     "DistributedError",
@@ -1116,8 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _grow_and_check(spec: Spec, args: Any, device: torch.device, backend: str, *, launched: bool) -> int:
     """The self-check's training loop (see :func:`main`); returns 0 when every growth step kept the ranks equal."""
-    from ._grow import Grower
-    from ._schedule import Schedule
+    from ..grow.grower import Grower
+    from ..read.schedule import Schedule
 
     rank, world = _rank(), _world()
     say = print if rank == 0 else (lambda *a, **k: None)

@@ -20,15 +20,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._errors import printable
-from ._expr import Budget, ExpressionError, substitute
-from ._resolve import Leaf, ResolvedNode, Tree
+from .._errors import printable
+from ..read.expr import Budget, ExpressionError, substitute
+from ..read.resolve import Leaf, ResolvedNode, Tree
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-    from ._chain import Chain
-    from ._spec import Spec
+    from ..build.chain import Chain
+    from ..read.spec import Spec
 
 OpKind = Literal["insert", "remove", "move", "update", "replace"]
 
@@ -334,7 +334,7 @@ class Plan:
         """This plan as it would apply to ``chain``: each insert whose module the chain still keeps is restored.
 
         A revision that removes a node keeps its module and optimizer state in the chain's store of
-        removed nodes (see :class:`chainspec._apply.RemovedNodes`); an insert of the same id with the
+        removed nodes (see :class:`chainspec.revise.apply.RemovedNodes`); an insert of the same id with the
         same definition then brings them back instead of new weights. :func:`diff` has no chain, so
         its plan cannot know; this returns a copy whose ops say so (``+ fc2 (linear) after fc
         (restored)``, ``"restored": true`` in :meth:`to_dict`). :meth:`apply` decides the same way,
@@ -369,7 +369,7 @@ class Plan:
             >>> net["fc2"].module.weight is weight
             True
         """
-        from ._apply import restorable
+        from .apply import restorable
 
         return self._marked(set(restorable(self, chain)))
 
@@ -403,7 +403,7 @@ class Plan:
             SpecError: the new revision does not shape-check, or an ``init``/``optim`` setting cannot apply.
             TypeError: ``chain`` is not a :class:`Chain`, or ``optimizer`` not an optimizer.
         """
-        from ._apply import apply_plans
+        from .apply import apply_plans
 
         apply_plans([(self, chain, optimizer)], policy=policy)
 
@@ -461,7 +461,7 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
         <BLANKLINE>
         Plan: 1 to insert; parameters +73,984.
     """
-    from ._spec import Spec
+    from ..read.spec import Spec
 
     for which, spec in (("old", old), ("new", new)):
         if not isinstance(spec, Spec):
@@ -622,7 +622,7 @@ def tree_key(tree: Tree) -> Any:
     """A hashable key equal for trees that build the same module (args compared by value and repr).
 
     Example:
-        >>> from chainspec._resolve import Leaf
+        >>> from chainspec.read.resolve import Leaf
         >>> tree_key(Leaf("relu", {}, None)) == tree_key(Leaf("relu", {}, print))
         True
     """
@@ -635,7 +635,7 @@ def leaf_types(tree: Tree, prefix: str = "") -> Iterator[tuple[str, str]]:
     """``(dotted path, type)`` of every leaf of a tree, in order.
 
     Example:
-        >>> from chainspec._resolve import Group, Leaf
+        >>> from chainspec.read.resolve import Group, Leaf
         >>> list(leaf_types(Group("blk", (("conv", Leaf("conv2d", {}, None)), ("act", Leaf("relu", {}, None))))))
         [('conv', 'conv2d'), ('act', 'relu')]
     """
@@ -649,8 +649,8 @@ def leaf_types(tree: Tree, prefix: str = "") -> Iterator[tuple[str, str]]:
 def _measure(spec: Spec, node: ResolvedNode) -> NodeFacts:
     import torch
 
-    from ._compile import build_module
-    from ._errors import SpecError
+    from .._errors import SpecError
+    from ..build.modules import build_module
 
     try:
         with torch.device("meta"):

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ._apply import apply_plans
-from ._diff import Plan, PlanSet, diff
-from ._errors import SpecError
-from ._limits import Limits, limits_or_default
-from ._spec import Spec, loads
-from ._yaml import read_head, too_big
+from .._errors import SpecError
+from .._limits import Limits, limits_or_default
+from ..read.document import read_head, too_big
+from ..read.spec import Spec, loads
+from .apply import apply_plans
+from .diff import Plan, PlanSet, diff
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-    from ._chain import Chain
+    from ..build.chain import Chain
 
 logger = logging.getLogger("chainspec.watch")
 
@@ -207,7 +207,7 @@ def check_chains_and_optimizers(chains: object, optimizer: object) -> None:
     """
     from torch.optim import Optimizer
 
-    from ._chain import Chain
+    from ..build.chain import Chain
 
     values = list(chains.values()) if isinstance(chains, Mapping) else [chains]
     bad = [v for v in values if not isinstance(v, Chain)]
@@ -231,7 +231,7 @@ def read_spec_file(path: str, limits: Limits) -> bytes:
         ...
         chainspec._errors.SpecError: missing.yaml: cannot read spec: No such file or directory
     """
-    from ._errors import Problem
+    from .._errors import Problem
 
     try:
         raw, size = read_head(path, limits.max_bytes, limits.read_timeout)

@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._chain import Chain
-from ._compile import check_device
-from ._errors import CheckpointError, SpecError, printable
-from ._limits import Limits, limits_or_default
-from ._spec import Spec, loads
+from .._errors import CheckpointError, SpecError, printable
+from .._limits import Limits, limits_or_default
+from ..build.chain import Chain
+from ..build.compile import check_device
+from ..read.spec import Spec, loads
 
 #: Marks a file as a chainspec checkpoint, and its layout version.
 FORMAT = "chainspec-checkpoint"

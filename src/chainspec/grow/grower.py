@@ -1,13 +1,13 @@
 """``Grower``: progressive growing of several chains in lockstep, with PG-GAN's fade-in.
 
-A grower follows the spec's growth schedule (:mod:`chainspec._schedule`).
+A grower follows the spec's growth schedule (:mod:`chainspec.read.schedule`).
 ``grower.step(batch_size)`` counts the images (or steps) just trained; when a
 phase boundary is crossed it acts on every chain at once:
 
 * **fade into stage k**: the growth plan ``diff(spec, spec, stage=(k-1, k))``
   is applied through the diff engine (all chains as one all-or-nothing step,
   optimizers included); then the nodes the plan removed are put back beside
-  the new ones, inside a blend (:mod:`chainspec._blend`), with alpha = 0.
+  the new ones, inside a blend (:mod:`chainspec.grow.blend`), with alpha = 0.
   The old nodes keep their Parameter objects, their state_dict keys and their
   optimizer state (under ``policy="keep"``);
 * **during the fade** alpha rises linearly with the count, shared by all chains;
@@ -32,11 +32,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import _optim
-from ._apply import _ChainSnapshot, _RngSnapshot, apply_plans
-from ._blend import Blend, blend_ids, resize_adapter, wrap
-from ._chain import Chain
-from ._checkpoint import (
+from .._errors import CheckpointError, PlanError
+from ..build.chain import Chain
+from ..build.modules import instantiate
+from ..read.schedule import Phase, Schedule
+from ..revise import optim as _optim
+from ..revise.apply import _ChainSnapshot, _RngSnapshot, apply_plans
+from ..revise.checkpoint import (
     _path,
     _q,
     _show,
@@ -46,14 +48,12 @@ from ._checkpoint import (
     state_value_problem,
     tensor_problem,
 )
-from ._compile import instantiate
-from ._diff import Plan, diff
-from ._errors import CheckpointError, PlanError
-from ._schedule import Phase, Schedule
+from ..revise.diff import Plan, diff
+from .blend import Blend, blend_ids, resize_adapter, wrap
 
 if TYPE_CHECKING:
-    from ._checkpoint import Checkpoint
-    from ._spec import Spec
+    from ..read.spec import Spec
+    from ..revise.checkpoint import Checkpoint
 
 #: Layout version of :meth:`Grower.state_dict`.
 STATE_VERSION = 1
@@ -615,7 +615,7 @@ class Grower:
         The checkpoint holds the chains of the current stage; a fade in progress (old paths, their
         optimizer state, alpha) travels in ``extra["grower"]``. Resume with :meth:`from_checkpoint`.
         """
-        from ._checkpoint import save_checkpoint
+        from ..revise.checkpoint import save_checkpoint
 
         extra = dict(extra or {})
         if "grower" in extra or "grower_optimizers" in extra:

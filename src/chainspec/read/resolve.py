@@ -3,7 +3,7 @@
 Everything here needs the registry or the whole document: type names, argument
 names and types, ``${...}`` substitution, composite expansion and cycles, id
 uniqueness and stage ranges. No torch import; the result says exactly what to
-build, and :mod:`chainspec._compile` builds it.
+build, and :mod:`chainspec.build.compile` builds it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ._errors import Problem
-from ._expr import Budget, ExpressionError, LimitError, substitute
-from ._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default
-from ._model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
-from ._registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
-from ._reserved import id_problem
-from ._schedule import growth_problems
-from ._yaml import Document, Path, format_path
+from .._errors import Problem
+from .._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default
+from ..types.registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
+from .document import Document, Path, format_path
+from .expr import Budget, ExpressionError, LimitError, substitute
+from .model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
+from .reserved import id_problem
+from .schedule import growth_problems
 
 #: Deepest nesting of composite types (a composite holding a composite ...) by default; the bound
 #: in force is ``Limits.max_composite_depth``. Real specs nest two or three; the bound keeps
@@ -540,7 +540,7 @@ def _empty_stages(nodes: Iterable[NodeSpec], stages: int) -> list[tuple[int, int
     """The runs ``(first, last)`` of stages in ``0..stages-1`` where no node is active, in O(stages + nodes).
 
     Example:
-        >>> from chainspec._model import NodeSpec
+        >>> from chainspec.read.model import NodeSpec
         >>> _empty_stages([NodeSpec(id="a", type="relu", stage=2, until=4)], 6)
         [(0, 1), (4, 5)]
     """
