@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import chainspec
+import chainspec.revise.checkpoint
 from chainspec.build.chain import Chain
 from chainspec.cli import main
 
@@ -224,7 +225,7 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path: Path, monkeypatch: pyt
         handle.write(good[: len(good) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(revise.checkpoint.torch, "save", dies_halfway)
+    monkeypatch.setattr(chainspec.revise.checkpoint.torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, extra={"n": 2})
     monkeypatch.undo()

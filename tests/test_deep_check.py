@@ -20,7 +20,8 @@ import torch
 import chainspec
 import chainspec.build.modules
 import chainspec.build.shapes
-from chainspec import SpecError, _compile
+from chainspec import SpecError
+from chainspec.build import shapes as _compile
 from chainspec.build.shapes import Budget, CheckTooCostly, Probes, StageChecker, check_stages, infer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -150,7 +151,12 @@ def test_the_run_bound_refuses_before_building(monkeypatch: pytest.MonkeyPatch) 
     spec = chainspec.loads(bench_check.composite_leaves(stages=3))
     built: list[object] = []
     real = chainspec.build.modules.build_module
-    monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
+
+    def counting(tree: object) -> object:
+        return built.append(tree) or real(tree)
+
+    monkeypatch.setattr(_compile, "build_module", counting)
+    monkeypatch.setattr(chainspec.build.modules, "build_module", counting)  # a composite's parts, built recursively
     with pytest.raises(SpecError, match=r"more than 50 module runs on the meta device; it was stopped there"):
         spec.check()
     assert built == []  # a composite of 100 layers is over the bound before anything is built

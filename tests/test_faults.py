@@ -31,8 +31,10 @@ import chainspec
 import chainspec.revise.apply
 import chainspec.revise.checkpoint
 import chainspec.revise.optim
-from chainspec import CheckpointError, SpecError, _apply, _optim
+from chainspec import CheckpointError, SpecError
 from chainspec.build.chain import Chain
+from chainspec.revise import apply as _apply
+from chainspec.revise import optim as _optim
 from chainspec.types.registry import register_type, unregister_type
 
 PKG = os.path.dirname(chainspec.__file__)
@@ -134,7 +136,7 @@ class Fingerprint:
                        for name, p in net.named_parameters()]
         self.buffers = [(name, b, bits(b)) for name, b in net.named_buffers()]
         self.modes = [(name, m.training) for name, m in net.named_modules()]
-        self.attrs = {k: net.__dict__.get(k) for k in chainspec.revise.apply.BOOKKEEPING}
+        self.attrs = net.revision
         self.rng = bits(torch.get_rng_state())
         # An interrupt as a `with torch.device("meta")` block ends must not leave the meta device in force.
         self.device = (torch.get_default_device(), torch._C._len_torch_function_stack(), torch.is_grad_enabled())
@@ -249,7 +251,7 @@ def test_interrupt_at_any_line_of_apply(policy: str) -> None:
         except KeyboardInterrupt as exc:
             assert str(exc) == f"injected at line event {k}"
         # (Past the apply's last line no interrupt comes: the revision is then simply applied.)
-        if net.__dict__.get("spec") is new:
+        if net.spec is new:
             # All or nothing: an interrupt after the commit finished finds the revision fully applied.
             completed.append(k)
             assert_equals_scratch(net, new)

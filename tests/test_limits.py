@@ -32,8 +32,7 @@ from chainspec import Limits, SpecError
 from chainspec._limits import COMPOSITE_DEPTH_CEILING, DEFAULT_LIMITS
 from chainspec.read import resolve as resolve_module
 from chainspec.read.expr import FUNCTIONS, ExpressionError, evaluate
-from chainspec.read.resolve import MAX_COMPOSITE_DEPTH, Group, Leaf
-from chainspec.revise.diff import leaf_types, tree_key
+from chainspec.read.resolve import MAX_COMPOSITE_DEPTH, Group, Leaf, leaf_types, tree_key
 from chainspec.types.registry import unregister_type
 
 HERE = Path(__file__).resolve().parent

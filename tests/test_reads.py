@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 import chainspec
-from chainspec import Limits, SpecError, _yaml
+from chainspec import Limits, SpecError
 from chainspec.cli import _io, main
+from chainspec.read import document as _yaml
 from chainspec.read.document import read_head
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")

@@ -364,7 +364,7 @@ def test_an_interrupt_at_any_line_of_the_commit_leaves_the_store_unchanged() -> 
 
         with contextlib.suppress(KeyboardInterrupt):
             traced(lambda: plan.apply(net, opt), interrupt)
-        if net.__dict__.get("spec") is plan.new_spec:
+        if net.spec is plan.new_spec:
             completed.append(k)  # only past the apply's last line
             break
         before.assert_same(net, opt, plan)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import chainspec
+from chainspec import PlanSet
 from chainspec.build.chain import Chain
 from chainspec.revise import watch as _watch
-from chainspec.revise.diff import PlanSet
 
 SPEC = """\
 chainspec: 1

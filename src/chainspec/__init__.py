@@ -24,13 +24,15 @@ from .read.spec import Spec, load, loads
 from .types.registry import NodeType, get_type, is_registered, list_types, register_type
 
 if TYPE_CHECKING:
-    from .build.chain import Chain, Node, NodeNotFoundError
+    from .build.chain import Chain, Node, NodeNotFoundError, Revision
     from .build.summary import ChainSummary, NodeSummary
     from .grow.blend import Blend
     from .grow.grower import Grower, GrowthEvent
     from .revise.apply import RemovedNodes, removed_nodes
     from .revise.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    from .revise.diff import Op, Plan, PlanSet, diff
+    from .revise.diff import diff, diff_all
+    from .revise.ops import Op
+    from .revise.plan import Plan, PlanSet
     from .revise.watch import SpecWatcher
 
 __version__ = "0.1.0"
@@ -55,12 +57,14 @@ __all__ = [
     "PlanSet",
     "Problem",
     "RemovedNodes",
+    "Revision",
     "Schedule",
     "Spec",
     "SpecError",
     "SpecWatcher",
     "__version__",
     "diff",
+    "diff_all",
     "get_type",
     "is_registered",
     "list_types",
@@ -79,10 +83,12 @@ _LAZY = {
     "NodeNotFoundError": ".build.chain",
     "ChainSummary": ".build.summary",
     "NodeSummary": ".build.summary",
-    "Op": ".revise.diff",
-    "Plan": ".revise.diff",
-    "PlanSet": ".revise.diff",
+    "Op": ".revise.ops",
+    "Plan": ".revise.plan",
+    "PlanSet": ".revise.plan",
     "diff": ".revise.diff",
+    "diff_all": ".revise.diff",
+    "Revision": ".build.chain",
     "SpecWatcher": ".revise.watch",
     "RemovedNodes": ".revise.apply",
     "removed_nodes": ".revise.apply",

@@ -74,8 +74,7 @@ def build_chain(chain: ResolvedChain, stage: int, doc: Document, *, device: torc
     built = Chain(name=chain.name)
     for node in chain.at(stage):
         built.append(node.id, instantiate(node, device=device, dtype=dtype), node_type=node.type)
-    built.stage = stage
-    # Where later revisions put new nodes once no tensor is left to tell (see _apply).
-    built.placement = (torch.device(device) if device is not None else torch.get_default_device(),
-                       dtype or torch.get_default_dtype())
+    # Where later revisions put new nodes once no tensor is left to tell (see revise.apply).
+    built.record_revision(None, stage, (torch.device(device) if device is not None else torch.get_default_device(),
+                                        dtype or torch.get_default_dtype()))
     return built

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,7 +37,7 @@ from ..build.chain import Chain
 from ..build.modules import instantiate
 from ..read.schedule import Phase, Schedule
 from ..revise import optim as _optim
-from ..revise.apply import _ChainSnapshot, _RngSnapshot, apply_plans
+from ..revise.apply import apply_plans
 from ..revise.checkpoint import (
     _path,
     _q,
@@ -48,7 +48,9 @@ from ..revise.checkpoint import (
     state_value_problem,
     tensor_problem,
 )
-from ..revise.diff import Plan, diff
+from ..revise.diff import diff
+from ..revise.plan import Plan
+from ..revise.transaction import Transaction
 from .blend import Blend, blend_ids, resize_adapter, wrap
 
 if TYPE_CHECKING:
@@ -420,7 +422,7 @@ class Grower:
         """
         index, position, images, steps, fade = self._checked(state)
         phase = self.schedule.phases[index]
-        undo = self._snapshot()
+        change = self._transaction()
         try:
             for stage in range(self.stage + 1, phase.stage + 1):
                 self._grow(stage)
@@ -431,21 +433,24 @@ class Grower:
             self.images, self.steps = images, steps
             self._set_alpha()
         except BaseException:
-            for restore in reversed(undo):
-                restore()
+            change.rollback()
             raise
 
-    def _snapshot(self) -> list[Callable[[], None]]:
-        """Restores of everything loading a state changes: torch's RNG, the chains, the optimizers, this grower."""
-        unique = {id(o): o for o in self.optimizers.values() if o is not None}
+    def _transaction(self) -> Transaction:
+        """A transaction protecting everything loading a state changes: the chains, the optimizers, this grower."""
+        change = Transaction()
+        for chain in self.chains.values():
+            change.protect_chain(chain)
+        for optimizer in self.optimizers.values():
+            change.protect_optimizer(optimizer)
         kept = (self._index, self.position, self.images, self.steps, dict(self.blends))
 
         def restore_self() -> None:
             self._index, self.position, self.images, self.steps, blends = kept
             self.blends = dict(blends)
 
-        return [_RngSnapshot().restore, *(_ChainSnapshot(c).restore for c in self.chains.values()),
-                *(_optim.snapshot(o).restore for o in unique.values()), restore_self]
+        change.protect(restore_self)
+        return change
 
     def _checked(self, state: Any) -> tuple[int, int, int, int, Mapping[str, Any]]:
         """Check every field of a saved state against this grower; return where it puts the run.

@@ -9,7 +9,7 @@ build, and :mod:`chainspec.build.compile` builds it.
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -672,3 +672,29 @@ def _short(value: Any) -> str:
     text = repr(value) if not isinstance(value, (list, tuple, dict)) or len(value) <= 50 else \
         f"a {type(value).__name__} of {len(value):,} items"
     return text if len(text) <= 200 else text[:100] + "..."
+
+
+def tree_key(tree: Tree) -> Any:
+    """A hashable key equal for trees that build the same module (args compared by value and repr).
+
+    Example:
+        >>> tree_key(Leaf("relu", {}, None)) == tree_key(Leaf("relu", {}, print))
+        True
+    """
+    if isinstance(tree, Leaf):
+        return ("leaf", tree.type, tuple(sorted((k, type(v).__name__, repr(v)) for k, v in tree.args.items())))
+    return ("group", tree.type, tuple((part_id, tree_key(sub)) for part_id, sub in tree.parts))
+
+
+def leaf_types(tree: Tree, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted path, type)`` of every leaf of a tree, in order.
+
+    Example:
+        >>> list(leaf_types(Group("blk", (("conv", Leaf("conv2d", {}, None)), ("act", Leaf("relu", {}, None))))))
+        [('conv', 'conv2d'), ('act', 'relu')]
+    """
+    if isinstance(tree, Leaf):
+        yield prefix, tree.type
+        return
+    for part_id, sub in tree.parts:
+        yield from leaf_types(sub, f"{prefix}.{part_id}" if prefix else part_id)

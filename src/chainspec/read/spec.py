@@ -202,7 +202,7 @@ class Spec:
         check_dtype(dtype)
         device = check_device(device)
         built = build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
-        built.spec = self  # the revision it runs: plans, watchers and checkpoints start from it
+        built.record_revision(self, built.stage)  # the revision it runs: plans, watchers and checkpoints start there
         return built
 
     def build_all(self, *, stage: int | str = 0, device: torch.device | str | None = None,

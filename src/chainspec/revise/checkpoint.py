@@ -1142,8 +1142,7 @@ def _restore_chain(where: str, spec: Spec, name: str, stage: int, chain: Chain, 
     parameters = dict(chain.named_parameters())
     for param_name in saved.get("frozen", []):
         parameters[param_name].requires_grad_(False)
-    chain.stage = stage
-    chain.spec = spec
+    chain.record_revision(spec, stage)
     return chain
 
 

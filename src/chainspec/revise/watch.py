@@ -25,7 +25,8 @@ from .._limits import Limits, limits_or_default
 from ..read.document import read_head, too_big
 from ..read.spec import Spec, loads
 from .apply import apply_plans
-from .diff import Plan, PlanSet, diff
+from .diff import diff_all
+from .plan import Plan, PlanSet
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -369,10 +370,9 @@ class SpecWatcher:
             if len(raw) > self.limits.max_bytes:
                 raise SpecError([too_big(self.path, self._file.size, self.limits.max_bytes)])
             new = loads(raw, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
-            plans = PlanSet()
-            for name, chain in self.chains.items():
-                stage = self.spec.stage_index(self.stages[name])
-                plans[name] = diff(self.spec, new, chain=name, stage=(stage, stage)).restoring(chain)
+            stages = {name: self.spec.stage_index(self.stages[name]) for name in self.chains}
+            plans = diff_all(self.spec, new, chains=self.chains, stage={n: (s, s) for n, s in stages.items()},
+                             live=self.chains)
             # A revision that changes no chain (comments, layout) leaves the optimizers alone, even
             # with policy="reset": it is no growth step. Applying it still records the new spec.
             apply_plans([(plans[name], chain, self.optimizers[name]) for name, chain in self.chains.items()],
