@@ -43,7 +43,7 @@ from chainspec import SpecError
 
 AREA = "check"
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-#: The largest spec file (``Limits.max_bytes``) and stage count (``_model.MAX_STAGES``).
+#: The largest spec file (``Limits.max_bytes``) and stage count (``read.model.MAX_STAGES``).
 MAX_BYTES = chainspec.Limits().max_bytes
 STAGES = 1000
 
@@ -176,10 +176,10 @@ def worst_cases() -> dict[str, Callable[[], str]]:
 
 def measure(text: str, *, budget: float = 1.0) -> dict[str, Any]:
     """Load ``text`` and check it; the times, the work counted, the peak Python memory and the outcome."""
-    from chainspec import _compile
+    from chainspec.build import shapes
 
     counts: dict[str, Any] = {}
-    real_checker, real_probes = _compile.StageChecker, _compile.Probes
+    real_checker, real_probes = shapes.StageChecker, shapes.Probes
 
     class Probes(real_probes):  # type: ignore[misc,valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -194,7 +194,7 @@ def measure(text: str, *, budget: float = 1.0) -> dict[str, Any]:
     started = time.perf_counter()
     spec = chainspec.loads(text)
     load_s = time.perf_counter() - started
-    _compile.Probes, _compile.StageChecker = Probes, StageChecker  # type: ignore[misc]
+    shapes.Probes, shapes.StageChecker = Probes, StageChecker  # type: ignore[misc]
     try:
         cpu, started = time.process_time(), time.perf_counter()
         try:
@@ -206,7 +206,7 @@ def measure(text: str, *, budget: float = 1.0) -> dict[str, Any]:
                 f"{len(exc.problems)} problem(s)"
         check_s, check_cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
-        _compile.Probes, _compile.StageChecker = real_probes, real_checker  # type: ignore[misc]
+        shapes.Probes, shapes.StageChecker = real_probes, real_checker  # type: ignore[misc]
     tracemalloc.start()
     try:
         spec = chainspec.loads(text)

@@ -26,10 +26,10 @@ import yaml
 from benchutil import Row, median_time, pick, row
 
 import chainspec
-from chainspec._model import SpecModel
-from chainspec._resolve import resolve
-from chainspec._spec import Spec
-from chainspec._yaml import Document
+from chainspec.read.document import Document
+from chainspec.read.model import SpecModel
+from chainspec.read.resolve import resolve
+from chainspec.read.spec import Spec
 
 AREA = "diff"
 

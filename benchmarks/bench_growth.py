@@ -23,7 +23,7 @@ import torch
 from benchutil import Row, pick, row
 
 import chainspec
-from chainspec._schedule import Schedule
+from chainspec.read.schedule import Schedule
 
 AREA = "growth"
 SPECS = Path(__file__).resolve().parent.parent / "specs"

@@ -23,7 +23,7 @@ import torch
 from benchutil import Row, pick, row
 
 import chainspec
-from chainspec._reserved import id_problem
+from chainspec.read.reserved import id_problem
 
 AREA = "revision"
 

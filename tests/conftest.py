@@ -34,7 +34,7 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def fresh_types() -> Iterator[list[str]]:
     """Collect names of node types a test registers; they are unregistered afterwards."""
-    from chainspec._registry import unregister_type
+    from chainspec.types.registry import unregister_type
 
     names: list[str] = []
     yield names

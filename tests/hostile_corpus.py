@@ -40,11 +40,11 @@ from pathlib import Path
 
 #: The default ``Limits.max_bytes``: no case is larger.
 MAX_BYTES = 256 * 1024
-#: The default stage bound (``_model.MAX_STAGES``).
+#: The default stage bound (``read.model.MAX_STAGES``).
 STAGES = 1000
 #: Deepest composite nesting allowed by default (``Limits.max_composite_depth``).
 COMPOSITE_DEPTH = 32
-#: The largest legal size (``_model.MAX_DIM``).
+#: The largest legal size (``read.model.MAX_DIM``).
 MAX_DIM = 2**31 - 1
 #: YAML values a case may hold: just under the default ``Limits.max_values`` (50,000), so that a case
 #: reaches the stage it attacks instead of being refused for its size alone.

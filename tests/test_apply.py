@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 import chainspec
-from chainspec import _apply, _optim
-from chainspec._apply import apply_plans
-from chainspec._chain import Chain
+import chainspec.revise.optim
+from chainspec.build.chain import Chain
+from chainspec.revise import apply as _apply
+from chainspec.revise import optim as _optim
+from chainspec.revise.apply import apply_plans
 
 MLP = """\
 chainspec: 1
@@ -384,7 +386,7 @@ def test_failure_while_splicing_rolls_back(monkeypatch: pytest.MonkeyPatch, erro
 def test_failure_in_optimizer_surgery_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     spec, net, opt = trained()
     plan = chainspec.diff(spec, chainspec.loads(EVERYTHING))
-    real = _optim.add_params
+    real = chainspec.revise.optim.add_params
 
     def half_then_fail(optimizer: Any, named: Any, group: Any) -> None:
         real(optimizer, named, group)

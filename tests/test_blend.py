@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import chainspec
-from chainspec._blend import Blend, blend_ids, resize_adapter, wrap
+from chainspec.grow.blend import Blend, blend_ids, resize_adapter, wrap
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "pggan_tiny.yaml"
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import _checkpoint
-from chainspec._chain import Chain
+import chainspec.revise.checkpoint
+from chainspec.build.chain import Chain
 from chainspec.cli import main
 
 BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"
@@ -225,7 +225,7 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path: Path, monkeypatch: pyt
         handle.write(good[: len(good) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_checkpoint.torch, "save", dies_halfway)
+    monkeypatch.setattr(chainspec.revise.checkpoint.torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, extra={"n": 2})
     monkeypatch.undo()

@@ -38,7 +38,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chainspec
-from chainspec import CheckpointError, Grower, Limits, PlanError, _checkpoint
+import chainspec.revise.checkpoint
+from chainspec import CheckpointError, Grower, Limits, PlanError
 
 SPEC = """\
 chainspec: 1
@@ -175,15 +176,15 @@ def test_names_are_looked_up_in_allow_lists(tmp_path: Path, field: str, value: s
 
 
 def test_allow_lists_are_explicit() -> None:
-    assert set(_checkpoint.DTYPES) == {"float16", "bfloat16", "float32", "float64"}
-    assert all(dtype.is_floating_point for dtype in _checkpoint.DTYPES.values())
-    assert _checkpoint.DEVICE_TYPES == ("cpu", "cuda", "mps", "meta", "xpu")
-    classes = set(_checkpoint.OPTIMIZER_CLASSES.values())
+    assert set(chainspec.revise.checkpoint.DTYPES) == {"float16", "bfloat16", "float32", "float64"}
+    assert all(dtype.is_floating_point for dtype in chainspec.revise.checkpoint.DTYPES.values())
+    assert chainspec.revise.checkpoint.DEVICE_TYPES == ("cpu", "cuda", "mps", "meta", "xpu")
+    classes = set(chainspec.revise.checkpoint.OPTIMIZER_CLASSES.values())
     assert {torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD} <= classes
     assert torch.optim.Optimizer not in classes
     assert all(issubclass(c, torch.optim.Optimizer) and c.__module__.split(".")[:2] == ["torch", "optim"]
                for c in classes)
-    assert _checkpoint.OPTIMIZER_CLASSES["torch.optim.adam.Adam"] is torch.optim.Adam
+    assert chainspec.revise.checkpoint.OPTIMIZER_CLASSES["torch.optim.adam.Adam"] is torch.optim.Adam
 
 
 FRESH_PROCESS = textwrap.dedent("""
@@ -589,11 +590,11 @@ def test_every_step_of_a_write_fails_as_a_checkpoint_error(tmp_path: Path, monke
         raise OSError(28, "No space left on device")
 
     if step == "write":
-        real = _checkpoint._Recording.__init__
-        monkeypatch.setattr(_checkpoint._Recording, "__init__",
+        real = chainspec.revise.checkpoint._Recording.__init__
+        monkeypatch.setattr(chainspec.revise.checkpoint._Recording, "__init__",
                             lambda self, handle: real(self, FailingFile(handle, 2000)))
     else:
-        monkeypatch.setattr(_checkpoint.os, step, fail)
+        monkeypatch.setattr(chainspec.revise.checkpoint.os, step, fail)
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last\.pt: No space left on device; the "
                                               "previous checkpoint there, if any, is unchanged") as info:
         chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, extra={"n": 2})

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import chainspec
-from chainspec._registry import builtin_type_names
 from chainspec.cli import main
+from chainspec.types.registry import builtin_type_names
 
 BLOG_STAGES = [
     {"chains": {"net": {"stage": 0, "params": 928, "nodes": [
@@ -177,7 +177,7 @@ def test_types_lists_every_builtin_with_its_args(capsys) -> None:
     assert set(builtin_type_names()) <= set(listed)
     assert "conv2d(in_channels: int >= 1, out_channels: int >= 1, kernel_size: int >= 1 | tuple[int >= 1, int >= 1]" \
            " = 3," in out
-    assert "pixel_norm(eps: float = 1e-08)" in out
+    assert "pixel_norm(eps: float >= 0.0 = 1e-08)" in out
     assert "minibatch_stddev(group_size: int >= 1 = 4)" in out
     assert "    Appends the minibatch standard deviation as one extra channel" in out
 

@@ -12,9 +12,10 @@ from torch import nn
 
 import chainspec
 from chainspec import ChainSummary, NodeSummary, SpecError
-from chainspec._compile import PROBE_BATCH, build_module, instantiate
-from chainspec._layers import Composite
-from chainspec._resolve import Group, Leaf
+from chainspec.build.modules import build_module, instantiate
+from chainspec.build.shapes import PROBE_BATCH
+from chainspec.read.resolve import Group, Leaf
+from chainspec.types.layers import Composite
 
 
 def test_summary_rows(blog_path: Path) -> None:
@@ -234,13 +235,13 @@ def test_build_gives_each_node_its_type_and_fresh_weights(blog_path: Path) -> No
 
 # -- the memory a build allocates: parameters, buffers and every other tensor ----------------------------------------
 
-#: The largest size a spec may give (``_model.MAX_DIM``).
+#: The largest size a spec may give (``read.model.MAX_DIM``).
 MAX_DIM = 2**31 - 1
 
 
 def _no_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test, instead of allocating, if a build gets past the memory guard."""
-    from chainspec import _compile
+    from chainspec.build import compile as _compile
 
     def refuse(*args: object, **kwargs: object) -> nn.Module:
         raise AssertionError("the memory guard let a build through")
@@ -282,7 +283,7 @@ def test_norms_without_weights_are_measured_by_their_running_statistics(kind: st
 
 def test_ten_affine_free_batch_norms_are_refused_before_allocating(monkeypatch: pytest.MonkeyPatch) -> None:
     """The reported case: no weight at all, 172 GB of running statistics."""
-    from chainspec import _memory
+    from chainspec.build import memory as _memory
 
     _no_allocation(monkeypatch)
     monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 100 * 10**9)
@@ -358,7 +359,7 @@ def test_a_registered_type_with_big_buffers_is_refused(big_state: None, monkeypa
 
 
 def test_weights_and_buffers_are_summed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chainspec import _memory
+    from chainspec.build import memory as _memory
 
     _no_allocation(monkeypatch)
     # 52 GB of running statistics, then 43 GB of weights, with 60 GB free: each fits, together they do not.
@@ -373,7 +374,7 @@ def test_weights_and_buffers_are_summed(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_applying_a_revision_refuses_new_modules_that_cannot_fit(big_state: None) -> None:
-    from chainspec._apply import shape_check
+    from chainspec.revise.apply import shape_check
 
     head = "chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes:\n"
     fc = "      - {id: fc, type: linear, args: {in_features: 4, out_features: 4}}\n"
@@ -412,7 +413,7 @@ def test_the_memory_guard_sees_an_address_space_limit(tmp_path: Path) -> None:
 
 def test_build_all_refuses_chains_that_fit_alone_but_not_together(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two chains of 400 MB each with 600 MB free: refused before either is built, naming the other chains' need."""
-    from chainspec import _memory
+    from chainspec.build import memory as _memory
 
     monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 600 * 10**6)
     layer = "{id: fc, type: linear, args: {in_features: 10000, out_features: 10000, bias: false}}"

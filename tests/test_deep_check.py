@@ -18,8 +18,11 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import SpecError, _compile
-from chainspec._compile import Budget, CheckTooCostly, Probes, StageChecker, check_stages, infer
+import chainspec.build.modules
+import chainspec.build.shapes
+from chainspec import SpecError
+from chainspec.build import shapes as _compile
+from chainspec.build.shapes import Budget, CheckTooCostly, Probes, StageChecker, check_stages, infer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_check
@@ -54,7 +57,7 @@ def test_the_reported_case_builds_one_module_and_walks_each_stage_once(monkeypat
     spec = chainspec.loads(bench_check.issue())
     assert (spec.stages, len(spec.resolved().nodes)) == (1000, 3000)
     built: list[object] = []
-    real = _compile.build_module
+    real = chainspec.build.modules.build_module
     monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
     spec.check()
     assert len(built) == 1  # one relu, built to try its factory; never run: relu gives back any shape
@@ -147,8 +150,13 @@ def test_the_run_bound_refuses_before_building(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(_compile, "MAX_CHECK_RUNS", 50)
     spec = chainspec.loads(bench_check.composite_leaves(stages=3))
     built: list[object] = []
-    real = _compile.build_module
-    monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
+    real = chainspec.build.modules.build_module
+
+    def counting(tree: object) -> object:
+        return built.append(tree) or real(tree)
+
+    monkeypatch.setattr(_compile, "build_module", counting)
+    monkeypatch.setattr(chainspec.build.modules, "build_module", counting)  # a composite's parts, built recursively
     with pytest.raises(SpecError, match=r"more than 50 module runs on the meta device; it was stopped there"):
         spec.check()
     assert built == []  # a composite of 100 layers is over the bound before anything is built
@@ -186,7 +194,7 @@ def test_the_time_bound_stops_a_run_half_way(monkeypatch: pytest.MonkeyPatch) ->
         ran.append("tick")
         return 0.0 if len(ran) < 5 else 7200.0
 
-    monkeypatch.setattr(_compile.time, "thread_time", slow_clock)
+    monkeypatch.setattr(chainspec.build.shapes.time, "thread_time", slow_clock)
     budget.started = 0.0
     with pytest.raises(CheckTooCostly):
         probes.run(index, ((4, 1, 8), torch.float32))
@@ -268,13 +276,13 @@ def _identical(n: int, last: int | None = None) -> str:
 
 
 def test_applying_a_revision_builds_each_distinct_definition_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chainspec._apply import shape_check
+    from chainspec.revise.apply import shape_check
 
     old = chainspec.loads(_identical(3000))
     new = chainspec.loads(_identical(3000, last=8))
     plan = chainspec.diff(old, new)
     built: list[object] = []
-    real = _compile.build_module
+    real = chainspec.build.modules.build_module
     monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
     shape_check(plan, None)
     assert len(built) == 2  # the 3,000 identical layers once, the new one once

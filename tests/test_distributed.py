@@ -41,6 +41,9 @@ from torch import nn
 
 import chainspec
 import chainspec.distributed as csd
+import chainspec.grow.grower
+import chainspec.revise.apply
+import chainspec.revise.watch
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -328,7 +331,6 @@ def scenario_failures(rank: int, world: int, tmp: Path) -> dict[str, Any]:
 
 
 def _fail_on_one_rank(rank: int) -> dict[str, Any]:
-    from chainspec import _apply
 
     spec = chainspec.loads(SPEC, source="mine.yaml")
     torch.manual_seed(5)  # the same weights on both ranks
@@ -338,7 +340,7 @@ def _fail_on_one_rank(rank: int) -> dict[str, Any]:
     opt.step()
     before, adam = _snapshot(chain), [s["exp_avg"].clone() for s in opt.state.values()]
     out: dict[str, Any] = {}
-    real = _apply._Job.update_optimizer
+    real = chainspec.revise.apply._Job.update_optimizer
     for key, error in (("one_rank_fails", RuntimeError("CUDA out of memory (injected)")),
                        ("one_rank_interrupted", KeyboardInterrupt())):
         def update_optimizer(job: Any, error: BaseException = error) -> None:
@@ -346,7 +348,7 @@ def _fail_on_one_rank(rank: int) -> dict[str, Any]:
             if rank == 1:
                 raise error
 
-        _apply._Job.update_optimizer = update_optimizer  # type: ignore[method-assign]
+        chainspec.revise.apply._Job.update_optimizer = update_optimizer  # type: ignore[method-assign]
         start = time.monotonic()
         try:
             csd.grow(spec, chain, opt)
@@ -354,7 +356,7 @@ def _fail_on_one_rank(rank: int) -> dict[str, Any]:
         except BaseException as exc:  # KeyboardInterrupt too: it is what rank 1 must raise
             out[key] = (type(exc).__name__, str(exc), time.monotonic() - start)
         finally:
-            _apply._Job.update_optimizer = real  # type: ignore[method-assign]
+            chainspec.revise.apply._Job.update_optimizer = real  # type: ignore[method-assign]
         out[key + "_untouched"] = (chain.ids() == ["fc0", "act0", "out"] and chain.stage == 0
                                    and all(torch.equal(v, before[k]) for k, v in chain.state_dict().items())
                                    and len(opt.state) == len(adam) and all(
@@ -368,7 +370,6 @@ def _fail_on_one_rank(rank: int) -> dict[str, Any]:
 
 def _grower_fails_on_one_rank(rank: int) -> dict[str, Any]:
     """A DistributedGrower's fade-in fails on rank 1 only, after its splice: both ranks roll back."""
-    from chainspec import _grow
 
     pggan = chainspec.load(ROOT / "specs" / "pggan_tiny.yaml")
     torch.manual_seed(5)
@@ -382,7 +383,7 @@ def _grower_fails_on_one_rank(rank: int) -> dict[str, Any]:
                                    {"generator": csd.wrap(g)})
     before, params = _snapshot(g), [id(p) for p in opt.param_groups[0]["params"]]
     out: dict[str, Any] = {}
-    real = _grow.Grower._wrap
+    real = chainspec.grow.grower.Grower._wrap
     for key, error in (("grower_fails", RuntimeError("CUDA out of memory (injected)")),
                        ("grower_interrupted", KeyboardInterrupt())):
         def failing_wrap(self: Any, *args: Any, error: BaseException = error, **kwargs: Any) -> None:
@@ -390,7 +391,7 @@ def _grower_fails_on_one_rank(rank: int) -> dict[str, Any]:
             if rank == 1:
                 raise error
 
-        _grow.Grower._wrap = failing_wrap  # type: ignore[method-assign]
+        chainspec.grow.grower.Grower._wrap = failing_wrap  # type: ignore[method-assign]
         start = time.monotonic()
         try:
             grower.step(8)
@@ -398,7 +399,7 @@ def _grower_fails_on_one_rank(rank: int) -> dict[str, Any]:
         except BaseException as exc:
             out[key] = (type(exc).__name__, str(exc), time.monotonic() - start)
         finally:
-            _grow.Grower._wrap = real  # type: ignore[method-assign]
+            chainspec.grow.grower.Grower._wrap = real  # type: ignore[method-assign]
         out[key + "_untouched"] = (g.ids() == ["b4", "to_rgb_4"] and grower.stage == 0 and grower.alpha == 1.0
                                    and grower.grower.images == 0 and not grower.grower.blends
                                    and [id(p) for p in opt.param_groups[0]["params"]] == params
@@ -766,7 +767,7 @@ def _settled(watcher: csd.DistributedSpecWatcher, clock: _Clock) -> Any:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
-    from chainspec import _watch
+    from chainspec.revise import watch as _watch
 
     fake = _Clock()
     monkeypatch.setattr(_watch, "monotonic", fake)
@@ -775,7 +776,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
 
 def test_watcher_settles_and_limits_as_spec_watcher_does(tmp_path: Path, clock: _Clock) -> None:
     """Without a process group (the same code path as rank src): the default settle, the spec's limits."""
-    from chainspec import _watch
 
     path = tmp_path / "net.yaml"
     path.write_text(SPEC, encoding="utf-8")
@@ -784,7 +784,7 @@ def test_watcher_settles_and_limits_as_spec_watcher_does(tmp_path: Path, clock: 
     chain = spec.build(stage=0)
     errors: list[Exception] = []
     watcher = csd.DistributedSpecWatcher(path, chain, spec=spec, on_error=errors.append)
-    assert watcher.settle == _watch.SETTLE > 0 and watcher.limits is small
+    assert watcher.settle == chainspec.revise.watch.SETTLE > 0 and watcher.limits is small
     path.write_text(SPEC.replace("out_features: 3", "out_features: 4"), encoding="utf-8")
     assert watcher.poll() is None and chain["out"].module.out_features == 3  # noted, not taken
     clock.now += watcher.settle * 0.9

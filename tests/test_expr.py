@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chainspec import Limits, _expr
-from chainspec._expr import (
+from chainspec import Limits
+from chainspec.read import expr as _expr
+from chainspec.read.expr import (
     FUNCTIONS,
     MAX_LENGTH,
     Budget,

@@ -28,9 +28,14 @@ import torch
 from torch import nn
 
 import chainspec
-from chainspec import CheckpointError, SpecError, _apply, _checkpoint, _optim
-from chainspec._chain import Chain
-from chainspec._registry import register_type, unregister_type
+import chainspec.revise.apply
+import chainspec.revise.checkpoint
+import chainspec.revise.optim
+from chainspec import CheckpointError, SpecError
+from chainspec.build.chain import Chain
+from chainspec.revise import apply as _apply
+from chainspec.revise import optim as _optim
+from chainspec.types.registry import register_type, unregister_type
 
 PKG = os.path.dirname(chainspec.__file__)
 
@@ -131,7 +136,7 @@ class Fingerprint:
                        for name, p in net.named_parameters()]
         self.buffers = [(name, b, bits(b)) for name, b in net.named_buffers()]
         self.modes = [(name, m.training) for name, m in net.named_modules()]
-        self.attrs = {k: net.__dict__.get(k) for k in _apply.BOOKKEEPING}
+        self.attrs = net.revision
         self.rng = bits(torch.get_rng_state())
         # An interrupt as a `with torch.device("meta")` block ends must not leave the meta device in force.
         self.device = (torch.get_default_device(), torch._C._len_torch_function_stack(), torch.is_grad_enabled())
@@ -155,7 +160,7 @@ class Fingerprint:
         assert len(other.groups) == len(self.groups)
         for (g, params, hyper), (g2, params2, hyper2) in zip(self.groups, other.groups, strict=True):
             assert g is g2 and params == params2 and hyper.keys() == hyper2.keys()
-            assert all(_optim._same(hyper[k], hyper2[k]) for k in hyper)
+            assert all(chainspec.revise.optim._same(hyper[k], hyper2[k]) for k in hyper)
         assert other.state == self.state
 
 
@@ -246,7 +251,7 @@ def test_interrupt_at_any_line_of_apply(policy: str) -> None:
         except KeyboardInterrupt as exc:
             assert str(exc) == f"injected at line event {k}"
         # (Past the apply's last line no interrupt comes: the revision is then simply applied.)
-        if net.__dict__.get("spec") is new:
+        if net.spec is new:
             # All or nothing: an interrupt after the commit finished finds the revision fully applied.
             completed.append(k)
             assert_equals_scratch(net, new)
@@ -267,7 +272,7 @@ def test_interrupt_that_skips_a_context_exit(monkeypatch: pytest.MonkeyPatch) ->
     inside torch's own context managers, so the skipped exits are simulated here)."""
     old, net, opt = trained()
     plan = chainspec.diff(old, chainspec.loads(NEW, source="new.yaml"))
-    real = _apply.shape_check
+    real = chainspec.revise.apply.shape_check
 
     def cut_short(*args: Any, **kwargs: Any) -> None:
         real(*args, **kwargs)
@@ -370,7 +375,7 @@ def test_failure_in_one_chain_rolls_back_both() -> None:
     before_g, before_d = Fingerprint(g, opt_g), Fingerprint(d, opt_d)
     BREAKER.n, BREAKER.calls, BREAKER.error = 5, 0, RuntimeError("second chain's build fails (injected)")
     with pytest.raises(SpecError, match="injected"):
-        _apply.apply_plans([(plan, g, opt_g), (plan, d, opt_d)])
+        chainspec.revise.apply.apply_plans([(plan, g, opt_g), (plan, d, opt_d)])
     unchanged(g, opt_g, before_g)
     unchanged(d, opt_d, before_d)
 
@@ -394,8 +399,8 @@ def assert_loads_as(path: Path, state: dict[str, torch.Tensor], n: int) -> None:
 
 WRITER = textwrap.dedent("""
     import os, sys, time, torch, chainspec
-    from chainspec import _checkpoint
-    from chainspec._registry import register_type
+    from chainspec.revise import checkpoint as _checkpoint
+    from chainspec.types.registry import register_type
 
     @register_type("fragile_linear")
     def fragile(in_features: int, out_features: int) -> torch.nn.Module:
@@ -476,7 +481,7 @@ def test_a_killed_writers_temporary_file_is_cleaned_up_by_a_later_save(tmp_path:
         busy.write_bytes(b"in progress")
         other = tmp_path / f".other.pt.{proc.pid}-x.tmp"  # another checkpoint's: not ours to judge
         other.write_bytes(b"x")
-        old = time.time() - 2 * _checkpoint.STALE_AFTER_S
+        old = time.time() - 2 * chainspec.revise.checkpoint.STALE_AFTER_S
         for p in (busy, other):
             os.utime(p, (old, old))
         spec, net, _ = trained()
@@ -515,7 +520,7 @@ def test_writer_failing_after_partial_bytes(tmp_path: Path, monkeypatch: pytest.
         raise error
 
     spec, net, _ = trained()
-    monkeypatch.setattr(_checkpoint.torch, "save", dies_halfway)
+    monkeypatch.setattr(chainspec.revise.checkpoint.torch, "save", dies_halfway)
     expected: type[BaseException] = CheckpointError if isinstance(error, OSError) else type(error)
     with pytest.raises(expected) as info:
         chainspec.save_checkpoint(path, spec=spec, chains={"net": net}, stage=0, extra={"n": 2})

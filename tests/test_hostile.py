@@ -21,13 +21,13 @@ from torch import nn
 
 import chainspec
 from chainspec import SpecError
-from chainspec._chain import Chain
-from chainspec._expr import MAX_DEPTH as MAX_EXPR_DEPTH
-from chainspec._layers import Composite
-from chainspec._model import MAX_STAGES
-from chainspec._reserved import id_problem
-from chainspec._resolve import MAX_COMPOSITE_DEPTH
-from chainspec._yaml import MAX_BYTES, MAX_DEPTH, MAX_VALUES
+from chainspec.build.chain import Chain
+from chainspec.read.document import MAX_BYTES, MAX_DEPTH, MAX_VALUES
+from chainspec.read.expr import MAX_DEPTH as MAX_EXPR_DEPTH
+from chainspec.read.model import MAX_STAGES
+from chainspec.read.reserved import id_problem
+from chainspec.read.resolve import MAX_COMPOSITE_DEPTH
+from chainspec.types.layers import Composite
 
 SOURCE = "hostile.yaml"
 #: A valid spec up to its node list; the first node goes on line 6.
@@ -405,7 +405,7 @@ def test_many_stages_stay_fast_and_are_reported_as_ranges() -> None:
 
 def test_checking_every_stage_builds_each_node_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # One node joins per stage: 300 stages of up to 300 nodes would be 45,000 meta builds without reuse.
-    from chainspec import _compile
+    from chainspec.build import shapes as _compile
 
     nodes = "".join(f"      - {{id: n{i}, type: linear, args: {{in_features: 4, out_features: 4}}, stage: {i}}}\n"
                     for i in range(300))
@@ -559,7 +559,7 @@ def test_reserved_ids_cover_every_public_attribute() -> None:
     for obj in (nn.Module(), nn.Sequential(), Chain(), built, Composite("x", [])):
         missing |= {name for name in dir(obj) if id_problem(name) is None}
     missing.discard("a")  # the built chain's own node
-    assert not missing, f"add to chainspec._reserved.RESERVED_IDS: {sorted(missing)}"
+    assert not missing, f"add to chainspec.read.reserved.RESERVED_IDS: {sorted(missing)}"
 
 
 def test_chain_names_may_be_anything_identifier_like() -> None:

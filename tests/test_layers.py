@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chainspec._layers import (
+from chainspec.types.layers import (
     ChannelBias,
     Composite,
     EqualizedConv2d,
@@ -18,7 +18,7 @@ from chainspec._layers import (
     PixelNorm,
     Reshape,
 )
-from chainspec._registry import get_type
+from chainspec.types.registry import get_type
 
 
 @pytest.mark.parametrize(("layer", "fan_in"), [
@@ -138,8 +138,8 @@ def test_composite_is_named_after_its_type() -> None:
 
 
 def test_elementwise_builtins_keep_every_floating_shape_and_dtype() -> None:
-    """Shape checks never run these (see ``_compile.Probes``): they must give back what they get."""
-    from chainspec._registry import builtin_type_names, get_type
+    """Shape checks never run these (see ``build.shapes.Probes``): they must give back what they get."""
+    from chainspec.types.registry import builtin_type_names, get_type
 
     marked = sorted(name for name in builtin_type_names()
                     if getattr(get_type(name).factory, "chainspec_elementwise", False))

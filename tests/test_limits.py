@@ -29,12 +29,11 @@ from hypothesis import strategies as st
 
 import chainspec
 from chainspec import Limits, SpecError
-from chainspec import _resolve as resolve_module
-from chainspec._diff import leaf_types, tree_key
-from chainspec._expr import FUNCTIONS, ExpressionError, evaluate
 from chainspec._limits import COMPOSITE_DEPTH_CEILING, DEFAULT_LIMITS
-from chainspec._registry import unregister_type
-from chainspec._resolve import MAX_COMPOSITE_DEPTH, Group, Leaf
+from chainspec.read import resolve as resolve_module
+from chainspec.read.expr import FUNCTIONS, ExpressionError, evaluate
+from chainspec.read.resolve import MAX_COMPOSITE_DEPTH, Group, Leaf, leaf_types, tree_key
+from chainspec.types.registry import unregister_type
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:

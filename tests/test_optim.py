@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import _optim
-from chainspec._chain import Chain
+import chainspec.revise.optim
+from chainspec.build.chain import Chain
 
 MLP = """\
 chainspec: 1
@@ -70,7 +70,7 @@ def trained(kind: str, text: str = MLP, groups: bool = False) -> tuple[chainspec
 
 
 def group_index(opt: torch.optim.Optimizer, param: torch.Tensor) -> int:
-    return _optim.group_of_params(opt)[id(param)]
+    return chainspec.revise.optim.group_of_params(opt)[id(param)]
 
 
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
@@ -217,9 +217,9 @@ def test_snapshot_restores_groups_and_state_exactly() -> None:
     (a.sum() + b.sum()).backward()
     opt.step()
     group, state = opt.param_groups[0], opt.state[a]
-    snap = _optim.snapshot(opt)
-    _optim.remove_params(opt, [a])
-    _optim.group_with(opt, {**_optim.hyper(group), "lr": 0.5})
+    snap = chainspec.revise.optim.snapshot(opt)
+    chainspec.revise.optim.remove_params(opt, [a])
+    chainspec.revise.optim.group_with(opt, {**chainspec.revise.optim.hyper(group), "lr": 0.5})
     assert len(opt.param_groups) == 2 and a not in opt.state
     snap.restore()
     assert opt.param_groups == [group] and opt.param_groups[0] is group
@@ -227,16 +227,16 @@ def test_snapshot_restores_groups_and_state_exactly() -> None:
 
 
 def test_same_hyper_compares_values_not_types() -> None:
-    assert _optim.same_hyper({"lr": 1, "b": (0.9, 0.99)}, {"lr": 1.0, "b": [0.9, 0.99]})
-    assert not _optim.same_hyper({"amsgrad": False}, {"amsgrad": 0})
-    assert _optim.same_hyper({"lr": torch.tensor(0.1)}, {"lr": torch.tensor(0.1)})
-    assert not _optim.same_hyper({"lr": torch.tensor(0.1)}, {"lr": 0.1})
+    assert chainspec.revise.optim.same_hyper({"lr": 1, "b": (0.9, 0.99)}, {"lr": 1.0, "b": [0.9, 0.99]})
+    assert not chainspec.revise.optim.same_hyper({"amsgrad": False}, {"amsgrad": 0})
+    assert chainspec.revise.optim.same_hyper({"lr": torch.tensor(0.1)}, {"lr": torch.tensor(0.1)})
+    assert not chainspec.revise.optim.same_hyper({"lr": torch.tensor(0.1)}, {"lr": 0.1})
 
 
 def test_check_override_types() -> None:
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-    assert _optim.check_override(opt, {"lr": 0.1, "betas": [0.5, 0.9], "amsgrad": True}) == []
-    problems = _optim.check_override(opt, {"betas": 0.5, "amsgrad": 1})
+    assert chainspec.revise.optim.check_override(opt, {"lr": 0.1, "betas": [0.5, 0.9], "amsgrad": True}) == []
+    problems = chainspec.revise.optim.check_override(opt, {"betas": 0.5, "amsgrad": 1})
     assert [p[0] for p in problems] == ["betas", "amsgrad"]
 
 

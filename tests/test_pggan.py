@@ -100,7 +100,7 @@ def test_minibatch_stddev_gives_513_channels(spec: chainspec.Spec) -> None:
 
 
 def test_equalized_lr_and_gains(final: dict[str, chainspec.Chain]) -> None:
-    from chainspec._layers import EqualizedConv2d, EqualizedLinear
+    from chainspec.types.layers import EqualizedConv2d, EqualizedLinear
 
     for chain in final.values():
         for name, module in chain.named_modules():

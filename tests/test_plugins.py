@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import _registry
 from chainspec.cli import main
+from chainspec.types import registry as _registry
 
 PLUGIN_MODULE = '''\
 """A plugin package contributing two node types."""

@@ -166,7 +166,8 @@ def test_documented_config_blocks_a_bad_commit(hook_repo: tuple[Path, str], user
                             env=env, capture_output=True, text=True, timeout=600)
     assert commit.returncode != 0, "the commit of a bad spec went through"
     # The hook ran from its own virtualenv, where pip installed chainspec from the hook repository.
-    installed = list(Path(env["PRE_COMMIT_HOME"]).glob("repo*/py_env-*/lib/python*/site-packages/chainspec/_schema.py"))
+    installed = list(Path(env["PRE_COMMIT_HOME"]).glob(
+        "repo*/py_env-*/lib/python*/site-packages/chainspec/read/schema.py"))
     assert installed, "pre-commit did not install chainspec into the hook's virtualenv"
     assert "specs/bad.yaml:7:19:" in commit.stdout + commit.stderr
     assert "ci.yaml" not in commit.stdout + commit.stderr  # scoped to specs/ by 'files'

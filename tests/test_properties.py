@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 
 import chainspec
 from chainspec import PlanError, SpecError
-from chainspec._compile import PROBE_BATCH
+from chainspec.build.shapes import PROBE_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((ROOT / "specs").glob("*.yaml"))

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 import chainspec
-from chainspec import Limits, SpecError, _yaml
-from chainspec._yaml import read_head
+from chainspec import Limits, SpecError
 from chainspec.cli import _io, main
+from chainspec.read import document as _yaml
+from chainspec.read.document import read_head
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 
@@ -256,7 +257,7 @@ def test_a_watched_spec_swapped_for_a_blocking_file_changes_nothing(tmp_path: Pa
 
 def test_a_poll_waits_on_a_pipe_no_longer_than_its_own_bound(tmp_path: Path) -> None:
     """A training loop's poll: a FIFO with an idle writer costs at most POLL_READ_TIMEOUT, not Limits.read_timeout."""
-    from chainspec._watch import POLL_READ_TIMEOUT, SettledReader
+    from chainspec.revise.watch import POLL_READ_TIMEOUT, SettledReader
 
     path = tmp_path / "net.yaml"
     path.write_bytes(SPEC)

@@ -17,8 +17,8 @@ from torch import nn
 
 import chainspec
 from chainspec import SpecError
-from chainspec._layers import ChannelBias, EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
-from chainspec._registry import (
+from chainspec.types.layers import ChannelBias, EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
+from chainspec.types.registry import (
     builtin_type_names,
     close_match,
     describe_annotation,
@@ -156,7 +156,7 @@ def test_lookup_helpers() -> None:
 
 
 def test_the_registry_does_not_import_torch() -> None:
-    code = ("import sys; from chainspec._registry import list_types, get_type; "
+    code = ("import sys; from chainspec.types.registry import list_types, get_type; "
             "assert len(list_types()) >= 27; get_type('conv2d').validate({'in_channels': 1, 'out_channels': 1}); "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

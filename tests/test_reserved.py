@@ -8,8 +8,8 @@ from torch import nn
 
 import chainspec
 from chainspec import Chain
-from chainspec._layers import Composite
-from chainspec._reserved import RESERVED_IDS, id_problem
+from chainspec.read.reserved import RESERVED_IDS, id_problem
+from chainspec.types.layers import Composite
 
 
 def public(names) -> set[str]:

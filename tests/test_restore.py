@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import _apply
-from chainspec._apply import RemovedNodes, removed_nodes
-from chainspec._chain import Chain
+from chainspec.build.chain import Chain
+from chainspec.revise import apply as _apply
+from chainspec.revise.apply import RemovedNodes, removed_nodes
 
 FULL = """\
 chainspec: 1
@@ -364,7 +364,7 @@ def test_an_interrupt_at_any_line_of_the_commit_leaves_the_store_unchanged() -> 
 
         with contextlib.suppress(KeyboardInterrupt):
             traced(lambda: plan.apply(net, opt), interrupt)
-        if net.__dict__.get("spec") is plan.new_spec:
+        if net.spec is plan.new_spec:
             completed.append(k)  # only past the apply's last line
             break
         before.assert_same(net, opt, plan)

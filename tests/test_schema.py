@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 import chainspec
-from chainspec._registry import builtin_type_names, register_type, unregister_type
-from chainspec._schema import SCHEMA_PATH, TYPE_NAME_PATTERN, build_schema, render_schema
-from chainspec._spec import validate_structure
 from chainspec.cli import main
+from chainspec.read.schema import SCHEMA_PATH, TYPE_NAME_PATTERN, build_schema, render_schema
+from chainspec.read.spec import validate_structure
+from chainspec.types.registry import builtin_type_names, register_type, unregister_type
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / SCHEMA_PATH
@@ -278,7 +278,7 @@ def test_installed_schema_lists_registered_types_with_their_args() -> None:
     which the published schema rejects (a documented difference) and the
     installed schema accepts and checks.
     """
-    from chainspec._registry import get_type
+    from chainspec.types.registry import get_type
 
     original = get_type("dropout")
 
@@ -308,7 +308,7 @@ def test_installed_schema_lists_registered_types_with_their_args() -> None:
                 chainspec.loads(spec_text(bad))
     finally:
         unregister_type("schema_test_widget")
-        chainspec._registry._REGISTRY["dropout"] = original
+        chainspec.types.registry._REGISTRY["dropout"] = original
     assert render_schema() == SCHEMA_FILE.read_text(encoding="utf-8")  # the built-in dropout is back
 
 

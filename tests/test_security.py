@@ -26,11 +26,11 @@ import yaml
 import chainspec
 from chainspec import CheckpointError, SpecError
 from chainspec._errors import MAX_PART
-from chainspec._expr import MAX_DEPTH as MAX_EXPR_DEPTH
-from chainspec._expr import MAX_INT, MAX_LENGTH, ExpressionError, evaluate
-from chainspec._model import MAX_DIM, MAX_STAGES
-from chainspec._resolve import MAX_COMPOSITE_DEPTH
-from chainspec._yaml import MAX_BYTES, MAX_DEPTH, MAX_VALUES
+from chainspec.read.document import MAX_BYTES, MAX_DEPTH, MAX_VALUES
+from chainspec.read.expr import MAX_DEPTH as MAX_EXPR_DEPTH
+from chainspec.read.expr import MAX_INT, MAX_LENGTH, ExpressionError, evaluate
+from chainspec.read.model import MAX_DIM, MAX_STAGES
+from chainspec.read.resolve import MAX_COMPOSITE_DEPTH
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "security.md"
@@ -91,7 +91,7 @@ def test_python_tags_do_not_run(marker: Path, name: str, tmp_path: Path) -> None
 
 def test_only_core_schema_values_come_out_of_the_walker() -> None:
     """Whatever the YAML, the loaded data holds only dicts, lists, str, int, float, bool and None."""
-    from chainspec._yaml import parse_yaml
+    from chainspec.read.document import parse_yaml
 
     doc = parse_yaml("a: [1, 2.5, true, null, x, '2001-12-14', 2001-12-14, {b: [~]}]\nc: &c {d: 1}\ne: *c\n")
     assert not doc.problems
@@ -369,7 +369,7 @@ def _documented(fn: Callable[..., Any]) -> tuple[type[BaseException], ...]:
     """The exception types the ``Raises:`` section of ``fn``'s docstring names."""
     import inspect
 
-    import chainspec._chain
+    import chainspec.build.chain
 
     doc = inspect.getdoc(fn) or ""
     if "Raises:" not in doc:
@@ -382,7 +382,7 @@ def _documented(fn: Callable[..., Any]) -> tuple[type[BaseException], ...]:
         match = re.match(r"\s{4}(\w+):", line)
         if match:
             names.append(match.group(1))
-    scopes = [chainspec, builtins, chainspec._chain]
+    scopes = [chainspec, builtins, chainspec.build.chain]
     return tuple(next(getattr(s, n) for s in scopes if isinstance(getattr(s, n, None), type)) for n in names)
 
 

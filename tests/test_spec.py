@@ -15,7 +15,7 @@ from torch import nn
 
 import chainspec
 from chainspec import Chain, ChainspecError, Spec, SpecError
-from chainspec._model import ChainSpec, NodeSpec, PartSpec, SpecModel, TypeDef
+from chainspec.read.model import ChainSpec, NodeSpec, PartSpec, SpecModel, TypeDef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -666,7 +666,7 @@ def test_spec_format_reference_covers_every_key_and_builtin_type() -> None:
     for model in (SpecModel, ChainSpec, NodeSpec, PartSpec, TypeDef):
         for field in model.model_fields:
             assert f"`{field}`" in doc, f"docs/spec-format.md does not document {model.__name__}.{field}"
-    from chainspec._registry import builtin_type_names
+    from chainspec.types.registry import builtin_type_names
 
     for name in builtin_type_names():
         assert f"`{name}`" in doc, f"docs/spec-format.md does not list the built-in type {name}"

@@ -115,7 +115,7 @@ def test_deep_adds_shape_inference_at_every_stage(tmp_path: Path, capsys: pytest
 def test_deep_on_a_thousand_stages_of_a_growing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """1,000 stages x 3,000 nodes, the input growing at each stage: checked, building one module."""
-    from chainspec import _compile
+    from chainspec.build import shapes as _compile
 
     nodes = ", ".join(f"{{id: n{i}, type: relu}}" for i in range(3000))
     path = write(tmp_path, "growing.yaml", f'chainspec: 1\nstages: 1000\nchains:\n  net:\n'
@@ -129,7 +129,7 @@ def test_deep_on_a_thousand_stages_of_a_growing_input(tmp_path: Path, capsys: py
 
 def test_deep_refuses_what_would_cost_too_much_with_a_located_problem(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from chainspec import _compile
+    from chainspec.build import shapes as _compile
 
     monkeypatch.setattr(_compile, "MAX_CHECK_RUNS", 10)
     path = write(tmp_path, "wide.yaml", 'chainspec: 1\nstages: 20\nchains:\n  net:\n'

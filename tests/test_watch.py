@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import chainspec
-from chainspec import _watch
-from chainspec._chain import Chain
-from chainspec._diff import PlanSet
+from chainspec import PlanSet
+from chainspec.build.chain import Chain
+from chainspec.revise import watch as _watch
 
 SPEC = """\
 chainspec: 1

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import chainspec
-from chainspec._chain import Chain
-from chainspec._widen import keep_overlap
+from chainspec.build.chain import Chain
+from chainspec.revise.widen import keep_overlap
 
 BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"
 

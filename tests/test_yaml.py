@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from chainspec._yaml import MAX_BYTES, MAX_DEPTH, Document, construct_scalar, format_path, parse_yaml
+from chainspec.read.document import MAX_BYTES, MAX_DEPTH, Document, construct_scalar, format_path, parse_yaml
 
 TEXT = """\
 chains:

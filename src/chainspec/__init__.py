@@ -19,19 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ChainspecError, CheckpointError, PlanError, Problem, SpecError
 from ._limits import Limits
-from ._registry import NodeType, get_type, is_registered, list_types, register_type
-from ._schedule import Schedule
-from ._spec import Spec, load, loads
+from .read.schedule import Schedule
+from .read.spec import Spec, load, loads
+from .types.registry import NodeType, get_type, is_registered, list_types, register_type
 
 if TYPE_CHECKING:
-    from ._apply import RemovedNodes, removed_nodes
-    from ._blend import Blend
-    from ._chain import Chain, Node, NodeNotFoundError
-    from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    from ._compile import ChainSummary, NodeSummary
-    from ._diff import Op, Plan, PlanSet, diff
-    from ._grow import Grower, GrowthEvent
-    from ._watch import SpecWatcher
+    from .build.chain import Chain, Node, NodeNotFoundError, Revision
+    from .build.summary import ChainSummary, NodeSummary
+    from .grow.blend import Blend
+    from .grow.grower import Grower, GrowthEvent
+    from .revise.apply import RemovedNodes, removed_nodes
+    from .revise.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .revise.diff import diff, diff_all
+    from .revise.ops import Op
+    from .revise.plan import Plan, PlanSet
+    from .revise.watch import SpecWatcher
 
 __version__ = "0.1.0"
 
@@ -55,12 +57,14 @@ __all__ = [
     "PlanSet",
     "Problem",
     "RemovedNodes",
+    "Revision",
     "Schedule",
     "Spec",
     "SpecError",
     "SpecWatcher",
     "__version__",
     "diff",
+    "diff_all",
     "get_type",
     "is_registered",
     "list_types",
@@ -74,24 +78,26 @@ __all__ = [
 
 #: Public names that live in modules importing torch, loaded on first access.
 _LAZY = {
-    "Chain": "._chain",
-    "Node": "._chain",
-    "NodeNotFoundError": "._chain",
-    "ChainSummary": "._compile",
-    "NodeSummary": "._compile",
-    "Op": "._diff",
-    "Plan": "._diff",
-    "PlanSet": "._diff",
-    "diff": "._diff",
-    "SpecWatcher": "._watch",
-    "RemovedNodes": "._apply",
-    "removed_nodes": "._apply",
-    "Checkpoint": "._checkpoint",
-    "load_checkpoint": "._checkpoint",
-    "save_checkpoint": "._checkpoint",
-    "Blend": "._blend",
-    "Grower": "._grow",
-    "GrowthEvent": "._grow",
+    "Chain": ".build.chain",
+    "Node": ".build.chain",
+    "NodeNotFoundError": ".build.chain",
+    "ChainSummary": ".build.summary",
+    "NodeSummary": ".build.summary",
+    "Op": ".revise.ops",
+    "Plan": ".revise.plan",
+    "PlanSet": ".revise.plan",
+    "diff": ".revise.diff",
+    "diff_all": ".revise.diff",
+    "Revision": ".build.chain",
+    "SpecWatcher": ".revise.watch",
+    "RemovedNodes": ".revise.apply",
+    "removed_nodes": ".revise.apply",
+    "Checkpoint": ".revise.checkpoint",
+    "load_checkpoint": ".revise.checkpoint",
+    "save_checkpoint": ".revise.checkpoint",
+    "Blend": ".grow.blend",
+    "Grower": ".grow.grower",
+    "GrowthEvent": ".grow.grower",
 }
 
 

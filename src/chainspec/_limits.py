@@ -12,6 +12,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+#: Largest size accepted for a dimension or a stage index: far beyond any real
+#: model, small enough that arithmetic on it cannot overflow a tensor size.
+MAX_DIM = 2**31 - 1
+#: The largest magnitude a float32 tensor holds: a real-valued argument that a module mixes into
+#: float32 arithmetic (a slope, a gain) beyond it passes Python and fails at the first forward.
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 @dataclass(frozen=True)
 class Limits:

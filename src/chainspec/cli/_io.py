@@ -23,7 +23,7 @@ from .._errors import Problem, SpecError, printable
 from .._limits import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
-    from .._spec import Spec
+    from ..read.spec import Spec
 
 #: The name that stands for stdin on the command line, and the source its problems are reported under.
 STDIN = "-"
@@ -44,8 +44,8 @@ def load_spec(name: str, allow_imports: Iterable[str] = ()) -> Spec:
         ...
         chainspec._errors.SpecError: no/such.yaml: cannot read spec: No such file or directory
     """
-    from .._spec import load, loads
-    from .._yaml import read_head, too_big
+    from ..read.document import read_head, too_big
+    from ..read.spec import load, loads
 
     if name != STDIN:
         return load(name, allow_imports=allow_imports, limits=LIMITS)

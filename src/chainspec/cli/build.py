@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .._errors import printable
-from .._spec import Spec
+from ..read.spec import Spec
 from ._io import json_text, load_spec
 
 
@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
             return {"chains": {n: s.to_dict() for n, s in summaries[stage].items()}} if stage in summaries else None
 
         out: dict[str, Any] | None = (
-            {"stages": [chains(s) for s in stages], "omitted_stages": omitted} if args.stage == "all"
-            else chains(stages[0]))
+            {"stages": [chains(s) for s in stages]} if args.stage == "all" else chains(stages[0]))
+        if out is not None and omitted:
+            out["omitted_stages"] = omitted  # those stages are null in "stages"
         print(json_text(out))
     else:
         print(render_table(spec, summaries))

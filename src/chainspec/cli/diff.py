@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plans(args: argparse.Namespace) -> Any:
-    from .._diff import PlanSet, diff
+    from ..revise.diff import diff_all
 
     if args.old == args.new == STDIN:
         raise ValueError("stdin ('-') can hold only one of OLD and NEW")
@@ -79,9 +79,7 @@ def _plans(args: argparse.Namespace) -> Any:
         names = old.chain_names
     old_stage, _, new_stage = args.stage.partition(":")
     stage: Any = (old_stage, new_stage) if new_stage else old_stage
-    plans = PlanSet()
-    for name in names:
-        plans[name] = diff(old, new, chain=name, stage=stage)
+    plans = diff_all(old, new, chains=names, stage=stage)
     # A plan between specs that do not shape-check is meaningless: report them as errors.
     old.check([plans[names[0]].old_stage])
     new.check([plans[names[0]].new_stage])
@@ -95,7 +93,8 @@ def escaped_plans(plans: Any) -> Any:
     would clear the screen or forge a line of the plan; escaped, it reads ``\\x1b[2J`` or ``\\n``.
 
     Example:
-        >>> from chainspec._diff import Change, Op, Plan, PlanSet
+        >>> from chainspec.revise.ops import Change, Op
+        >>> from chainspec.revise.plan import Plan, PlanSet
         >>> plan = Plan(chain="net", old_spec=None, new_spec=None, old_stage=0, new_stage=0,
         ...             ops=[Op("update", "act", "gelu", 1, None, (Change("approximate", "none", "\\x1b[2J"),))])
         >>> escaped_plans(PlanSet(net=plan))["net"].ops[0].describe()

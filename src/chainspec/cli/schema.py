@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._schema import SCHEMA_PATH, build_schema, render_schema
-from .._yaml import read_head
+from ..read.document import read_head
+from ..read.schema import SCHEMA_PATH, build_schema, render_schema
 from . import _io
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .._registry import describe_annotation, list_types
+from ..types.registry import describe_annotation, list_types
 from ._io import json_text
 
 

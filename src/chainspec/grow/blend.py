@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._chain import Chain, Node
-from ._errors import PlanError
+from .._errors import PlanError
+from ..build.chain import Chain, Node
 
 #: Base ids of the three blend nodes (a suffix is added if a chain already uses one).
 BLEND_IDS = ("blend_split", "blend_swap", "blend_merge")

@@ -2,7 +2,7 @@
 
 Loading runs three passes and reports every problem of all of them that can be
 found at once: safe YAML parsing with positions, the pydantic models of the
-format, then the whole-document checks of :mod:`chainspec._resolve`. Shape
+format, then the whole-document checks of :mod:`chainspec.read.resolve`. Shape
 inference (which needs torch) runs on ``Spec.check()`` and before any build.
 """
 
@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ._errors import Problem, SpecError
-from ._limits import Limits, limits_or_default
-from ._migrate import migrate
-from ._model import SpecModel
-from ._resolve import ResolvedChain, resolve
-from ._yaml import Document, Path, format_path, parse_yaml, read_head, too_big
+from .._errors import Problem, SpecError
+from .._limits import Limits, limits_or_default
+from .document import Document, Path, format_path, parse_yaml, read_head, too_big
+from .migrate import migrate
+from .model import SpecModel
+from .resolve import ResolvedChain, resolve
 
 if TYPE_CHECKING:
     import torch
 
-    from ._chain import Chain
-    from ._compile import ChainSummary
+    from ..build.chain import Chain
+    from ..build.summary import ChainSummary
 
 
 class Spec:
@@ -127,7 +127,8 @@ class Spec:
             >>> summary.params, summary.param_bytes, summary.buffer_bytes
             (8, 32, 40)
         """
-        from ._compile import check_dtype, infer
+        from ..build.compile import check_dtype
+        from ..build.shapes import infer
 
         check_dtype(dtype)
         summary, problems = infer(self.resolved(chain), self.stage_index(stage), self._doc, dtype=dtype)
@@ -141,7 +142,7 @@ class Spec:
         Each distinct (node definition, input shape) pair is built and run once on the meta
         device, and stages share every run of nodes they have in common, so 1,000 stages of
         3,000 nodes cost about what their distinct pairs cost. The work is bounded (about a
-        second: see ``_compile.MAX_CHECK_RUNS``, ``MAX_CHECK_SECONDS`` and ``MAX_CHECK_STEPS``)
+        second: see ``build.shapes.MAX_CHECK_RUNS``, ``MAX_CHECK_SECONDS`` and ``MAX_CHECK_STEPS``)
         and a spec needing more is refused with a problem saying so; ``budget`` scales the
         bounds (``math.inf``: none) for a spec you trust.
 
@@ -166,7 +167,7 @@ class Spec:
             ...
             chainspec._errors.SpecError: net.yaml:8:9: chains.net.nodes[1] (out): expects 3 input features, but fc ...
         """
-        from ._compile import check_stages
+        from ..build.shapes import check_stages
 
         chosen = range(self.stages) if stages is None else [self.stage_index(stage) for stage in stages]
         problems = check_stages(self._chains.values(), chosen, self._doc, budget=budget)
@@ -196,12 +197,12 @@ class Spec:
             >>> spec.build().fc.weight.shape
             torch.Size([2, 4])
         """
-        from ._compile import build_chain, check_device, check_dtype
+        from ..build.compile import build_chain, check_device, check_dtype
 
         check_dtype(dtype)
         device = check_device(device)
         built = build_chain(self.resolved(chain), self.stage_index(stage), self._doc, device=device, dtype=dtype)
-        built.spec = self  # the revision it runs: plans, watchers and checkpoints start from it
+        built.record_revision(self, built.stage)  # the revision it runs: plans, watchers and checkpoints start there
         return built
 
     def build_all(self, *, stage: int | str = 0, device: torch.device | str | None = None,
@@ -220,8 +221,9 @@ class Spec:
             >>> sorted(spec.build_all())
             ['d', 'g']
         """
-        from ._compile import check_device, check_dtype, infer
-        from ._memory import check_fits, needed_bytes
+        from ..build.compile import check_device, check_dtype
+        from ..build.memory import check_fits, needed_bytes
+        from ..build.shapes import infer
 
         check_dtype(dtype)
         device, index = check_device(device), self.stage_index(stage)
@@ -449,7 +451,7 @@ def _describe(value: Any) -> str:
 
 def _fields_at(path: Path, data: Any) -> list[str]:
     """The keys allowed in the mapping at ``path``, for 'did you mean' hints."""
-    from ._model import ChainSpec, GrowthSpec, NodeSpec, StagePhases, TypeDef
+    from .model import ChainSpec, GrowthSpec, NodeSpec, StagePhases, TypeDef
 
     if path == ():
         return list(SpecModel.model_fields)

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._errors import Problem, printable
-from ._model import GrowthSpec, SpecModel
-from ._yaml import Document
+from .._errors import Problem, printable
+from .document import Document
+from .model import GrowthSpec, SpecModel
 
 PhaseKind = Literal["stabilize", "fade", "done"]
 
@@ -182,7 +182,7 @@ class Schedule:
         return cls(phases, unit, policy)  # type: ignore[arg-type]
 
 
-#: Most phases a schedule read from a dict may have (two per stage, stages up to ``_model.MAX_STAGES``).
+#: Most phases a schedule read from a dict may have (two per stage, stages up to ``read.model.MAX_STAGES``).
 MAX_PHASES = 4096
 #: Largest position (images or steps) in a schedule read from a dict.
 MAX_POSITION = 2**63 - 1
@@ -244,7 +244,7 @@ def growth_problems(model: SpecModel, doc: Document, stages: int) -> list[Proble
     """The whole-document checks of a spec's ``growth`` section: stages in range, no duplicates, no fade into 0.
 
     Example:
-        >>> from chainspec._yaml import parse_yaml
+        >>> from chainspec.read.document import parse_yaml
         >>> text = "chainspec: 1\\ngrowth: {per_stage: [{stage: 0, fade: 10}]}\\nchains: {}"
         >>> doc = parse_yaml(text, "g.yaml")
         >>> model = SpecModel.model_construct(growth=GrowthSpec.model_validate(doc.data["growth"]))

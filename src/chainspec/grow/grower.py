@@ -1,13 +1,13 @@
 """``Grower``: progressive growing of several chains in lockstep, with PG-GAN's fade-in.
 
-A grower follows the spec's growth schedule (:mod:`chainspec._schedule`).
+A grower follows the spec's growth schedule (:mod:`chainspec.read.schedule`).
 ``grower.step(batch_size)`` counts the images (or steps) just trained; when a
 phase boundary is crossed it acts on every chain at once:
 
 * **fade into stage k**: the growth plan ``diff(spec, spec, stage=(k-1, k))``
   is applied through the diff engine (all chains as one all-or-nothing step,
   optimizers included); then the nodes the plan removed are put back beside
-  the new ones, inside a blend (:mod:`chainspec._blend`), with alpha = 0.
+  the new ones, inside a blend (:mod:`chainspec.grow.blend`), with alpha = 0.
   The old nodes keep their Parameter objects, their state_dict keys and their
   optimizer state (under ``policy="keep"``);
 * **during the fade** alpha rises linearly with the count, shared by all chains;
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,11 +32,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import _optim
-from ._apply import _ChainSnapshot, _RngSnapshot, apply_plans
-from ._blend import Blend, blend_ids, resize_adapter, wrap
-from ._chain import Chain
-from ._checkpoint import (
+from .._errors import CheckpointError, PlanError
+from ..build.chain import Chain
+from ..build.modules import instantiate
+from ..read.schedule import Phase, Schedule
+from ..revise import optim as _optim
+from ..revise.apply import apply_plans
+from ..revise.checkpoint import (
     _path,
     _q,
     _show,
@@ -46,14 +48,14 @@ from ._checkpoint import (
     state_value_problem,
     tensor_problem,
 )
-from ._compile import instantiate
-from ._diff import Plan, diff
-from ._errors import CheckpointError, PlanError
-from ._schedule import Phase, Schedule
+from ..revise.diff import diff
+from ..revise.plan import Plan
+from ..revise.transaction import Transaction
+from .blend import Blend, blend_ids, resize_adapter, wrap
 
 if TYPE_CHECKING:
-    from ._checkpoint import Checkpoint
-    from ._spec import Spec
+    from ..read.spec import Spec
+    from ..revise.checkpoint import Checkpoint
 
 #: Layout version of :meth:`Grower.state_dict`.
 STATE_VERSION = 1
@@ -420,7 +422,7 @@ class Grower:
         """
         index, position, images, steps, fade = self._checked(state)
         phase = self.schedule.phases[index]
-        undo = self._snapshot()
+        change = self._transaction()
         try:
             for stage in range(self.stage + 1, phase.stage + 1):
                 self._grow(stage)
@@ -431,21 +433,24 @@ class Grower:
             self.images, self.steps = images, steps
             self._set_alpha()
         except BaseException:
-            for restore in reversed(undo):
-                restore()
+            change.rollback()
             raise
 
-    def _snapshot(self) -> list[Callable[[], None]]:
-        """Restores of everything loading a state changes: torch's RNG, the chains, the optimizers, this grower."""
-        unique = {id(o): o for o in self.optimizers.values() if o is not None}
+    def _transaction(self) -> Transaction:
+        """A transaction protecting everything loading a state changes: the chains, the optimizers, this grower."""
+        change = Transaction()
+        for chain in self.chains.values():
+            change.protect_chain(chain)
+        for optimizer in self.optimizers.values():
+            change.protect_optimizer(optimizer)
         kept = (self._index, self.position, self.images, self.steps, dict(self.blends))
 
         def restore_self() -> None:
             self._index, self.position, self.images, self.steps, blends = kept
             self.blends = dict(blends)
 
-        return [_RngSnapshot().restore, *(_ChainSnapshot(c).restore for c in self.chains.values()),
-                *(_optim.snapshot(o).restore for o in unique.values()), restore_self]
+        change.protect(restore_self)
+        return change
 
     def _checked(self, state: Any) -> tuple[int, int, int, int, Mapping[str, Any]]:
         """Check every field of a saved state against this grower; return where it puts the run.
@@ -615,7 +620,7 @@ class Grower:
         The checkpoint holds the chains of the current stage; a fade in progress (old paths, their
         optimizer state, alpha) travels in ``extra["grower"]``. Resume with :meth:`from_checkpoint`.
         """
-        from ._checkpoint import save_checkpoint
+        from ..revise.checkpoint import save_checkpoint
 
         extra = dict(extra or {})
         if "grower" in extra or "grower_optimizers" in extra:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import Field
 
-from ._model import FLOAT32_MAX, MAX_DIM
-from ._registry import builtin
+from .._limits import FLOAT32_MAX, MAX_DIM
+from .registry import builtin
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,7 +43,7 @@ def elementwise(factory: F) -> F:
     """Mark a type whose module gives back any floating-point input's shape and dtype unchanged.
 
     Shape checks then run such a node once, at the first input it gets, instead of once per
-    input shape (see ``_compile.Probes``). Only for modules that work elementwise on inputs of
+    input shape (see ``build.shapes.Probes``). Only for modules that work elementwise on inputs of
     every shape, as ``relu`` does.
 
     Example:
@@ -223,7 +223,7 @@ def reshape(shape: tuple[Annotated[int, Field(ge=-1, le=MAX_DIM)], ...]) -> nn.M
     Args:
         shape: the per-sample shape, e.g. ``[512, 4, 4]``.
     """
-    from ._layers import Reshape
+    from .layers import Reshape
 
     return Reshape(shape)
 
@@ -275,7 +275,7 @@ def eq_conv2d(in_channels: Size, out_channels: Size, kernel_size: Size = 3, stri
         bias: add a learned bias (not scaled).
         gain: the He gain; weights are scaled by ``gain / sqrt(fan_in)`` at run time.
     """
-    from ._layers import EqualizedConv2d
+    from .layers import EqualizedConv2d
 
     return EqualizedConv2d(in_channels, out_channels, kernel_size, stride, padding, bias, gain)
 
@@ -290,7 +290,7 @@ def eq_linear(in_features: Size, out_features: Size, bias: bool = True, gain: Re
         bias: add a learned bias (not scaled).
         gain: the He gain; weights are scaled by ``gain / sqrt(fan_in)`` at run time.
     """
-    from ._layers import EqualizedLinear
+    from .layers import EqualizedLinear
 
     return EqualizedLinear(in_features, out_features, bias, gain)
 
@@ -302,7 +302,7 @@ def channel_bias(num_channels: Size) -> nn.Module:
     Args:
         num_channels: the channels of the input (dim 1), one bias each.
     """
-    from ._layers import ChannelBias
+    from .layers import ChannelBias
 
     return ChannelBias(num_channels)
 
@@ -310,7 +310,7 @@ def channel_bias(num_channels: Size) -> nn.Module:
 @builtin("pixel_norm")
 def pixel_norm(eps: Eps = 1e-8) -> nn.Module:
     """Pixelwise feature-vector normalisation (Karras et al. 2018, section 4.2)."""
-    from ._layers import PixelNorm
+    from .layers import PixelNorm
 
     return PixelNorm(eps)
 
@@ -318,6 +318,6 @@ def pixel_norm(eps: Eps = 1e-8) -> nn.Module:
 @builtin("minibatch_stddev")
 def minibatch_stddev(group_size: Size = 4) -> nn.Module:
     """Appends the minibatch standard deviation as one extra channel (Karras et al. 2018, section 3)."""
-    from ._layers import MinibatchStddev
+    from .layers import MinibatchStddev
 
     return MinibatchStddev(group_size)

@@ -21,31 +21,32 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import _optim
-from ._compile import instantiate
-from ._errors import PlanError, SpecError
-from ._torchstate import FunctionModes
-from ._widen import Entry, WidenError, keep_overlap, preserve
+from .._errors import PlanError, SpecError
+from ..build.chain import Chain
+from ..build.memory import check_fits
+from ..build.modules import instantiate
+from ..build.shapes import infer
+from ..read.resolve import tree_key
+from ..read.spec import Spec
+from . import optim as _optim
+from .transaction import Transaction
+from .widen import Entry, WidenError, keep_overlap, preserve
 
 if TYPE_CHECKING:
-    from ._chain import Chain, Node
-    from ._diff import Op, Plan
+    from .ops import Op, Revising
 
 #: What ``policy`` may be: surviving parameters keep their optimizer state, or lose it.
 POLICIES = ("keep", "reset")
-#: Chain attributes that record the revision a chain was built from.
-BOOKKEEPING = ("stage", "spec", "placement")
-_MISSING = object()
 
 
-def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy: str = "keep",
+def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, policy: str = "keep",
                 confirm: Callable[[], None] | None = None) -> None:
     """Apply several plans (for example a generator's and a discriminator's) as one all-or-nothing step.
 
@@ -61,28 +62,25 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
     """
     if policy not in POLICIES:
         raise PlanError(f"policy must be 'keep' or 'reset', got {policy!r}")
-    from ._chain import Chain
-    from ._diff import Plan
-
-    for plan, chain, optimizer in items:
+    for _, chain, optimizer in items:
         if not isinstance(chain, Chain):
             raise TypeError(f"a plan applies to a chainspec.Chain, got {type(chain).__name__}")
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
-        if not isinstance(plan, Plan):
-            raise TypeError(f"expected a chainspec.Plan, got {type(plan).__name__}")
     chains = [chain for _, chain, _ in items]
     if len({id(c) for c in chains}) != len(chains):
         raise PlanError("the same chain is given twice; apply one plan per chain")
-    rng = _RngSnapshot()
-    undo: list[Callable[[], None]] = [rng.restore]
-    # One try from here on: an interrupt between any two lines (even while snapshotting) is rolled back.
+    change = Transaction()
+    # One try from here on: an interrupt between any two lines (even while protecting) is rolled back. Not a
+    # `with` block: an interrupt at a line of its __exit__, after the last change, would escape a finished apply.
     try:
         jobs = [_Job(plan, chain, optimizer, policy) for plan, chain, optimizer in items]
-        undo += [_ChainSnapshot(job.chain).restore for job in jobs]
-        optimizers = {id(job.optimizer): job.optimizer for job in jobs if job.optimizer is not None}
-        undo += [_optim.snapshot(o).restore for o in optimizers.values()]
-        undo += [_KeptSnapshot(job).restore for job in jobs]
+        for job in jobs:
+            change.protect_chain(job.chain)
+        for job in jobs:
+            change.protect_optimizer(job.optimizer)
+        for job in jobs:
+            change.protect(_KeptSnapshot(job).restore)
         for job in jobs:
             job.splice()
         for job in jobs:
@@ -92,28 +90,19 @@ def apply_plans(items: Sequence[tuple[Plan, Chain, Optimizer | None]], *, policy
         if confirm is not None:
             confirm()
     except BaseException:
-        _rollback(undo[::-1])
+        change.rollback()
         raise
-
-
-def _rollback(steps: Sequence[Callable[[], None]]) -> None:
-    """Run every restore, newest first; one cut short by a second exception (another Ctrl-C) runs again."""
-    for restore in steps:
-        try:
-            restore()
-        except BaseException:
-            restore()  # restores are idempotent: they set, never adjust
 
 
 class _Job:
     """One plan being applied to one chain: prepared in ``__init__``, committed by the other methods."""
 
-    def __init__(self, plan: Plan, chain: Chain, optimizer: Optimizer | None, policy: str) -> None:
+    def __init__(self, plan: Revising, chain: Chain, optimizer: Optimizer | None, policy: str) -> None:
         self.plan, self.chain, self.optimizer, self.policy = plan, chain, optimizer, policy
         _check_chain(plan, chain)
         # A chain with no tensors left (every weighted node removed) still has the device and
         # dtype it was built with: new nodes go there, not to torch's defaults.
-        device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.__dict__.get("placement"))
+        device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.placement)
         self.device, self.dtype = device, dtype
         if not (plan.is_empty and plan.same_input):
             shape_check(plan, dtype, device)  # and what it builds must fit where it goes
@@ -237,9 +226,7 @@ class _Job:
         if any(op.kind in ("insert", "move") for op in self.plan.ops):
             # Register the modules in chain order, as a fresh build would: parameters(), state_dict()
             # and an optimizer made from them then match those of the revised spec built from scratch.
-            ordered = [(node.id, node.module) for node in chain]
-            chain._modules.clear()
-            chain._modules.update(ordered)
+            chain.order_modules()
 
     def update_optimizer(self) -> None:
         if self.optimizer is None:
@@ -255,9 +242,7 @@ class _Job:
             _optim.clear_state(self.optimizer, self.chain.parameters())
 
     def record(self) -> None:
-        self.chain.stage = self.plan.new_stage
-        self.chain.spec = self.plan.new_spec
-        self.chain.placement = (self.device, self.dtype)
+        self.chain.record_revision(self.plan.new_spec, self.plan.new_stage, (self.device, self.dtype))
         if self.restored or self.leaving:
             store = removed_nodes(self.chain)
             for kept in self.restored.values():
@@ -267,11 +252,11 @@ class _Job:
         self.plan.ops = self.ops  # the plan now says which inserts were restored
 
 
-def shape_check(plan: Plan, dtype: torch.dtype | None, device: torch.device | str | None = None) -> None:
+def shape_check(plan: Revising, dtype: torch.dtype | None, device: torch.device | str | None = None) -> None:
     """Shape-check the whole new chain on the meta device, as ``Spec.summary`` does; refuse what cannot fit.
 
     Each distinct (definition, input shape) pair is built and run once (see
-    ``_compile.Probes``), so a chain of many identical blocks costs one probe per
+    ``build.shapes.Probes``), so a chain of many identical blocks costs one probe per
     kind of block plus a lookup per node, and a failure is reported at its node's
     line in the spec. With ``device``, the modules the plan builds (inserted,
     replaced or rebuilt nodes) must fit in its free memory, their parameters and
@@ -285,11 +270,6 @@ def shape_check(plan: Plan, dtype: torch.dtype | None, device: torch.device | st
         >>> old = chainspec.load("specs/blog.yaml")  # doctest: +SKIP
         >>> shape_check(chainspec.diff(old, old, stage=(0, 1)), None, "cpu")  # doctest: +SKIP
     """
-    from dataclasses import replace
-
-    from ._compile import infer
-    from ._memory import check_fits
-
     spec = plan.new_spec
     resolved = spec.resolved(plan.chain)
     summary, problems = infer(resolved, plan.new_stage, spec._doc, dtype=dtype, nodes=list(plan.new_nodes))
@@ -309,7 +289,7 @@ def _factories(tree: Any) -> tuple[int, ...]:
     return tuple(i for _, sub in tree.parts for i in _factories(sub))
 
 
-def _check_chain(plan: Plan, chain: Chain) -> None:
+def _check_chain(plan: Revising, chain: Chain) -> None:
     ids = tuple(node.id for node in chain)
     if ids == plan.old_ids:
         detail = _revision_difference(plan, chain)
@@ -324,18 +304,17 @@ def _check_chain(plan: Plan, chain: Chain) -> None:
                     "the chain runs now (chain.spec, chain.stage)")
 
 
-def _revision_difference(plan: Plan, chain: Chain) -> str | None:
+def _revision_difference(plan: Revising, chain: Chain) -> str | None:
     """How the revision a chain records (``chain.spec`` at ``chain.stage``) differs from the plan's old one.
 
     Same ids are not enough: a replace keeps them, so a plan applied twice would otherwise rebuild
     nodes that already have their new shapes. A chain that records no revision (fresh from
     ``Spec.build``) is taken at its word. None when they agree.
     """
-    recorded, stage = chain.__dict__.get("spec"), chain.__dict__.get("stage")
+    recorded, stage = chain.spec, chain.stage
     if recorded is None or (recorded is plan.old_spec and stage == plan.old_stage):
         return None
-    from ._diff import tree_key
-    from ._spec import Spec
+
 
     if not isinstance(recorded, Spec) or not isinstance(stage, int):
         return None
@@ -482,7 +461,7 @@ def removed_nodes(chain: Chain) -> RemovedNodes:
     """The store of nodes that revisions removed from ``chain`` (created empty on first use).
 
     Example:
-        >>> from chainspec._chain import Chain
+        >>> from chainspec.build.chain import Chain
         >>> net = Chain([("fc", nn.Linear(2, 2))])
         >>> removed_nodes(net) is removed_nodes(net), len(removed_nodes(net))
         (True, 0)
@@ -497,16 +476,14 @@ def definition_key(tree: Any) -> Any:
     """What must be equal for a kept module to stand for a node: its resolved tree, as the diff compares it.
 
     Example:
-        >>> from chainspec._resolve import Leaf
+        >>> from chainspec.read.resolve import Leaf
         >>> definition_key(Leaf("relu", {}, None)) == definition_key(Leaf("relu", {}, None))
         True
     """
-    from ._diff import tree_key
-
     return tree_key(tree), _factories(tree)
 
 
-def restorable(plan: Plan, chain: Chain) -> dict[str, KeptNode]:
+def restorable(plan: Revising, chain: Chain) -> dict[str, KeptNode]:
     """The inserts of ``plan`` that ``chain``'s store can restore, by node id.
 
     A kept module is restored when the insert has its id and definition, it would be built on the
@@ -531,7 +508,7 @@ def restorable(plan: Plan, chain: Chain) -> dict[str, KeptNode]:
         if kept is None:
             continue
         if placement is None:
-            device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.__dict__.get("placement"))
+            device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.placement)
             placement = (device, dtype or torch.get_default_dtype())
         have = _floating(kept.module)
         if have is not None and (have.device, have.dtype) != placement:
@@ -570,7 +547,7 @@ class StoreSnapshot:
     """A chain's store of removed nodes (or its absence), restorable exactly; restoring twice is harmless.
 
     Example:
-        >>> from chainspec._chain import Chain
+        >>> from chainspec.build.chain import Chain
         >>> net = Chain([("fc", nn.Linear(2, 2))])
         >>> snap = StoreSnapshot(net)
         >>> removed_nodes(net).max_nodes = 1
@@ -639,57 +616,3 @@ def _adopt(new: nn.Module, old: nn.Module, node_id: str) -> None:
                 raise PlanError(f"node {node_id!r}: the rebuilt module has no {name!r} to carry over; "
                                 "this change should be a replace (please report it)")
             table[leaf] = tensor
-
-
-class _ChainSnapshot:
-    """A chain's links, modules and bookkeeping, restorable exactly (the same Node objects)."""
-
-    def __init__(self, chain: Chain) -> None:
-        self.chain = chain
-        self.nodes: list[Node] = list(chain)
-        self.parts = [(n.module, n.type) for n in self.nodes]
-        self.modules = dict(chain._modules)
-        self.attrs = {key: chain.__dict__.get(key, _MISSING) for key in BOOKKEEPING}
-
-    def restore(self) -> None:
-        chain = self.chain
-        chain._modules.clear()
-        chain._modules.update(self.modules)
-        links: dict[str, Node] = {}
-        prev: Node | None = None
-        for node, (module, node_type) in zip(self.nodes, self.parts, strict=True):
-            node.module, node.type = module, node_type
-            node.prev, node.next = prev, None
-            if prev is not None:
-                prev.next = node
-            node._owner = id(chain)
-            links[node.id] = node
-            prev = node
-        chain._links = links
-        chain._head = self.nodes[0] if self.nodes else None
-        chain._tail = prev
-        chain._order = None  # forward's cached id order is rebuilt from the restored links
-        for key, value in self.attrs.items():
-            if value is _MISSING:
-                chain.__dict__.pop(key, None)
-            else:
-                chain.__dict__[key] = value
-
-
-class _RngSnapshot:
-    """torch's RNG states, so that a failed apply does not even consume random numbers.
-
-    Also torch's default-device context: an interrupt as a ``with torch.device("meta")``
-    block ends can skip its exit and leave every later tensor on the meta device.
-    """
-
-    def __init__(self) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.modes = FunctionModes()
-
-    def restore(self) -> None:
-        self.modes.restore()
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._errors import SpecError
-from ._resolve import ResolvedChain
-from ._yaml import Document
+from .._errors import SpecError
+from ..read.resolve import ResolvedChain
+from ..read.document import Document
 
 if TYPE_CHECKING:
-    from ._compile import ChainSummary
+    from .summary import ChainSummary
 
 
 def available_bytes(device: torch.device | str | None = None) -> int | None:
@@ -118,7 +118,7 @@ def needed_bytes(summary: ChainSummary, dtype: torch.dtype | None) -> int:
     """Bytes building the summary's nodes allocates: every tensor measured on the meta build.
 
     Example:
-        >>> from chainspec._compile import ChainSummary, NodeSummary
+        >>> from chainspec.build.summary import ChainSummary, NodeSummary
         >>> needed_bytes(ChainSummary("net", 0, (8,), (NodeSummary("fc", "linear", (8,), 72),)), None)
         288
     """
@@ -138,9 +138,9 @@ def check_fits(summary: ChainSummary, chain: ResolvedChain, doc: Document, *,
     alongside it need (``Spec.build_all``), so that together they are refused before any is built.
 
     Example:
-        >>> from chainspec._compile import ChainSummary, NodeSummary
-        >>> from chainspec._resolve import ResolvedChain
-        >>> from chainspec._yaml import parse_yaml
+        >>> from chainspec.build.summary import ChainSummary, NodeSummary
+        >>> from chainspec.read.resolve import ResolvedChain
+        >>> from chainspec.read.document import parse_yaml
         >>> rows = tuple(NodeSummary(f"bn{i}", "batchnorm1d", (8,), 0, buffer_bytes=10**17) for i in range(10))
         >>> check_fits(ChainSummary("net", 0, (8,), rows), ResolvedChain("net", (8,), ()), parse_yaml("{}", "x.yaml"),
         ...            device="cpu", dtype=None)

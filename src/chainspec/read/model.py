@@ -12,14 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._limits import FLOAT32_MAX, MAX_DIM  # noqa: F401 - the format's bounds, here with the format
+
 #: The format version this release writes and reads natively.
 FORMAT_VERSION = 1
-#: Largest size accepted for a dimension or a stage index: far beyond any real
-#: model, small enough that arithmetic on it cannot overflow a tensor size.
-MAX_DIM = 2**31 - 1
-#: The largest magnitude a float32 tensor holds: a real-valued argument that a module mixes into
-#: float32 arithmetic (a slope, a gain) beyond it passes Python and fails at the first forward.
-FLOAT32_MAX = 3.4028234663852886e38
 #: Most growth stages a spec may have. Real schedules have about ten (PG-GAN:
 #: nine); the bound keeps every per-stage loop (gap checks, stage-dependent
 #: input shapes, schedules, shape-checking all stages) fast for any input.

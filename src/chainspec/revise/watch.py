@@ -20,17 +20,18 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ._apply import apply_plans
-from ._diff import Plan, PlanSet, diff
-from ._errors import SpecError
-from ._limits import Limits, limits_or_default
-from ._spec import Spec, loads
-from ._yaml import read_head, too_big
+from .._errors import SpecError
+from .._limits import Limits, limits_or_default
+from ..read.document import read_head, too_big
+from ..read.spec import Spec, loads
+from .apply import apply_plans
+from .diff import diff_all
+from .plan import Plan, PlanSet
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-    from ._chain import Chain
+    from ..build.chain import Chain
 
 logger = logging.getLogger("chainspec.watch")
 
@@ -207,7 +208,7 @@ def check_chains_and_optimizers(chains: object, optimizer: object) -> None:
     """
     from torch.optim import Optimizer
 
-    from ._chain import Chain
+    from ..build.chain import Chain
 
     values = list(chains.values()) if isinstance(chains, Mapping) else [chains]
     bad = [v for v in values if not isinstance(v, Chain)]
@@ -231,7 +232,7 @@ def read_spec_file(path: str, limits: Limits) -> bytes:
         ...
         chainspec._errors.SpecError: missing.yaml: cannot read spec: No such file or directory
     """
-    from ._errors import Problem
+    from .._errors import Problem
 
     try:
         raw, size = read_head(path, limits.max_bytes, limits.read_timeout)
@@ -369,10 +370,9 @@ class SpecWatcher:
             if len(raw) > self.limits.max_bytes:
                 raise SpecError([too_big(self.path, self._file.size, self.limits.max_bytes)])
             new = loads(raw, source=self.path, allow_imports=self.allow_imports, limits=self.limits)
-            plans = PlanSet()
-            for name, chain in self.chains.items():
-                stage = self.spec.stage_index(self.stages[name])
-                plans[name] = diff(self.spec, new, chain=name, stage=(stage, stage)).restoring(chain)
+            stages = {name: self.spec.stage_index(self.stages[name]) for name in self.chains}
+            plans = diff_all(self.spec, new, chains=self.chains, stage={n: (s, s) for n, s in stages.items()},
+                             live=self.chains)
             # A revision that changes no chain (comments, layout) leaves the optimizers alone, even
             # with policy="reset": it is no growth step. Applying it still records the new spec.
             apply_plans([(plans[name], chain, self.optimizers[name]) for name, chain in self.chains.items()],

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._limits import Limits, limit_hint, limits_or_default
+from .._limits import Limits, limit_hint, limits_or_default
 
 #: Largest magnitude an integer result may reach. Channel counts and sizes are
 #: far below it; the bound stops ``2**10**10`` from eating the machine.
@@ -75,7 +75,7 @@ class ExpressionError(ValueError):
         >>> evaluate("__import__('os')", {})
         Traceback (most recent call last):
         ...
-        chainspec._expr.ExpressionError: calls are limited to abs, ceil, float, floor, int, log2, max, min, round, sqrt
+        chainspec.read.expr.ExpressionError: calls are limited to abs, ceil, float, floor, int, log2, max, min, ...
     """
 
     def __init__(self, message: str, hint: str | None = None) -> None:
@@ -120,7 +120,7 @@ class Budget:
         >>> evaluate("+".join(["1"] * 40), {}, budget)
         Traceback (most recent call last):
         ...
-        chainspec._expr.LimitError: expressions take more than 50 evaluation steps in all
+        chainspec.read.expr.LimitError: expressions take more than 50 evaluation steps in all
     """
 
     #: Did-you-mean hints computed per load.
@@ -142,7 +142,7 @@ class Budget:
             >>> budget.spend(1)
             Traceback (most recent call last):
             ...
-            chainspec._expr.LimitError: expressions take more than 10 evaluation steps in all
+            chainspec.read.expr.LimitError: expressions take more than 10 evaluation steps in all
         """
         self.steps += steps
         if self.steps > self.limits.max_expression_steps:
@@ -192,7 +192,7 @@ class Budget:
             >>> Budget(Limits(max_string=5)).check_string(6)
             Traceback (most recent call last):
             ...
-            chainspec._expr.LimitError: string of more than 5 characters
+            chainspec.read.expr.LimitError: string of more than 5 characters
         """
         if length > self.limits.max_string:
             raise LimitError(f"string of more than {self.limits.max_string:,} characters", "max_string")
@@ -437,7 +437,7 @@ class _Evaluator:
     def unknown(self, name: str) -> str:
         if not self.budget.take_hint():
             return f"unknown name {name!r}"
-        from ._registry import close_match
+        from ..types.registry import close_match
 
         names = list(self.scope)
         close = close_match(name, names, cutoff=0.6)

@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._errors import ChainspecError
-from ._layers import EqualizedConv2d, EqualizedLinear
+from .._errors import ChainspecError
+from ..types.layers import EqualizedConv2d, EqualizedLinear
 
 #: Layers with a ``weight`` of shape ``(out, in, *kernel)`` (transposed convolutions: ``(in, out, *kernel)``).
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, EqualizedLinear, EqualizedConv2d)

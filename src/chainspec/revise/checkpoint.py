@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._chain import Chain
-from ._compile import check_device
-from ._errors import CheckpointError, SpecError, printable
-from ._limits import Limits, limits_or_default
-from ._spec import Spec, loads
+from .._errors import CheckpointError, SpecError, printable
+from .._limits import Limits, limits_or_default
+from ..build.chain import Chain
+from ..build.compile import check_device
+from ..read.spec import Spec, loads
 
 #: Marks a file as a chainspec checkpoint, and its layout version.
 FORMAT = "chainspec-checkpoint"
@@ -1142,8 +1142,7 @@ def _restore_chain(where: str, spec: Spec, name: str, stage: int, chain: Chain, 
     parameters = dict(chain.named_parameters())
     for param_name in saved.get("frozen", []):
         parameters[param_name].requires_grad_(False)
-    chain.stage = stage
-    chain.spec = spec
+    chain.record_revision(spec, stage)
     return chain
 
 

@@ -3,24 +3,24 @@
 Everything here needs the registry or the whole document: type names, argument
 names and types, ``${...}`` substitution, composite expansion and cycles, id
 uniqueness and stage ranges. No torch import; the result says exactly what to
-build, and :mod:`chainspec._compile` builds it.
+build, and :mod:`chainspec.build.compile` builds it.
 """
 
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ._errors import Problem
-from ._expr import Budget, ExpressionError, LimitError, substitute
-from ._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default
-from ._model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
-from ._registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
-from ._reserved import id_problem
-from ._schedule import growth_problems
-from ._yaml import Document, Path, format_path
+from .._errors import Problem
+from .._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default
+from ..types.registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
+from .document import Document, Path, format_path
+from .expr import Budget, ExpressionError, LimitError, substitute
+from .model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
+from .reserved import id_problem
+from .schedule import growth_problems
 
 #: Deepest nesting of composite types (a composite holding a composite ...) by default; the bound
 #: in force is ``Limits.max_composite_depth``. Real specs nest two or three; the bound keeps
@@ -540,7 +540,7 @@ def _empty_stages(nodes: Iterable[NodeSpec], stages: int) -> list[tuple[int, int
     """The runs ``(first, last)`` of stages in ``0..stages-1`` where no node is active, in O(stages + nodes).
 
     Example:
-        >>> from chainspec._model import NodeSpec
+        >>> from chainspec.read.model import NodeSpec
         >>> _empty_stages([NodeSpec(id="a", type="relu", stage=2, until=4)], 6)
         [(0, 1), (4, 5)]
     """
@@ -672,3 +672,29 @@ def _short(value: Any) -> str:
     text = repr(value) if not isinstance(value, (list, tuple, dict)) or len(value) <= 50 else \
         f"a {type(value).__name__} of {len(value):,} items"
     return text if len(text) <= 200 else text[:100] + "..."
+
+
+def tree_key(tree: Tree) -> Any:
+    """A hashable key equal for trees that build the same module (args compared by value and repr).
+
+    Example:
+        >>> tree_key(Leaf("relu", {}, None)) == tree_key(Leaf("relu", {}, print))
+        True
+    """
+    if isinstance(tree, Leaf):
+        return ("leaf", tree.type, tuple(sorted((k, type(v).__name__, repr(v)) for k, v in tree.args.items())))
+    return ("group", tree.type, tuple((part_id, tree_key(sub)) for part_id, sub in tree.parts))
+
+
+def leaf_types(tree: Tree, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted path, type)`` of every leaf of a tree, in order.
+
+    Example:
+        >>> list(leaf_types(Group("blk", (("conv", Leaf("conv2d", {}, None)), ("act", Leaf("relu", {}, None))))))
+        [('conv', 'conv2d'), ('act', 'relu')]
+    """
+    if isinstance(tree, Leaf):
+        yield prefix, tree.type
+        return
+    for part_id, sub in tree.parts:
+        yield from leaf_types(sub, f"{prefix}.{part_id}" if prefix else part_id)

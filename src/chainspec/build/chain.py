@@ -13,14 +13,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from ._errors import ChainspecError
-from ._reserved import id_problem
+from .._errors import ChainspecError
+from ..read.reserved import id_problem
+
+if TYPE_CHECKING:
+    from ..read.spec import Spec
 
 
 class NodeNotFoundError(ChainspecError, KeyError):
@@ -91,8 +95,13 @@ class Chain(nn.Module):
         nodes: ``(id, module)`` pairs, head first, or a mapping of id to module.
         name: the chain's name (the spec's chain name when built from a spec).
 
-    A chain from ``Spec.build`` also records the revision it runs, ``spec`` and
-    ``stage``; a plan's ``apply`` or a checkpoint load updates them.
+    A chain records the revision it runs (:attr:`revision`: the spec, the stage and where its
+    tensors live). ``Spec.build`` sets it; a plan's ``apply``, a checkpoint load and a
+    grower's step update it; a chain assembled by hand has none (``chain.spec`` is None).
+
+    Attributes:
+        name: the chain's name.
+        revision: the :class:`Revision` the chain runs, or None for a chain assembled by hand.
 
     Example:
         >>> import torch
@@ -104,10 +113,13 @@ class Chain(nn.Module):
         ['fc.bias', 'fc.weight']
     """
 
+    revision: Revision | None
+
     def __init__(self, nodes: Iterable[tuple[str, nn.Module]] | dict[str, nn.Module] = (), *,
                  name: str = "chain") -> None:
         super().__init__()
         self.name = name
+        self.revision = None
         self._reset_links()
         items = nodes.items() if isinstance(nodes, dict) else nodes
         for node_id, module in items:
@@ -347,6 +359,82 @@ class Chain(nn.Module):
             node.next.prev = node.prev
         node.prev = node.next = None
 
+    # -- the revision it runs ---------------------------------------------------------
+    @property
+    def spec(self) -> Spec | None:
+        """The spec revision the chain runs (``revision.spec``), or None."""
+        return self.revision.spec if self.revision is not None else None
+
+    @spec.setter
+    def spec(self, spec: Spec | None) -> None:
+        self.record_revision(spec, self.stage)
+
+    @property
+    def stage(self) -> int | None:
+        """The stage of :attr:`spec` the chain runs (``revision.stage``), or None."""
+        return self.revision.stage if self.revision is not None else None
+
+    @stage.setter
+    def stage(self, stage: int | None) -> None:
+        self.record_revision(self.spec, stage)
+
+    @property
+    def placement(self) -> tuple[torch.device, torch.dtype] | None:
+        """Where new nodes go once no tensor is left to tell: the device and dtype it was built with."""
+        return self.revision.placement if self.revision is not None else None
+
+    @placement.setter
+    def placement(self, placement: tuple[torch.device, torch.dtype] | None) -> None:
+        self.revision = Revision(self.spec, self.stage, placement)
+
+    def record_revision(self, spec: Spec | None, stage: int | None,
+                        placement: tuple[torch.device, torch.dtype] | None = None) -> None:
+        """Record the revision the chain now runs (the placement, if not given, is kept).
+
+        Example:
+            >>> chain = Chain([("act", nn.ReLU())], name="net")
+            >>> chain.record_revision(None, 2)
+            >>> chain.stage
+            2
+        """
+        if placement is None and self.revision is not None:
+            placement = self.revision.placement
+        self.revision = Revision(spec, stage, placement)
+
+    def snapshot(self) -> ChainSnapshot:
+        """The chain's links, modules and revision as they are now; ``restore()`` puts them back exactly.
+
+        The same :class:`Node` and module objects come back, so references held elsewhere stay
+        valid. A transaction (``Plan.apply``, a grower's step, a distributed apply) takes one
+        before changing the chain.
+
+        Example:
+            >>> chain = Chain([("a", nn.ReLU())])
+            >>> saved = chain.snapshot()
+            >>> _ = chain.append("b", nn.Tanh())
+            >>> saved.restore()
+            >>> chain.ids()
+            ['a']
+        """
+        return ChainSnapshot(self)
+
+    def order_modules(self) -> None:
+        """Register the modules in chain order, as a fresh build does, after nodes were inserted or moved.
+
+        ``parameters()``, ``state_dict()`` and an optimizer made from them then match those
+        of the same chain built from scratch.
+
+        Example:
+            >>> chain = Chain([("a", nn.Linear(1, 1)), ("b", nn.Linear(1, 1))])
+            >>> _ = chain.move_after("a", "b")
+            >>> chain.order_modules()
+            >>> list(chain._modules)
+            ['b', 'a']
+        """
+        ordered = [(node.id, node.module) for node in self]
+        self._modules.clear()
+        self._modules.update(ordered)
+
     # -- module plumbing -------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         # ``chain.b2 = module`` is a replace: the node keeps its id and place and
@@ -460,6 +548,56 @@ class Chain(nn.Module):
 
     def __dir__(self) -> list[str]:
         return list(super().__dir__())
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The revision a chain runs: the spec, its stage, and the device and dtype of its tensors.
+
+    Example:
+        >>> Revision(None, 0, None).stage
+        0
+    """
+
+    spec: Spec | None
+    stage: int | None
+    placement: tuple[torch.device, torch.dtype] | None = None
+
+
+class ChainSnapshot:
+    """A chain's links, modules and revision, restorable exactly (the same Node objects); see :meth:`Chain.snapshot`.
+
+    ``restore`` sets state, never adjusts it, so running it twice (a second Ctrl-C during a
+    rollback) is safe.
+    """
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.nodes: list[Node] = list(chain)
+        self.parts = [(n.module, n.type) for n in self.nodes]
+        self.modules = dict(chain._modules)
+        self.revision = chain.revision
+
+    def restore(self) -> None:
+        """Put the chain back as it was when the snapshot was taken."""
+        chain = self.chain
+        chain._modules.clear()
+        chain._modules.update(self.modules)
+        links: dict[str, Node] = {}
+        prev: Node | None = None
+        for node, (module, node_type) in zip(self.nodes, self.parts, strict=True):
+            node.module, node.type = module, node_type
+            node.prev, node.next = prev, None
+            if prev is not None:
+                prev.next = node
+            node._owner = id(chain)
+            links[node.id] = node
+            prev = node
+        chain._links = links
+        chain._head = self.nodes[0] if self.nodes else None
+        chain._tail = prev
+        chain._order = None  # forward's cached id order is rebuilt from the restored links
+        chain.revision = self.revision
 
 
 def _split_by_node(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from ._errors import Problem
-from ._expr import MAX_INT
-from ._limits import DEFAULT_LIMITS, Limits, limits_or_default
+from .._errors import Problem
+from .._limits import DEFAULT_LIMITS, Limits, limits_or_default
+from .expr import MAX_INT
 
 #: Largest spec file accepted by default (``Limits.max_bytes``). Real specs are a few kilobytes;
 #: refusing huge files up front keeps validation fast (well under a second) and memory bounded.

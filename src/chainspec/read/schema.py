@@ -1,7 +1,7 @@
 """The published JSON Schema (draft 2020-12) of spec format version 1.
 
 It is generated, never written by hand: the structure comes from the pydantic
-models in :mod:`chainspec._model`, and each built-in node type contributes the
+models in :mod:`chainspec.read.model`, and each built-in node type contributes the
 schema of its ``args`` from its signature (``NodeType.args_model``), so an
 editor completes and checks ``args`` under ``type: conv2d``.
 
@@ -26,8 +26,8 @@ import copy
 import json
 from typing import Any
 
-from ._model import FORMAT_VERSION, IDENT, SpecModel
-from ._registry import NodeType, describe_annotation, list_types
+from ..types.registry import NodeType, describe_annotation, list_types
+from .model import FORMAT_VERSION, IDENT, SpecModel
 
 #: The JSON Schema dialect of the published schema.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -136,7 +136,7 @@ def args_schema(node_type: NodeType) -> dict[str, Any]:
     """The schema of one node type's ``args``, accepting ``${...}`` strings for every value.
 
     Example:
-        >>> from chainspec._registry import get_type
+        >>> from chainspec.types.registry import get_type
         >>> s = args_schema(get_type("dropout"))
         >>> s["properties"]["p"]["anyOf"][1]
         {'$ref': '#/$defs/Expression'}

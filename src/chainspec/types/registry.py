@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ._errors import ChainspecError
+from .._errors import ChainspecError
+from .._limits import FLOAT32_MAX, MAX_DIM
 
 #: Entry-point group through which plugin packages contribute node types.
 ENTRY_POINT_GROUP = "chainspec.types"
@@ -226,7 +227,6 @@ def _with_bounds(base: str, metadata: tuple[Any, ...]) -> str:
     real-valued argument shares, are left out: they apply to every argument alike and would only
     add noise (a value past them is still refused, with the bound in the message).
     """
-    from ._model import FLOAT32_MAX, MAX_DIM
 
     items: list[Any] = []
     for meta in metadata:
@@ -315,10 +315,6 @@ def _first_line(factory: Callable[..., Any]) -> str:
 
 
 def _add(name: str, factory: Callable[..., Any], origin: str, replace: bool = False) -> NodeType:
-    if origin != "builtin":
-        # The built-in types register lazily; they must be in place first, so that a
-        # name clash is reported now and a replacement is not clobbered (or refused) later.
-        from . import _builtins  # noqa: F401
     key = name.lower()
     if not key.isidentifier():
         raise ChainspecError(f"node type name {name!r} must be a valid identifier")
@@ -392,8 +388,6 @@ def _ensure_loaded() -> None:
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    from . import _builtins  # noqa: F401 - registers the built-in types
-
     load_plugins()
 
 

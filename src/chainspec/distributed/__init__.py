@@ -60,20 +60,21 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import _optim
-from ._apply import StoreSnapshot, _ChainSnapshot, _RngSnapshot, apply_plans
-from ._chain import Chain
-from ._diff import Plan, PlanSet, diff
-from ._errors import ChainspecError, SpecError
-from ._limits import Limits, limits_or_default
-from ._spec import Spec, load, loads
-from ._watch import SETTLE, SettledReader
-from ._yaml import too_big
+from .._errors import ChainspecError, SpecError
+from .._limits import Limits, limits_or_default
+from ..build.chain import Chain
+from ..read.document import too_big
+from ..read.spec import Spec, load, loads
+from ..revise.apply import StoreSnapshot, apply_plans
+from ..revise.diff import diff, diff_all
+from ..revise.plan import Plan, PlanSet
+from ..revise.transaction import Transaction
+from ..revise.watch import SETTLE, SettledReader
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-    from ._grow import Grower, GrowthEvent
+    from ..grow.grower import Grower, GrowthEvent
 
 __all__ = [
     "DistributedError",
@@ -528,8 +529,8 @@ def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
     try:
         revised = (old if text == old.text and src_source == old.source
                    else loads(text, source=src_source, allow_imports=allow_imports, limits=src_limits))
-        for name, target in targets.items():
-            plans[name] = diff(old, revised, chain=name, stage=stages(target)).restoring(target.chain)
+        plans = diff_all(old, revised, chains=targets, stage={name: stages(t) for name, t in targets.items()},
+                         live={name: t.chain for name, t in targets.items()})
         if unchanged_keeps and plans.is_empty:
             policy = "keep"
         key = json.dumps({n: _plan_key(p) for n, p in plans.items()} | {"policy": policy}, sort_keys=True,
@@ -1038,31 +1039,33 @@ class DistributedGrower:
 
 
 class _GrowerSnapshot:
-    """A grower's schedule position and fades, its chains, optimizers and torch's RNG, restorable exactly."""
+    """A grower's schedule position and fades, its chains, optimizers and torch's RNG, restorable exactly.
+
+    A :class:`~chainspec.revise.transaction.Transaction` underneath, like every other apply.
+    """
 
     def __init__(self, grower: Grower, targets: Iterable[_Target]) -> None:
-        self.grower = grower
-        self.attrs = {k: dict(v) if isinstance(v, dict) else v for k, v in vars(grower).items()}
-        self.alphas = [(blend, blend.alpha) for blend in grower.blends.values()]
         targets = list(targets)
-        self.chains = [_ChainSnapshot(t.chain) for t in targets]
-        self.stores = [StoreSnapshot(t.chain) for t in targets]  # a growth step keeps the nodes it removes
-        unique = {id(o): o for o in (*grower.optimizers.values(), *(t.optimizer for t in targets)) if o is not None}
-        self.optimizers = [_optim.snapshot(o) for o in unique.values()]
-        self.rng = _RngSnapshot()
+        self.change = Transaction()
+        for target in targets:
+            self.change.protect_chain(target.chain)
+            self.change.protect(StoreSnapshot(target.chain).restore)  # a growth step keeps the nodes it removes
+        for optimizer in (*grower.optimizers.values(), *(t.optimizer for t in targets)):
+            self.change.protect_optimizer(optimizer)
+        attrs = {k: dict(v) if isinstance(v, dict) else v for k, v in vars(grower).items()}
+        alphas = [(blend, blend.alpha) for blend in grower.blends.values()]
+
+        def restore_grower() -> None:
+            vars(grower).clear()
+            vars(grower).update({k: dict(v) if isinstance(v, dict) else v for k, v in attrs.items()})
+            for blend, alpha in alphas:
+                blend.alpha = alpha
+
+        self.change.protect(restore_grower)
 
     def restore(self) -> None:
-        vars(self.grower).clear()
-        vars(self.grower).update({k: dict(v) if isinstance(v, dict) else v for k, v in self.attrs.items()})
-        for blend, alpha in self.alphas:
-            blend.alpha = alpha
-        for chain in self.chains:
-            chain.restore()
-        for store in self.stores:
-            store.restore()
-        for optimizer in self.optimizers:
-            optimizer.restore()
-        self.rng.restore()
+        """Put the grower, its chains, their stores, the optimizers and torch's RNG back."""
+        self.change.rollback()
 
 
 # -- a self-check to run under torchrun -----------------------------------------------------------------
@@ -1116,8 +1119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _grow_and_check(spec: Spec, args: Any, device: torch.device, backend: str, *, launched: bool) -> int:
     """The self-check's training loop (see :func:`main`); returns 0 when every growth step kept the ranks equal."""
-    from ._grow import Grower
-    from ._schedule import Schedule
+    from ..grow.grower import Grower
+    from ..read.schedule import Schedule
 
     rank, world = _rank(), _world()
     say = print if rank == 0 else (lambda *a, **k: None)
