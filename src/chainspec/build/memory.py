@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._errors import SpecError
-from ..read.resolve import ResolvedChain
 from ..read.document import Document
+from ..read.resolve import ResolvedChain
 
 if TYPE_CHECKING:
     from .summary import ChainSummary
