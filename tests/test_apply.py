@@ -14,7 +14,7 @@ from torch import nn
 
 import chainspec
 import chainspec.revise.optim
-from chainspec.build.chain import Chain
+from chainspec import Chain
 from chainspec.revise import apply as _apply
 from chainspec.revise import optim as _optim
 from chainspec.revise.apply import apply_plans

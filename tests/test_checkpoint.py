@@ -11,7 +11,7 @@ import torch
 
 import chainspec
 import chainspec.revise.checkpoint
-from chainspec.build.chain import Chain
+from chainspec import Chain
 from chainspec.cli import main
 
 BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"

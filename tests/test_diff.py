@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainspec
+from chainspec import Spec
 from chainspec.read.document import Document
 from chainspec.read.model import SpecModel
 from chainspec.read.resolve import resolve
-from chainspec.read.spec import Spec
 from chainspec.revise import diff as _diff
 from chainspec.revise.diff import longest_increasing, match_ids
 

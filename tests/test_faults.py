@@ -31,8 +31,7 @@ import chainspec
 import chainspec.revise.apply
 import chainspec.revise.checkpoint
 import chainspec.revise.optim
-from chainspec import CheckpointError, SpecError
-from chainspec.build.chain import Chain
+from chainspec import Chain, CheckpointError, SpecError
 from chainspec.revise import apply as _apply
 from chainspec.revise import optim as _optim
 from chainspec.types.registry import register_type, unregister_type

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 import chainspec
-from chainspec import SpecError
-from chainspec.build.chain import Chain
+from chainspec import Chain, SpecError
 from chainspec.read.document import MAX_BYTES, MAX_DEPTH, MAX_VALUES
 from chainspec.read.expr import MAX_DEPTH as MAX_EXPR_DEPTH
 from chainspec.read.model import MAX_STAGES

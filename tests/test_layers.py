@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chainspec import get_type
 from chainspec.types.layers import (
     ChannelBias,
     Composite,
@@ -18,7 +19,6 @@ from chainspec.types.layers import (
     PixelNorm,
     Reshape,
 )
-from chainspec.types.registry import get_type
 
 
 @pytest.mark.parametrize(("layer", "fan_in"), [

@@ -9,7 +9,7 @@ import torch
 
 import chainspec
 import chainspec.revise.optim
-from chainspec.build.chain import Chain
+from chainspec import Chain
 
 MLP = """\
 chainspec: 1

@@ -20,9 +20,8 @@ import pytest
 import torch
 
 import chainspec
-from chainspec.build.chain import Chain
+from chainspec import Chain, RemovedNodes, removed_nodes
 from chainspec.revise import apply as _apply
-from chainspec.revise.apply import RemovedNodes, removed_nodes
 
 FULL = """\
 chainspec: 1

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import chainspec
-from chainspec.build.chain import Chain
+from chainspec import Chain
 from chainspec.revise.widen import keep_overlap
 
 BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"

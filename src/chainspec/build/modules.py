@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,3 +30,21 @@ def instantiate(node: ResolvedNode, *, device: torch.device | str | None = None,
     if dtype is not None:
         module = module.to(dtype)
     return module
+
+
+def placement_of(module: nn.Module, default: Any = (None, None)) -> Any:
+    """The device and dtype of a module's first floating-point parameter or buffer, else ``default``.
+
+    Where a new module that joins ``module`` (a chain, a node) must be built: a chain whose last
+    weighted node left passes its recorded ``chain.placement`` as the default.
+
+    Example:
+        >>> placement_of(nn.Linear(2, 2).double())
+        (device(type='cpu'), torch.float64)
+        >>> placement_of(nn.ReLU())
+        (None, None)
+    """
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return default

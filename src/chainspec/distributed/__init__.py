@@ -1162,7 +1162,3 @@ def _shut_down() -> None:
     with contextlib.suppress(Exception):  # a rank that already failed: nobody to wait for
         dist.barrier()
     dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .._errors import PlanError
 from ..build.chain import Chain, Node
+from ..build.modules import placement_of
 
 #: Base ids of the three blend nodes (a suffix is added if a chain already uses one).
 BLEND_IDS = ("blend_split", "blend_swap", "blend_merge")
@@ -255,7 +256,7 @@ def wrap(chain: Chain, old: Sequence[tuple[str, nn.Module, str]], new_ids: Seque
     shared = _Shared()
     modules = [(split_id, BlendSplit(shared, pre), "blend_split"),
                *old, (swap_id, BlendSwap(shared), "blend_swap")]
-    device, dtype = _placement(chain)
+    device, dtype = placement_of(chain)
     anchor = after
     for node_id, module, node_type in modules:
         if node_id in chain:
@@ -270,8 +271,3 @@ def wrap(chain: Chain, old: Sequence[tuple[str, nn.Module, str]], new_ids: Seque
     return Blend(chain, (split_id, swap_id, merge_id), tuple(node_id for node_id, _, _ in old), new_ids)
 
 
-def _placement(chain: Chain) -> tuple[torch.device | None, torch.dtype | None]:
-    for tensor in (*chain.parameters(), *chain.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None

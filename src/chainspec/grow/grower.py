@@ -34,7 +34,7 @@ from torch.optim import Optimizer
 
 from .._errors import CheckpointError, PlanError
 from ..build.chain import Chain
-from ..build.modules import instantiate
+from ..build.modules import instantiate, placement_of
 from ..read.schedule import Phase, Schedule
 from ..revise import optim as _optim
 from ..revise.apply import apply_plans
@@ -536,7 +536,7 @@ class Grower:
         region = self.transition(name, stage).region
         assert region is not None
         nodes = {n.id: n for n in self.spec.resolved(name).at(stage - 1)}
-        _, dtype = _placement(self.chains[name])
+        _, dtype = placement_of(self.chains[name])
         expected: dict[str, Tensor] = {}
         params: dict[str, Tensor] = {}
         with torch.random.fork_rng(devices=[]):
@@ -583,7 +583,7 @@ class Grower:
                 continue
             weights, optim = saved[name]["weights"], saved[name]["optimizer"]
             nodes = {n.id: n for n in self.spec.resolved(name).at(stage - 1)}
-            device, dtype = _placement(chain)
+            device, dtype = placement_of(chain)
             old: list[tuple[str, nn.Module, str]] = []
             with torch.random.fork_rng(devices=[]):  # a resumed run draws the same random numbers
                 for node_id in transition.region.old_ids:
@@ -788,8 +788,3 @@ def _to_param(state: Mapping[str, Any], param: Tensor) -> dict[str, Any]:
     return out
 
 
-def _placement(chain: Chain) -> tuple[torch.device | None, torch.dtype | None]:
-    for tensor in (*chain.parameters(), *chain.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None

@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 from .._errors import PlanError, SpecError
 from ..build.chain import Chain
 from ..build.memory import check_fits
-from ..build.modules import instantiate
+from ..build.modules import instantiate, placement_of
 from ..build.shapes import infer
 from ..read.resolve import tree_key
 from ..read.spec import Spec
@@ -102,7 +102,7 @@ class _Job:
         _check_chain(plan, chain)
         # A chain with no tensors left (every weighted node removed) still has the device and
         # dtype it was built with: new nodes go there, not to torch's defaults.
-        device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.placement)
+        device, dtype = placement_of(chain, default=chain.placement or (torch.get_default_device(), None))
         self.device, self.dtype = device, dtype
         if not (plan.is_empty and plan.same_input):
             shape_check(plan, dtype, device)  # and what it builds must fit where it goes
@@ -131,8 +131,8 @@ class _Job:
     def _build(self, op: Op) -> nn.Module:
         assert op.new is not None
         old = self.chain[op.node_id].module if op.kind != "insert" else None
-        device, dtype = (self.device, self.dtype) if old is None else _placement(
-            old.parameters(), old.buffers(), default=(self.device, self.dtype))
+        device, dtype = (self.device, self.dtype) if old is None else placement_of(
+            old, default=(self.device, self.dtype))
         try:
             if op.kind == "update":
                 # Its own initialisation is thrown away (_adopt): drawing it must not shift the RNG stream.
@@ -508,7 +508,7 @@ def restorable(plan: Revising, chain: Chain) -> dict[str, KeptNode]:
         if kept is None:
             continue
         if placement is None:
-            device, dtype = _placement(chain.parameters(), chain.buffers(), default=chain.placement)
+            device, dtype = placement_of(chain, default=chain.placement or (torch.get_default_device(), None))
             placement = (device, dtype or torch.get_default_dtype())
         have = _floating(kept.module)
         if have is not None and (have.device, have.dtype) != placement:
@@ -591,18 +591,6 @@ def _rng_untouched(device: torch.device) -> Any:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return torch.random.fork_rng(devices=[index])
     return torch.random.fork_rng(devices=[])
-
-
-def _placement(*tensors: Any, default: tuple[torch.device, torch.dtype | None] | None = None
-               ) -> tuple[torch.device, torch.dtype | None]:
-    """Device and floating dtype of the first floating tensor, else ``default`` (else torch's defaults)."""
-    for group in tensors:
-        for tensor in group:
-            if tensor.is_floating_point():
-                return tensor.device, tensor.dtype
-    if default is not None:
-        return default
-    return torch.get_default_device(), None
 
 
 def _adopt(new: nn.Module, old: nn.Module, node_id: str) -> None:
