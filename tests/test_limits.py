@@ -624,3 +624,21 @@ def test_specs_holding_any_expression_load_or_are_refused(node: ast.expr, where:
     except SpecError as err:
         assert_located(err)
     assert time.process_time() - start < PROPERTY_SECONDS
+
+
+def test_a_load_stops_at_max_problems_and_says_so() -> None:
+    """Thousands of mistakes: the first max_problems are reported in file order, then one problem saying it stopped."""
+    nodes = "".join(f"      - {{id: n{i}, type: relux}}\n" for i in range(50))
+    text = "chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes:\n" + nodes
+    err = refused(text, Limits(max_problems=10))
+    assert len(err.problems) == 11
+    assert [p.line for p in err.problems[:10]] == list(range(6, 16))
+    last = err.problems[-1]
+    assert last.message == "more than 10 problems; stopped there"
+    assert last.hint == "fix these first, or raise Limits(max_problems=...) if the spec is trusted"
+    # The YAML layer stops at the bound too: 50 bad tags, 5 reported.
+    tags = "chainspec: 1\nvars:\n" + "".join(f"  v{i}: !bad {i}\n" for i in range(50)) + \
+        "chains: {net: {input_shape: [4], nodes: [{id: a, type: relu}]}}\n"
+    err = refused(tags, Limits(max_problems=5))
+    assert len(err.problems) == 6 and err.problems[-1].message == "more than 5 problems; stopped there"
+    assert len(refused(text).problems) == 50  # under the default bound: every problem

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ._errors import Problem
+
 #: Largest size accepted for a dimension or a stage index: far beyond any real
 #: model, small enough that arithmetic on it cannot overflow a tensor size.
 MAX_DIM = 2**31 - 1
@@ -41,6 +43,8 @@ class Limits:
         max_list: most items a list produced by an expression, or an argument value, may hold,
             counting the items of nested lists.
         read_timeout: seconds a spec read from a pipe (``-`` on the command line) may take.
+        max_problems: most problems one load reports; past it the load stops with one more
+            problem saying so (a file of thousands of mistakes is refused as fast as one of a few).
 
     ``max_composite_depth`` may be raised to at most :data:`COMPOSITE_DEPTH_CEILING`: expansion, the
     built module tree and what torch does recursively over it take a few Python frames per level.
@@ -64,6 +68,7 @@ class Limits:
     max_string: int = 10_000
     max_list: int = 10_000
     read_timeout: float = 5.0
+    max_problems: int = 1_000
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -117,3 +122,25 @@ def limit_hint(name: str) -> str:
         'raise Limits(max_nodes=...) if the spec is trusted'
     """
     return f"raise Limits({name}=...) if the spec is trusted"
+
+
+def too_many_problems(limits: Limits, last: Problem) -> Problem:
+    """The problem that ends a load stopped at ``limits.max_problems``, located where ``last`` (the last one kept) is.
+
+    Example:
+        >>> last = Problem("x.yaml", 9, 3, "chains.net.nodes[2]", "unknown node type 'relux'")
+        >>> too_many_problems(Limits(max_problems=3), last).format()
+        'x.yaml:9:3: more than 3 problems; stopped there; fix these first, or raise Limits(max_problems=...) if the ...'
+    """
+    return Problem(last.source, last.line, last.col, "", f"more than {limits.max_problems:,} problems; stopped there",
+                   f"fix these first, or {limit_hint('max_problems')}")
+
+
+def is_too_many_problems(problem: Problem) -> bool:
+    """Whether ``problem`` is the one :func:`too_many_problems` makes.
+
+    Example:
+        >>> is_too_many_problems(too_many_problems(Limits(), Problem("x.yaml", 1, 1, "", "bad")))
+        True
+    """
+    return problem.message.startswith("more than ") and problem.message.endswith(" problems; stopped there")

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from .._errors import Problem
-from .._limits import DEFAULT_LIMITS, Limits, limits_or_default
+from .._limits import DEFAULT_LIMITS, Limits, limits_or_default, too_many_problems
 from .expr import MAX_INT
 
 #: Largest spec file accepted by default (``Limits.max_bytes``). Real specs are a few kilobytes;
@@ -612,6 +612,9 @@ class _Walker:
         self.doc.rejected.add(path)
         self.doc.problems.append(Problem(self.doc.source, node.start_mark.line + 1, node.start_mark.column + 1,
                                          format_path(path), message, hint))
+        if len(self.doc.problems) >= self.limits.max_problems:
+            self.doc.problems.append(too_many_problems(self.limits, self.doc.problems[-1]))
+            raise _Abort
 
     def value(self, node: yaml.Node, path: Path) -> Any:
         self.count += 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .._errors import Problem
-from .._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default
+from .._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default, too_many_problems
 from ..types.registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
 from .document import Document, Path, format_path
 from .expr import Budget, ExpressionError, LimitError, substitute
@@ -190,20 +190,23 @@ class _Resolver:
         if key not in self._seen:
             self._seen.add(key)
             self.problems.append(problem)
+            if len(self.problems) >= self.limits.max_problems:
+                self.problems.append(too_many_problems(self.limits, problem))
+                raise _Stop
 
     def run(self) -> tuple[dict[str, ResolvedChain], int, list[Problem]]:
-        self.check_types()
         try:
+            self.check_types()
             self.check_defaults()
         except _Stop:  # reported where it was reached; the spec is refused
             return {}, self.stage_count(), self.problems
         stages = self.stage_count()
         try:
             chains = {name: self.chain(name, stages) for name in self.model.chains}
+            for problem in growth_problems(self.model, self.doc, stages):
+                self.report_problem(problem)
         except _Stop:
             return {}, stages, self.problems
-        for problem in growth_problems(self.model, self.doc, stages):
-            self.report_problem(problem)
         return chains, stages, self.problems
 
     # -- bounds ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from .._errors import Problem, SpecError
-from .._limits import Limits, limits_or_default
+from .._limits import Limits, is_too_many_problems, limits_or_default, too_many_problems
 from .document import Document, Path, format_path, parse_yaml, read_head, too_big
 from .migrate import migrate
 from .model import SpecModel
@@ -302,10 +302,10 @@ def loads(text: str | bytes | bytearray | memoryview, *, source: str = "<string>
             known, refused = set(problems), _Refused(doc)
             problems += [p for p in resolve(lenient, doc, allow_imports, limits)[2]
                          if p not in known and not refused.covers(p)]
-        raise SpecError(_in_file_order(problems))
+        raise SpecError(_capped(_in_file_order(problems), limits))
     chains, stages, problems = resolve(model, doc, allow_imports, limits)
     if problems:
-        raise SpecError(_in_file_order(problems))
+        raise SpecError(_capped(_in_file_order(problems), limits))
     plain = text.decode("utf-8") if isinstance(text, bytes) else text
     return Spec(model, doc, plain, chains, stages, tuple(allow_imports), limits)
 
@@ -433,6 +433,16 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path, tuple[Any, ...]]:
             return tuple(path), tuple(loc[i:])
         path.append(part)
     return tuple(path), ()
+
+
+def _capped(problems: list[Problem], limits: Limits) -> list[Problem]:
+    """At most ``limits.max_problems`` problems and, last, one saying so if there were more (each layer stops
+    at its own bound too)."""
+    rest = [p for p in problems if not is_too_many_problems(p)]
+    if len(rest) == len(problems) and len(rest) <= limits.max_problems:
+        return problems
+    kept = rest[:limits.max_problems]
+    return [*kept, too_many_problems(limits, kept[-1])]
 
 
 def _in_file_order(problems: list[Problem]) -> list[Problem]:
