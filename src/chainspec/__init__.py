@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ChainspecError, CheckpointError, PlanError, Problem, SpecError
+from ._errors import ChainspecError, CheckpointError, PlanError, Problem, SpecError, TorchMissingError, require_torch
 from ._limits import Limits
 from .read.schedule import Schedule
 from .read.spec import Spec, load, loads
@@ -62,6 +62,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "SpecWatcher",
+    "TorchMissingError",
     "__version__",
     "diff",
     "diff_all",
@@ -107,6 +108,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'chainspec' has no attribute {name!r}")
     import importlib
 
+    require_torch(f"chainspec.{name}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

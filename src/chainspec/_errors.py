@@ -100,3 +100,36 @@ class CheckpointError(ChainspecError):
         >>> issubclass(CheckpointError, ChainspecError)
         True
     """
+
+
+#: How to install PyTorch, as the message of a missing torch says it.
+TORCH_INSTALL = ("pip install torch (the CPU build: pip install torch --index-url "
+                 "https://download.pytorch.org/whl/cpu), or pip install 'chainspec[torch]'")
+
+
+class TorchMissingError(ChainspecError, ImportError):
+    """Something that builds, checks shapes or trains was asked for, and PyTorch is not installed.
+
+    Reading and validating specs (``chainspec.load``, ``chainspec validate``, the pre-commit hook)
+    never needs torch; chainspec does not install it (as transformers does not), so that a
+    validation-only environment stays small.
+
+    Example:
+        >>> str(TorchMissingError("chainspec build")).split(";")[0]
+        'chainspec build needs PyTorch, which is not installed'
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs PyTorch, which is not installed; {TORCH_INSTALL}")
+
+
+def require_torch(what: str) -> None:
+    """Raise :class:`TorchMissingError` naming ``what`` unless torch can be imported.
+
+    Example:
+        >>> require_torch("Spec.build")  # torch is installed here
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise TorchMissingError(what) from None

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .._errors import printable
+from .._errors import printable, require_torch
 from ..read.spec import Spec
 from ._io import json_text, load_spec
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.print_usage(sys.stderr)
         print("chainspec build: error: --save needs one stage, not 'all'", file=sys.stderr)
         return 2
+    require_torch("chainspec build")
     spec = load_spec(args.spec, allow_imports=args.allow_import)
     names = [args.chain] if args.chain else spec.chain_names
     for name in names:

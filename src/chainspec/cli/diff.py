@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from .._errors import ChainspecError, printable
+from .._errors import ChainspecError, printable, require_torch
 from ._io import STDIN, json_text, load_spec, source_name
 
 
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plans(args: argparse.Namespace) -> Any:
+    require_torch("chainspec diff")  # a plan measures changed nodes on the meta device
     from ..revise.diff import diff_all
 
     if args.old == args.new == STDIN:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import Problem, SpecError
+from .._errors import Problem, SpecError, require_torch
 from ._io import STDIN, json_text, load_spec, source_name
 
 #: File endings picked up when a directory is named.
@@ -61,6 +61,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the files; print the problems and a summary; return 0 if all are valid."""
+    if args.deep:
+        require_torch("chainspec validate --deep")
     paths = expand(args.files)
     results = [validate_file(p, allow_imports=args.allow_import, deep=args.deep) for p in paths]
     if args.format == "json":

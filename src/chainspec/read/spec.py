@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .._errors import Problem, SpecError
+from .._errors import Problem, SpecError, require_torch
 from .._limits import Limits, is_too_many_problems, limits_or_default, too_many_problems
 from .document import Document, Path, format_path, parse_yaml, read_head, too_big
 from .migrate import migrate
@@ -127,6 +127,7 @@ class Spec:
             >>> summary.params, summary.param_bytes, summary.buffer_bytes
             (8, 32, 40)
         """
+        require_torch("Spec.summary")
         from ..build.compile import check_dtype
         from ..build.shapes import infer
 
@@ -167,6 +168,7 @@ class Spec:
             ...
             chainspec._errors.SpecError: net.yaml:8:9: chains.net.nodes[1] (out): expects 3 input features, but fc ...
         """
+        require_torch("Spec.check")
         from ..build.shapes import check_stages
 
         chosen = range(self.stages) if stages is None else [self.stage_index(stage) for stage in stages]
@@ -197,6 +199,7 @@ class Spec:
             >>> spec.build().fc.weight.shape
             torch.Size([2, 4])
         """
+        require_torch("Spec.build")
         from ..build.compile import build_chain, check_device, check_dtype
 
         check_dtype(dtype)
@@ -221,6 +224,7 @@ class Spec:
             >>> sorted(spec.build_all())
             ['d', 'g']
         """
+        require_torch("Spec.build_all")
         from ..build.compile import check_device, check_dtype
         from ..build.memory import check_fits, needed_bytes
         from ..build.shapes import infer
