@@ -25,8 +25,6 @@ import argparse
 import math
 import os
 import sys
-import time
-import zlib
 from pathlib import Path
 
 import torch
@@ -82,20 +80,14 @@ def critic_loss(d: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, gp_w
     return loss, float(d_real.detach().mean() - d_fake.detach().mean())
 
 
-# -- PNG output (zlib only) ---------------------------------------------------------------------------
+# -- PNG output (Pillow) ------------------------------------------------------------------------------
 
 def write_png(path: Path, pixels: torch.Tensor) -> None:
-    """Write a (H, W, 3) uint8 tensor as an 8-bit RGB PNG."""
-    h, w, _ = pixels.shape
-    rows = torch.cat([torch.zeros(h, 1, dtype=torch.uint8), pixels.reshape(h, w * 3)], dim=1)  # filter 0 per row
+    """Write a (H, W, 3) uint8 tensor as an RGB PNG, atomically (a reader never sees half a file)."""
+    from PIL import Image
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.numpy().tobytes(), 9))
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data + chunk(b"IEND", b""))
+    Image.fromarray(pixels.numpy()).save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
@@ -113,43 +105,30 @@ def save_grid(path: Path, images: torch.Tensor, cell: int = 64, pad: int = 2) ->
     write_png(path, ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous())
 
 
-# -- progress bar ---------------------------------------------------------------------------------------
+# -- progress (tqdm) -------------------------------------------------------------------------------------
 
 class Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, a line every few seconds otherwise)."""
+    """Images shown so far as a tqdm bar on stderr (80 columns), with the phase and losses as its postfix."""
 
-    def __init__(self, total: int, width: int = 24, every: float = 5.0) -> None:
-        self.total, self.width, self.every = total, width, every
-        self.tty = sys.stderr.isatty()
-        self.start = self.last = time.monotonic()
-        self.done_at_start: int | None = None
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", unit_scale=True, dynamic_ncols=False, ncols=80,
+                        mininterval=0.1 if sys.stderr.isatty() else 5.0, file=sys.stderr)
 
     def update(self, done: int, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.done_at_start is None:
-            self.done_at_start = done
-        if not force and now - self.last < (0.1 if self.tty else self.every):
-            return
-        self.last = now
-        frac = min(1.0, done / self.total) if self.total else 1.0
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        rate = (done - self.done_at_start) / max(now - self.start, 1e-9)
-        line = f"[{bar}] {frac:6.1%} {text} {rate:,.0f} img/s"
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(110)[:150])
+        self.bar.n = min(done, self.bar.total)
+        self.bar.set_postfix_str(text, refresh=False)
+        if force:
+            self.bar.refresh()
         else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+            self.bar.update(0)
 
     def message(self, text: str) -> None:
-        sys.stderr.write(("\r" + " " * 110 + "\r" if self.tty else "") + text + "\n")
-        sys.stderr.flush()
+        self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self.bar.close()
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -319,11 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         if not stopping and (ending or grower.images >= next_save):  # the final checkpoint follows the loop
             save(f"end of stage {phase.stage}" if ending else "periodic")
             next_save = (grower.images // args.save_every + 1) * args.save_every
-        progress.update(grower.images, f"stage {grower.stage} {4 * 2**grower.stage:>2}px {grower.phase.kind:9} "
-                        f"a={grower.alpha:.3f} {grower.images:>7,}/{total:,} img  D {loss_d:+.3f} "
-                        f"G {loss_g:+.3f} W {wdist:+.3f}")
-    progress.update(grower.images, f"stage {grower.stage} a={grower.alpha:.3f} {grower.images:,} img "
-                    f"D {loss_d:+.3f} G {loss_g:+.3f}", force=True)
+        progress.update(grower.images, f"{4 * 2**grower.stage}px {grower.phase.kind} a={grower.alpha:.2f} "
+                        f"D{loss_d:+.2f} G{loss_g:+.2f} W{wdist:+.2f}")
+    progress.update(grower.images, f"{4 * 2**grower.stage}px a={grower.alpha:.2f} D{loss_d:+.2f} G{loss_g:+.2f} "
+                    f"W{wdist:+.2f}", force=True)
     progress.close()
     if grower.done:
         samples(grower.stage)
