@@ -1,7 +1,7 @@
-"""``python -m chainspec.distributed``: the torchrun self-check (see :func:`chainspec.distributed.main`)."""
+"""``python -m chainspec.distributed``: the torchrun self-check (see :func:`chainspec.distributed.selfcheck.main`)."""
 
 import sys
 
-from . import main
+from .selfcheck import main
 
 sys.exit(main())
