@@ -18,21 +18,7 @@ from chainspec import Chain
 from chainspec.revise import apply as _apply
 from chainspec.revise import optim as _optim
 from chainspec.revise.apply import apply_plans
-
-MLP = """\
-chainspec: 1
-chains:
-  net:
-    input_shape: [8]
-    nodes:
-      - {id: fc1, type: linear, args: {in_features: 8, out_features: 16}}
-      - {id: act1, type: leaky_relu, args: {negative_slope: 0.2}}
-      - {id: drop, type: dropout, args: {p: 0.1}}
-      - {id: fc2, type: linear, args: {in_features: 16, out_features: 16}}
-      - {id: bn, type: batchnorm1d, args: {num_features: 16}}
-      - {id: act2, type: relu}
-      - {id: fc3, type: linear, args: {in_features: 16, out_features: 4}}
-"""
+from specs import MLP
 
 BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"
 

@@ -18,20 +18,10 @@ from chainspec.read.model import SpecModel
 from chainspec.read.resolve import resolve
 from chainspec.revise import diff as _diff
 from chainspec.revise.diff import longest_increasing, match_ids
+from specs import MLP as SHARED_MLP
+from specs import without
 
-MLP = """\
-chainspec: 1
-chains:
-  net:
-    input_shape: [8]
-    nodes:
-      - {id: fc1, type: linear, args: {in_features: 8, out_features: 16}}
-      - {id: act1, type: leaky_relu, args: {negative_slope: 0.2}}
-      - {id: drop, type: dropout, args: {p: 0.1}}
-      - {id: fc2, type: linear, args: {in_features: 16, out_features: 16}}
-      - {id: act2, type: relu}
-      - {id: fc3, type: linear, args: {in_features: 16, out_features: 4}}
-"""
+MLP = without(SHARED_MLP, "bn")
 
 BLOG = Path(__file__).resolve().parent.parent / "specs" / "blog.yaml"
 

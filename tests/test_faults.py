@@ -35,23 +35,12 @@ from chainspec import Chain, CheckpointError, SpecError
 from chainspec.revise import apply as _apply
 from chainspec.revise import optim as _optim
 from chainspec.types.registry import register_type, unregister_type
+from specs import MLP
 
 PKG = os.path.dirname(chainspec.__file__)
 
-OLD = """\
-chainspec: 1
-chains:
-  net:
-    input_shape: [8]
-    nodes:
-      - {id: fc1, type: linear, args: {in_features: 8, out_features: 16}}
-      - {id: act1, type: leaky_relu, args: {negative_slope: 0.2}}
-      - {id: drop, type: dropout, args: {p: 0.1}}
-      - {id: fc2, type: fragile_linear, args: {in_features: 16, out_features: 16}}
-      - {id: bn, type: batchnorm1d, args: {num_features: 16}}
-      - {id: act2, type: relu}
-      - {id: fc3, type: fragile_linear, args: {in_features: 16, out_features: 4}}
-"""
+OLD = MLP.replace("{id: fc2, type: linear", "{id: fc2, type: fragile_linear").replace(
+    "{id: fc3, type: linear", "{id: fc3, type: fragile_linear")
 
 # Every kind of op at once: remove (act1), replace with a function-preserving widening (fc2) and
 # with fresh weights (bn, fc3), move and update (drop), and an insert with its own optimizer group.
