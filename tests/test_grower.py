@@ -225,6 +225,21 @@ def test_reset_policy_drops_moments_at_growth(tiny: chainspec.Spec) -> None:
     assert len(opts["generator"].state) == 0 and len(opts["discriminator"].state) == 0
 
 
+def test_reset_policy_also_drops_moments_when_the_fade_ends(tiny: chainspec.Spec) -> None:
+    """The official reset_opt_for_new_lod: at the start of every fade and of every stabilise phase."""
+    chains, opts, grower = make(tiny, Schedule.lengths(4, stabilize=4, fade=8), policy="reset")
+    train_step(chains, opts, grower, 0)  # 4 images: the fade begins, state reset
+    train_step(chains, opts, grower, 1)  # trained during the fade: the moments are back
+    assert grower.fading and len(opts["generator"].state) > 0 and len(opts["discriminator"].state) > 0
+    train_step(chains, opts, grower, 2)  # 12 images: the fade ends, the stage stabilises
+    assert not grower.fading and grower.phase.kind == "stabilize"
+    assert len(opts["generator"].state) == 0 and len(opts["discriminator"].state) == 0
+    _, keep_opts, keeping = make(tiny, Schedule.lengths(4, stabilize=4, fade=8), policy="keep")
+    for step in range(3):
+        train_step(keeping.chains, keep_opts, keeping, step)
+    assert len(keep_opts["generator"].state) > 0  # "keep" keeps them
+
+
 def test_growth_without_optimizers(tiny: chainspec.Spec) -> None:
     chains = tiny.build_all(stage=0)
     grower = Grower(tiny, chains=chains, schedule=Schedule.lengths(4, stabilize=1, fade=1))

@@ -358,13 +358,23 @@ class Grower:
                 optimizer.state[param] = state
 
     def _collapse(self) -> None:
-        """End every fade: the blend nodes and the old paths leave the chains and the optimizers."""
+        """End every fade: the blend nodes and the old paths leave the chains and the optimizers.
+
+        Under ``policy="reset"`` the chains' optimizer state is cleared here too, as the official
+        PG-GAN code does (``reset_opt_for_new_lod`` runs whenever the level of detail starts or stops
+        changing: at the start of every fade and of every stabilise phase).
+        """
         for name, blend in self.blends.items():
             removed = blend.collapse()
             optimizer = self.optimizers[name]
             if optimizer is not None:
                 _optim.remove_params(optimizer, [p for node in removed for p in node.module.parameters()])
         self.blends = {}
+        if self.policy == "reset":
+            for name, chain in self.chains.items():
+                optimizer = self.optimizers[name]
+                if optimizer is not None:
+                    _optim.clear_state(optimizer, chain.parameters())
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
