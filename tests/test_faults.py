@@ -36,8 +36,7 @@ from chainspec.revise import apply as _apply
 from chainspec.revise import optim as _optim
 from chainspec.types.registry import register_type, unregister_type
 from specs import MLP
-
-PKG = os.path.dirname(chainspec.__file__)
+from tracing import traced
 
 OLD = MLP.replace("{id: fc2, type: linear", "{id: fc2, type: fragile_linear").replace(
     "{id: fc3, type: linear", "{id: fc3, type: fragile_linear")
@@ -178,20 +177,7 @@ def finish(plan: Any, spec: chainspec.Spec, net: Chain, opt: torch.optim.Optimiz
 def traced_apply(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str,
                  on_line: Callable[[Any], None]) -> None:
     """Apply with ``on_line(frame)`` called as each chainspec line is about to run."""
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            on_line(frame)
-        return local
-
-    def global_(frame: Any, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename.startswith(PKG) else None
-
-    sys.settrace(global_)
-    try:
-        plan.apply(net, opt, policy=policy)
-    finally:
-        sys.settrace(None)
+    traced(lambda: plan.apply(net, opt, policy=policy), on_line)
 
 
 def line_events(plan: Any, net: Chain, opt: torch.optim.Optimizer, policy: str) -> list[str]:

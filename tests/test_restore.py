@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import sys
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ import torch
 import chainspec
 from chainspec import Chain, RemovedNodes, removed_nodes
 from chainspec.revise import apply as _apply
+from tracing import traced
 
 FULL = """\
 chainspec: 1
@@ -38,7 +37,6 @@ chains:
 #: Without bn and fc2 (each has weights; bn has buffers too).
 SHORT = FULL.replace("      - {id: bn, type: batchnorm1d, args: {num_features: 16}}\n", "").replace(
     "      - {id: fc2, type: linear, args: {in_features: 16, out_features: 16}}\n", "")
-PKG = chainspec.__file__.rsplit("/", 1)[0]
 
 
 def load(text: str, source: str) -> chainspec.Spec:
@@ -323,24 +321,6 @@ def test_a_failure_late_in_the_commit_leaves_the_store_unchanged(monkeypatch: py
     plan.apply(net, opt)  # and the same plan still applies
     assert [op.node_id for op in plan.ops if op.restored] == ["bn", "fc2"]
     assert removed_nodes(net).ids() == ["fc1"] and not net["bn"].module.training
-
-
-def traced(fn: Callable[[], None], on_line: Callable[[Any], None]) -> None:
-    """Run ``fn`` with ``on_line(frame)`` called as each chainspec line is about to run."""
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            on_line(frame)
-        return local
-
-    def global_(frame: Any, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename.startswith(PKG) else None
-
-    sys.settrace(global_)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
 
 
 def test_an_interrupt_at_any_line_of_the_commit_leaves_the_store_unchanged() -> None:
