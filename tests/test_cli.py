@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,7 @@ chains:
     (["build", "{missing}"], 1, "missing.yaml: cannot read spec: No such file or directory"),
     (["build", "{blog}", "--stage", "7"], 1, "stage 7 is out of range"),
     (["build", "{blog}", "--chain", "nett"], 1, "has no chain 'nett'; did you mean 'net'?"),
+    (["build", "{blog}", "--stage", "3", "--save", "x.pt"], 1, "stage 3 is out of range"),
     (["types", "--filter", "nothing_like_this"], 1, "no node type matches 'nothing_like_this'"),
     # 2: the command line is wrong
     (["build"], 2, "the following arguments are required: SPEC"),
@@ -370,3 +372,64 @@ def test_streams_are_restored_after_a_command(capsys, blog_path: Path) -> None:
     before = sys.stdout, sys.stderr
     run(capsys, "validate", str(blog_path))
     assert (sys.stdout, sys.stderr) == before
+
+
+# -- what the README and docs/revisions.md show is what the commands print -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/revisions.md"])
+def test_the_documented_diff_of_blog_wide_is_what_diff_prints(capsys, monkeypatch: pytest.MonkeyPatch,
+                                                              doc: str) -> None:
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```console\n(.*?)```", text, flags=re.DOTALL)
+                 if b.startswith("$ chainspec diff specs/blog.yaml specs/blog_wide.yaml"))
+    command, _, shown = block.partition("\n")
+    monkeypatch.chdir(ROOT)
+    code, out, err = run(capsys, *command.split("#")[0].split()[2:])  # after "$ chainspec"
+    assert code == 1 and err == ""
+    assert out == shown
+
+
+def test_blog_wide_is_blog_with_b2_widened(blog_path: Path) -> None:
+    wide = chainspec.load(ROOT / "specs" / "blog_wide.yaml")
+    blog = chainspec.load(blog_path)
+    assert wide.chain_names == blog.chain_names and wide.stages == blog.stages
+    assert [n.id for n in wide.resolved().nodes] == [n.id for n in blog.resolved().nodes]
+
+
+# -- --import, --no-project and [tool.chainspec] on every command ------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["build", "validate", "diff", "types", "schema"])
+def test_every_command_takes_import_and_no_project(capsys, command: str) -> None:
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert "--import MODULE" in out and "--no-project" in out
+    assert ("--allow-import MODULE" in out) == (command in ("build", "validate", "diff"))
+
+
+def test_the_hint_for_an_import_path_speaks_the_command_lines_language(capsys, write_spec) -> None:
+    path = write_spec("""\
+        chainspec: 1
+        chains:
+          net:
+            input_shape: [2]
+            nodes: [{id: n, type: "mypkg.layers:Block"}]
+        """, "imports.yaml")
+    hint = ("import path 'mypkg.layers:Block' is not allowed; pass --allow-import mypkg.layers, or list it in "
+            "allow-imports under [tool.chainspec] in your pyproject.toml")
+    code, out, _ = run(capsys, "validate", str(path))
+    assert code == 1 and hint in out and "allow_imports=[...]" not in out
+    for argv in (["build", str(path)], ["diff", str(path), str(path)]):
+        code, _, err = run(capsys, *argv)
+        assert code in (1, 2) and hint in err
+    with pytest.raises(chainspec.SpecError, match=r"the calling code must pass allow_imports=\[\.\.\.\]"):
+        chainspec.load(path)  # the library keeps the library's wording
+
+
+def test_the_readme_table_gives_the_exit_codes_build_returns() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `chainspec build SPEC"))
+    assert "1 invalid spec, or a `--chain` or `--stage` it does not have" in row and "2 usage" in row
+    assert "`--import MODULE`" in readme and "`--no-project`" in readme

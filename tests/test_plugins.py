@@ -129,3 +129,45 @@ def test_a_fresh_process_finds_the_plugin(plugin_site: Path, tmp_path: Path) -> 
 def test_without_the_plugin_its_types_are_unknown() -> None:
     with pytest.raises(chainspec.SpecError, match=r"unknown node type 'demo_gate'"):
         chainspec.loads(SPEC)
+
+
+PROJECT_LAYERS = '''\
+import chainspec
+
+
+@chainspec.register_type("demo_project_scale")
+def scale(factor: float = 2.0):
+    """Multiplies by a constant."""
+    from torch import nn
+
+    return nn.Identity() if factor == 1.0 else nn.Linear(1, 1)
+'''
+
+
+def test_plugin_and_project_types_together(plugin_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A project's [tool.chainspec] types join the plugins' in ``chainspec types``; a name a plugin or a built-in
+    holds is a located error in the pyproject.toml, not a traceback."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / ".git").mkdir()
+    (project / "pyproject.toml").write_text('[tool.chainspec]\nimports = ["demo_project_layers"]\n')
+    (project / "demo_project_layers.py").write_text(PROJECT_LAYERS)
+    monkeypatch.chdir(project)
+    try:
+        with pytest.warns(UserWarning):
+            assert main(["types", "--filter", "demo_"]) == 0
+        out = capsys.readouterr().out
+        assert "demo_gate(features: int, init: float = 1.0)" in out and "[plugin chainspec-demo-plugin]" in out
+        assert "demo_project_scale(factor: float = 2.0)" in out and "[demo_project_layers.scale]" in out
+    finally:
+        _registry.unregister_type("demo_project_scale")
+        sys.modules.pop("demo_project_layers", None)
+    (project / "demo_project_layers.py").write_text(PROJECT_LAYERS.replace("demo_project_scale", "demo_swish"))
+    assert main(["types"]) == 1
+    err = capsys.readouterr().err
+    assert ("pyproject.toml:2:12: tool.chainspec.imports[0]: cannot import 'demo_project_layers': ChainspecError: "
+            "node type 'demo_swish' is already registered by plugin chainspec-demo-plugin; pick another name or pass "
+            f"replace=True (at {project / 'demo_project_layers.py'}:4)") in err
+    assert "Traceback" not in err
+    sys.modules.pop("demo_project_layers", None)

@@ -173,3 +173,51 @@ def test_the_hook_environment_holds_no_torch_and_stays_small(hook_repo: tuple[Pa
     assert not list(site.glob("torch*")) and not list(site.glob("nvidia*")), "torch was installed for the hook"
     size = sum(f.stat().st_size for f in envs[0].rglob("*") if f.is_file() and not f.is_symlink())
     assert size < 100 * 2**20, f"the hook's environment is {size / 2**20:.0f} MiB"
+
+
+#: A user's module of node types: a function that imports torch only when it builds, since the hook has no torch.
+USER_LAYERS = '''\
+import chainspec
+
+
+@chainspec.register_type("user_gate")
+def gate(features: int, init: float = 1.0):
+    """A learned per-feature gate."""
+    import torch
+    from torch import nn
+
+    layer = nn.Linear(features, features, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(features) * init)
+    return layer
+'''
+USER_SPEC = """\
+chainspec: 1
+chains:
+  net:
+    input_shape: [4]
+    nodes:
+      - {id: gate, type: user_gate, args: {features: 4, init: 0.5}}
+"""
+
+
+def test_the_hook_sees_the_types_a_project_registers(hook_repo: tuple[Path, str], user_repo: Path,
+                                                     env: dict[str, str]) -> None:
+    """``[tool.chainspec]`` in the user's pyproject.toml: the hook imports the module from the repository itself."""
+    repo, _rev = hook_repo
+    (user_repo / "pyproject.toml").write_text(
+        '[project]\nname = "userproject"\nversion = "0"\n\n[tool.chainspec]\nimports = ["userproject_layers"]\n',
+        encoding="utf-8")
+    (user_repo / "userproject_layers.py").write_text(USER_LAYERS, encoding="utf-8")
+    (user_repo / "specs" / "gated.yaml").write_text(USER_SPEC, encoding="utf-8")
+    (user_repo / "specs" / "typo.yaml").write_text(USER_SPEC.replace("init:", "nit:"), encoding="utf-8")
+    git(user_repo, "add", ".", env=env)
+    proc = pre_commit(user_repo, "try-repo", str(repo), HOOK_ID, "--files", "specs/gated.yaml", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Passed" in proc.stdout
+    proc = pre_commit(user_repo, "try-repo", str(repo), HOOK_ID, "--files", "specs/gated.yaml", "specs/typo.yaml",
+                      env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert ("specs/typo.yaml:6:57: chains.net.nodes[0].args.nit (gate): unknown argument 'nit'; "
+            "did you mean 'init'?") in proc.stdout
+    assert "specs/gated.yaml:" not in proc.stdout and "Traceback" not in proc.stdout

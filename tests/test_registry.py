@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 import sys
 import textwrap
@@ -451,3 +452,65 @@ def test_close_match_costs_little_whatever_the_names() -> None:
 def test_validate_can_leave_out_the_hints() -> None:
     assert get_type("dropout").validate({"pp": 0.1}, hints=False)[1] == [
         ("pp", "unknown argument 'pp'", "dropout takes p")]
+
+
+# -- list arguments: YAML lists reach a registered type's list, bare or not ------------------------------------------
+
+def test_a_list_argument_takes_a_yaml_list(fresh_types: list[str]) -> None:
+    import typing
+
+    seen: dict[str, object] = {}
+
+    def sizes(widths: list, kernel: list[int] = (3,), pads: list[int] | None = None,  # type: ignore[assignment]
+              old: typing.List[float] = (1.0,), pair: tuple[list[int], int] = ([1], 1)) -> nn.Module:  # noqa: UP006
+        seen.update(widths=widths, kernel=kernel, pads=pads, old=old, pair=pair)
+        return nn.Identity()
+
+    chainspec.register_type("sizes")(sizes)
+    fresh_types.append("sizes")
+    args = {"widths": [1, "a", [2, 3]], "kernel": [3, 5], "pads": [0, 1], "old": [1, 2.5], "pair": [[4, 5], 6]}
+    kwargs, problems = get_type("sizes").validate(args)
+    assert problems == []
+    assert kwargs == {"widths": [1, "a", (2, 3)], "kernel": [3, 5], "pads": [0, 1], "old": [1.0, 2.5],
+                      "pair": ([4, 5], 6)}
+    spec = one_node_spec("sizes", {"widths": [1, 2]}, [3])
+    spec.build()
+    assert seen["widths"] == [1, 2] and seen["kernel"] == (3,)  # a default is passed as written
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ({"widths": 3}, "input should be a valid list, got 3; widths is list"),
+    ({"widths": [1], "kernel": [3, "5"]}, "input should be a valid integer, got [3, '5']; kernel is list[int]"),
+    ({"widths": [1], "pads": [1.5]}, "got [1.5]; pads is list[int] | None"),
+])
+def test_a_list_argument_keeps_its_items_strict_and_shows_the_value_as_written(fresh_types: list[str], args: dict,
+                                                                               expected: str) -> None:
+    def sizes(widths: list, kernel: list[int] = (3,), pads: list[int] | None = None) -> nn.Module:  # type: ignore[assignment]
+        return nn.Identity()
+
+    chainspec.register_type("sizes")(sizes)
+    fresh_types.append("sizes")
+    with pytest.raises(SpecError) as caught:
+        one_node_spec("sizes", args, [3])
+    assert expected in str(caught.value)
+    assert "(3, '5')" not in str(caught.value)  # never the tuple YAML lists are turned into
+
+
+# -- the register_type examples of the README and docs/spec-format.md run --------------------------------------------
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/spec-format.md"])
+def test_the_documented_register_type_example_runs(fresh_types: list[str], capsys: pytest.CaptureFixture[str],
+                                                   doc: str) -> None:
+    text = (Path(__file__).resolve().parents[1] / doc).read_text(encoding="utf-8")
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)]
+    example = next(b for b in blocks if 'register_type("gated")' in b)
+    fresh_types.append("gated")
+    exec(compile(example, doc, "exec"), {"__name__": "docs_example"})
+    if "print(" in example:
+        assert capsys.readouterr().out == "torch.Size([2, 8])\n"
+    gated = get_type("gated")
+    assert [(a.name, a.required) for a in gated.args] == [("features", True), ("bias", False)]
+    assert gated.description == "A learned gate per feature."
+    net = one_node_spec("gated", {"features": 4, "bias": True}, [4]).build()
+    x = torch.randn(2, 4)
+    assert torch.equal(net(x), x)  # a gate of ones and a bias of zeros

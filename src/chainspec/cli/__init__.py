@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from .._errors import ChainspecError
 from . import build, diff, schema, types, validate
-from ._io import escaped_output
+from ._io import begin, escaped_output
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = [build, types, validate, schema, diff]
@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     debug = bool(os.environ.get("CHAINSPEC_DEBUG"))
     failed = 1  # the exit code of a failure; a subcommand whose 1 means something else sets error_code
+    begin()
     try:
         try:
             args = main_parser().parse_args(argv)

@@ -8,7 +8,7 @@ from typing import Any
 
 from .._errors import printable, require_torch
 from ..read.spec import Spec
-from ._io import json_text, load_spec
+from ._io import add_import_options, import_flagged, json_text, load_spec
 
 
 def add_parser(sub: Any) -> None:
@@ -22,8 +22,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     p.add_argument("--save", metavar="PATH",
                    help="also build the real chains at one stage (--stage, default 0) and save them as a checkpoint")
-    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                   help="allow node types named by import path under MODULE (repeatable)")
+    add_import_options(p)
     p.set_defaults(func=run, parser=p)
 
 
@@ -48,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         print("chainspec build: error: --save needs one stage, not 'all'", file=sys.stderr)
         return 2
     require_torch("chainspec build")
-    spec = load_spec(args.spec, allow_imports=args.allow_import)
+    import_flagged(args)
+    spec = load_spec(args.spec, allow_imports=args.allow_import, project=not args.no_project)
     names = [args.chain] if args.chain else spec.chain_names
+    # A chain the spec lacks, or a stage past its last, is known only from the spec: exit 1, as an invalid spec.
     for name in names:
         spec.resolved(name)  # unknown chain -> ValueError with a hint
     stages = list(range(spec.stages)) if args.stage == "all" else [spec.stage_index(args.stage)]

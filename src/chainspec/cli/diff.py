@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from .._errors import ChainspecError, printable, require_torch
-from ._io import STDIN, json_text, load_spec, source_name
+from ._io import STDIN, add_import_options, import_flagged, json_text, load_spec, source_name
 
 
 def add_parser(sub: Any) -> None:
@@ -30,8 +30,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--stage", default="final", metavar="N|final|A:B",
                    help="the stage to compare both at, or OLD_STAGE:NEW_STAGE for a growth step (default: final)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
-    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                   help="allow node types named by import path under MODULE (repeatable)")
+    add_import_options(p)
     p.set_defaults(func=run, error_code=2)  # 1 means 'different' here, so any failure is 2
 
 
@@ -66,8 +65,9 @@ def _plans(args: argparse.Namespace) -> Any:
 
     if args.old == args.new == STDIN:
         raise ValueError("stdin ('-') can hold only one of OLD and NEW")
-    old = load_spec(args.old, allow_imports=args.allow_import)
-    new = load_spec(args.new, allow_imports=args.allow_import)
+    import_flagged(args)
+    old = load_spec(args.old, allow_imports=args.allow_import, project=not args.no_project)
+    new = load_spec(args.new, allow_imports=args.allow_import, project=not args.no_project)
     if args.chain:
         names = [args.chain]
     else:

@@ -24,12 +24,17 @@ def add_parser(sub: Any) -> None:
     group.add_argument("-o", "--output", metavar="PATH", help="write the schema to PATH instead of stdout")
     p.add_argument("--installed", action="store_true",
                    help="also list the node types of installed plugins, with their args (the published schema "
-                        "lists chainspec's own types only)")
+                        "lists chainspec's own types only), and those registered by the modules [tool.chainspec] in "
+                        "the current directory's pyproject.toml and --import name")
+    _io.add_import_options(p, allow_import=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print, write or check the schema."""
+    _io.import_flagged(args)
+    if args.installed:
+        _io.use_project_here(args)
     text = render_schema(build_schema(installed=True)) if args.installed else render_schema()
     if args.check:
         return check(Path(args.check), text)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import Problem, SpecError, require_torch
-from ._io import STDIN, json_text, load_spec, source_name
+from ._io import STDIN, add_import_options, import_flagged, json_text, load_spec, source_name
 
 #: File endings picked up when a directory is named.
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -52,8 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="spec files or directories ('-' reads stdin)")
     p.add_argument("--deep", action="store_true",
                    help="also infer every shape at every stage on the meta device (imports torch)")
-    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
-                   help="allow node types named by import path under MODULE (repeatable)")
+    add_import_options(p)
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary line")
     p.set_defaults(func=run)
@@ -63,15 +62,21 @@ def run(args: argparse.Namespace) -> int:
     """Validate the files; print the problems and a summary; return 0 if all are valid."""
     if args.deep:
         require_torch("chainspec validate --deep")
+    import_flagged(args)
     paths = expand(args.files)
-    results = [validate_file(p, allow_imports=args.allow_import, deep=args.deep) for p in paths]
+    results = [validate_file(p, allow_imports=args.allow_import, deep=args.deep, project=not args.no_project)
+               for p in paths]
     if args.format == "json":
         out = [{"file": r.source, "ok": r.ok, "problems": [asdict(p) for p in r.problems]} for r in results]
         print(json_text(out))
     else:
+        printed: set[str] = set()  # a project's problem (a module that does not import) once, not once per spec
         for result in results:
             for problem in result.problems:
-                print(problem.format())
+                line = problem.format()
+                if line not in printed:
+                    printed.add(line)
+                    print(line)
         if not args.quiet:
             sys.stdout.flush()  # the problems before the summary, also when both streams share one pipe
             print(summary(results), file=sys.stderr)
@@ -95,15 +100,19 @@ def expand(names: Iterable[str]) -> list[str]:
     return list(out)
 
 
-def validate_file(path: str, *, allow_imports: Sequence[str] = (), deep: bool = False) -> FileResult:
+def validate_file(path: str, *, allow_imports: Sequence[str] = (), deep: bool = False,
+                  project: bool = True) -> FileResult:
     """Validate one file (``-``: stdin); never raises for a bad spec, the problems are in the result.
+
+    ``project=False`` ignores ``[tool.chainspec]`` in the pyproject.toml of the file's project; a
+    project whose modules do not import makes a problem of every file in it, located in the pyproject.toml.
 
     Example:
         >>> validate_file("no/such.yaml").problems[0].message  # doctest: +ELLIPSIS
         'cannot read spec: No such file or directory'
     """
     try:
-        spec = load_spec(path, allow_imports=allow_imports)
+        spec = load_spec(path, allow_imports=allow_imports, project=project)
         if deep:
             spec.check()
     except SpecError as exc:

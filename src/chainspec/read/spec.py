@@ -21,6 +21,7 @@ from .._limits import Limits, is_too_many_problems, limits_or_default, too_many_
 from .document import Document, Path, format_path, parse_yaml, read_head, too_big
 from .migrate import migrate
 from .model import SpecModel
+from .project import find_project
 from .resolve import ResolvedChain, resolve
 
 if TYPE_CHECKING:
@@ -250,20 +251,49 @@ class Spec:
         return self._doc.problem(path, message, hint)
 
 
-def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (), limits: Limits | None = None) -> Spec:
-    """Read and validate a spec file.
+def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (), limits: Limits | None = None,
+         project: bool = True) -> Spec:
+    """Read and validate a spec file, with the node types its project declares.
+
+    The project is the ``[tool.chainspec]`` table of the nearest ``pyproject.toml`` above the file
+    (not past its git repository's root; see :mod:`chainspec.read.project`): its ``imports`` are
+    imported first (the modules that call ``register_type``), its ``allow-imports`` join
+    ``allow_imports``, and the project root (and its ``pythonpath``) is importable while they are
+    imported and the spec's import paths resolved. The spec itself has no say in any of it.
+    :func:`loads` reads text and looks for no project.
 
     Args:
         path: the YAML file.
         allow_imports: module prefixes whose ``module:attr`` paths node types may name.
             Empty by default: a spec alone can never import code.
         limits: the bounds on size and expansion work (default: :class:`Limits`'s defaults).
+        project: False ignores the file's project (for a spec from a checkout you do not trust).
 
     Raises:
-        SpecError: listing every problem, each as ``file:line:col: path: message``.
+        SpecError: listing every problem, each as ``file:line:col: path: message``; a project that
+            cannot be read or whose modules do not import is reported in its ``pyproject.toml``.
 
     Example:
-        >>> spec = load("specs/blog.yaml")  # doctest: +SKIP
+        >>> import os
+        >>> os.makedirs("proj/specs", exist_ok=True)
+        >>> _ = open("proj/pyproject.toml", "w").write('[tool.chainspec]\\nimports = ["proj_layers"]\\n')
+        >>> _ = open("proj/proj_layers.py", "w").write(
+        ...     "import chainspec\\n"
+        ...     "@chainspec.register_type('proj_gate', replace=True)\\n"
+        ...     "def gate(features: int):\\n"
+        ...     "    from torch import nn\\n"
+        ...     "    return nn.Linear(features, features)\\n")
+        >>> _ = open("proj/specs/net.yaml", "w").write(
+        ...     "chainspec: 1\\nchains: {net: {input_shape: [4], nodes: "
+        ...     "[{id: g, type: proj_gate, args: {features: 4}}]}}")
+        >>> load("proj/specs/net.yaml").build().g
+        Linear(in_features=4, out_features=4, bias=True)
+        >>> from chainspec.types.registry import unregister_type
+        >>> unregister_type("proj_gate")  # registered types are process-wide; without it and its project:
+        >>> load("proj/specs/net.yaml", project=False)
+        Traceback (most recent call last):
+        ...
+        chainspec._errors.SpecError: ...unknown node type 'proj_gate'...
     """
     limits = limits_or_default(limits)
     try:
@@ -275,7 +305,13 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (), lim
         raise SpecError([problem]) from None
     if len(raw) > limits.max_bytes:
         raise SpecError([too_big(os.fspath(path), size, limits.max_bytes)])
-    return loads(raw, source=os.fspath(path), allow_imports=allow_imports, limits=limits)
+    found = find_project(path) if project else None
+    if found is None:
+        return loads(raw, source=os.fspath(path), allow_imports=allow_imports, limits=limits)
+    found.import_modules()
+    with found.on_path():  # the project's own modules, for the import paths it allows
+        return loads(raw, source=os.fspath(path), allow_imports=(*allow_imports, *found.allow_imports),
+                     limits=limits)
 
 
 def loads(text: str | bytes | bytearray | memoryview, *, source: str = "<string>", allow_imports: Iterable[str] = (),

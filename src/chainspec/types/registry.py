@@ -24,7 +24,7 @@ from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from .._errors import ChainspecError
 from .._limits import FLOAT32_MAX, MAX_DIM
@@ -79,9 +79,9 @@ class NodeType:
         fields: dict[str, Any] = {}
         for arg in self.args:
             default = ... if arg.required else arg.default
-            # YAML lists arrive as tuples (see ``_tuples``); a ``list[...]`` arg must accept them.
-            strict = False if typing.get_origin(arg.annotation) is list else None
-            fields[arg.name] = (arg.annotation, Field(default, description=arg.description or None, strict=strict))
+            # YAML lists arrive as tuples (see ``_tuples``); a ``list`` arg, bare or ``list[...]``, alone or in a
+            # union, takes them as lists (its items stay strict).
+            fields[arg.name] = (yaml_lists(arg.annotation), Field(default, description=arg.description or None))
         config = ConfigDict(strict=True, extra="allow" if self.accepts_extra else "forbid",
                             arbitrary_types_allowed=True, title=f"{self.name} args")
         return create_model(f"{self.name}_args", __config__=config, **fields)
@@ -128,7 +128,7 @@ class NodeType:
                 elif key not in best or len(loc) > len(best[key]["loc"]):
                     best[key] = err
             for key, err in best.items():
-                value = known.get(key) if key else None
+                value = args.get(key) if key else None  # as written: a YAML list reads [1, 2], not (1, 2)
                 problems.append((key, f"{_error_text(err)}, got {value!r}", _type_hint(self, key)))
             return {}, problems
         if problems:
@@ -148,6 +148,46 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+#: Deepest annotation :func:`yaml_lists` rewrites; deeper parts are kept as they are.
+_MAX_ANNOTATION_DEPTH = 16
+
+
+def yaml_lists(annotation: Any, depth: int = 0) -> Any:
+    """``annotation`` with every ``list`` in it (bare, ``list[...]``, ``typing.List``, in a union, a tuple or an
+    ``Annotated``) taking a tuple as a list: YAML lists reach the args model as tuples (see ``_tuples``).
+
+    Example:
+        >>> from pydantic import TypeAdapter
+        >>> strict = TypeAdapter(yaml_lists(int | list[int] | None), config={"strict": True})
+        >>> strict.validate_python((1, 2)), strict.validate_python(3)
+        ([1, 2], 3)
+        >>> strict.validate_python(("3",))  # the items stay strict
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: ...
+    """
+    if depth > _MAX_ANNOTATION_DEPTH:
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is list or origin is list:
+        inner = list[yaml_lists(args[0], depth + 1)] if args else list  # type: ignore[misc]
+        return typing.Annotated[inner, BeforeValidator(_as_list)]
+    try:
+        if origin is typing.Annotated:
+            return typing.Annotated[(yaml_lists(args[0], depth + 1), *args[1:])]  # type: ignore[valid-type]
+        if origin is typing.Union or origin is types.UnionType:
+            return typing.Union[tuple(yaml_lists(a, depth + 1) for a in args)]  # noqa: UP007
+        if origin is tuple and args:
+            return tuple[tuple(a if a is Ellipsis else yaml_lists(a, depth + 1) for a in args)]  # type: ignore[misc]
+    except TypeError:  # an annotation typing cannot rebuild: keep it as written
+        return annotation
+    return annotation
 
 
 def _listed(names: list[str], none: str, most: int = 12) -> str:
@@ -341,7 +381,13 @@ def register_type(name: str | F | None = None, *, replace: bool = False) -> Call
     The keyword arguments of the function (or of the class's ``__init__``),
     with their annotations and defaults, become the type's argument schema.
     Use it as ``@register_type("name")``, ``@register_type()`` or bare
-    ``@register_type``; the last two name the type after the callable.
+    ``@register_type``; the last two name the type after the callable. An
+    argument annotated ``list`` (bare or ``list[int]``) takes a YAML list.
+
+    A registration lasts for the process. For ``chainspec build/validate/diff``,
+    the pre-commit hook and ``chainspec.load`` to see it without your code
+    running first, list its module under ``imports`` in the ``[tool.chainspec]``
+    table of your project's ``pyproject.toml`` (or pass ``--import MODULE``).
 
     Args:
         name: the name specs use; defaults to the callable's name in lower case.
