@@ -514,3 +514,23 @@ def test_the_documented_register_type_example_runs(fresh_types: list[str], capsy
     net = one_node_spec("gated", {"features": 4, "bias": True}, [4]).build()
     x = torch.randn(2, 4)
     assert torch.equal(net(x), x)  # a gate of ones and a bias of zeros
+
+
+def test_a_module_class_that_skips_nn_module_init_is_a_located_error(fresh_types: list[str]) -> None:
+    """A registered class whose __init__ never calls super().__init__(): a located SpecError, not AttributeError."""
+    from torch import nn
+
+    class Forgetful(nn.Module):
+        def __init__(self, k: int = 2) -> None:
+            self.k = k  # no super().__init__()
+
+        def forward(self, x: object) -> object:
+            return x
+
+    chainspec.register_type("forgetful")(Forgetful)
+    fresh_types.append("forgetful")
+    spec = chainspec.loads("chainspec: 1\nchains: {n: {input_shape: [2], nodes: [{id: a, type: forgetful}]}}",
+                           source="f.yaml")
+    for call in (spec.build, spec.check):
+        with pytest.raises(chainspec.SpecError, match=r"f\.yaml:2:\d+: .*must call super\(\)\.__init__\(\) first"):
+            call()

@@ -19,6 +19,9 @@ def build_module(tree: Tree) -> nn.Module:
     module = tree.factory(**tree.args)
     if not isinstance(module, nn.Module):
         raise TypeError(f"node type {tree.type!r} returned {type(module).__name__}, not an nn.Module")
+    if "_modules" not in module.__dict__:  # a subclass whose __init__ never called nn.Module.__init__
+        raise TypeError(f"node type {tree.type!r} built a {type(module).__name__} that is not set up as an "
+                        "nn.Module: its __init__ must call super().__init__() first")
     return module
 
 
