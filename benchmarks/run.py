@@ -79,6 +79,8 @@ AREAS.update({
     "validate": ("bench_validate", _needs_files("benchmarks/bench_validate.py", "schemas/chainspec.schema.json")),
     "hostile": ("bench_hostile", None),
     "check": ("bench_check", _needs_files("specs/pggan.yaml")),
+    "startup": ("bench_startup", _needs_files("specs/pggan.yaml")),
+    "build": ("bench_build", None),
 })
 
 #: What each area's figures mean, written under the table.
@@ -109,6 +111,14 @@ NOTES = {
                "killed and counts as missed.",
     "check": "A fresh Spec each round, so no shape is cached; both sides after a warm-up (torch's first meta "
              "operation in a process imports torch._dynamo, about 2 s once).",
+    "startup": "Cold start: each command a fresh process, all of them in interleaved rounds; each ratio is the "
+               "median over rounds of the command's time over that of python -c \"import torch\" in the same "
+               "round. Specs made only of "
+               "built-in types are shape-checked in closed form (chainspec.build.rules), so no meta-device run "
+               "(and no import of torch._dynamo) happens. The import row is timed inside a process that has "
+               "imported torch already.",
+    "build": "Spec.build (shape check, memory guard, modules, links) against the same modules constructed directly "
+             "into an nn.Sequential; both allocate and initialise the same weights on the CPU.",
 }
 
 

@@ -176,3 +176,61 @@ def test_hostile_rows_name_the_worst_case_and_miss_on_a_kill() -> None:
     data["cases"]["tree-10x6"] = figures(60.0, None, None, "killed after 60 s")
     killed = [r for r in bench_hostile.corpus_rows(data) if r["case"].startswith("load: worst time")]
     assert killed[0]["ok"] is False and "killed or died: tree-10x6" in killed[0]["note"]
+
+
+@pytest.mark.parametrize("name", ["bench_startup", "bench_build"])
+def test_startup_and_build_areas_are_registered(name: str) -> None:
+    import run
+
+    module = importlib.import_module(name)
+    area = name.removeprefix("bench_")
+    assert callable(module.run) and module.__doc__ and run.AREAS[area][0] == name and area in run.NOTES
+
+
+def test_startup_area_at_minimal_sizes(quick: None) -> None:
+    """One round of the tiny PG-GAN's build, the deep validate and the import, each a fresh process."""
+    import bench_startup
+
+    rows = bench_startup.run(quick=True)
+    assert [r["case"] for r in rows] == ["chainspec build specs/pggan_tiny.yaml",
+                                         "chainspec validate --deep specs/blog.yaml", bench_startup.IMPORT_CASE]
+    assert {(r["area"], r["baseline"], r["base"]) for r in rows} == {("startup", bench_startup.TORCH, rows[0]["base"])}
+    for r in rows:
+        assert r["base"] > 0 and r["value"] > 0 and r["ratio"] == pytest.approx(r["value"] / r["base"]), r
+    last = rows[-1]
+    assert last["target"] == "< 0.2 s" and last["ok"] == (last["value"] < 0.2)
+    assert "specs/pggan.yaml" in bench_startup.commands()[bench_startup.TARGET_CASE]
+
+
+def test_startup_rows_hold_the_pggan_build_to_its_target() -> None:
+    import bench_startup
+
+    times = {bench_startup.TORCH: [2.0], bench_startup.TARGET_CASE: [2.8], "chainspec build specs/blog.yaml": [2.4]}
+    rows = {r["case"]: r for r in bench_startup.rows_from(times, [0.3])}
+    assert rows[bench_startup.TARGET_CASE]["target"] == 1.3 and rows[bench_startup.TARGET_CASE]["ok"] is False
+    assert rows["chainspec build specs/blog.yaml"]["target"] is None
+    assert rows[bench_startup.IMPORT_CASE]["ok"] is False
+
+
+def test_build_area_at_minimal_sizes(quick: None) -> None:
+    import bench_build
+
+    rows = bench_build.run()
+    assert [r["case"] for r in rows] == ["spec.build(), 20 x Linear(16, 16)",
+                                         "spec.build('net', stage='final'), blog.yaml"]
+    for r in rows:
+        assert r["area"] == "build" and r["baseline"] == bench_build.BASELINE and r["target"] == 2.0, r
+        assert r["base"] > 0 and r["value"] > 0 and r["ok"] == (r["ratio"] <= 2.0), r
+
+
+def test_build_area_builds_the_same_modules_by_hand() -> None:
+    import bench_build
+
+    import chainspec
+
+    spec = chainspec.load(BENCH.parent / "specs" / "pggan_tiny.yaml")
+    for chain in spec.chain_names:
+        stage = spec.stage_index("final")
+        built, written = spec.build(chain, stage=stage), bench_build.by_hand(spec, chain, stage)()
+        assert bench_build._leaf_types(built) == bench_build._leaf_types(written)
+        assert sum(p.numel() for p in built.parameters()) == sum(p.numel() for p in written.parameters())

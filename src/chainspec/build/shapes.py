@@ -1,12 +1,18 @@
 """The one shape engine: every shape check (build, ``Spec.check``, ``validate --deep``, diff, apply).
 
-Shape inference builds every module under ``torch.device("meta")`` and runs a
-meta tensor through them: no weight or activation memory is allocated, so even
-the full 1024x1024 PG-GAN is checked in milliseconds, and a mismatch is
-reported at the spec line of the node that cannot take its input. Each
-distinct (node definition, input shape) pair is built and run once
-(:class:`Probes`), and stages share every run of nodes they have in common
-(:class:`StageChecker`).
+Shape inference builds every module under ``torch.device("meta")``: no weight or
+activation memory is allocated, so even the full 1024x1024 PG-GAN is checked in
+milliseconds, and a mismatch is reported at the spec line of the node that cannot
+take its input. A definition made only of built-in types gets its output shape in
+closed form (``build.rules``), leaf by leaf; any other, and any case a rule leaves
+open, runs a meta tensor through its module. Each distinct (node definition, input
+shape) pair is worked out once (:class:`Probes`), and stages share every run of
+nodes they have in common (:class:`StageChecker`).
+
+torch's first meta-device run in a process imports ``torch._dynamo`` and sympy (one
+to two seconds, once): :func:`_warm_up` pays it, outside any budget, only when a
+check first builds a type that is not built in or runs a module, so a process whose
+checks are all closed-form never does.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .._errors import Problem
 from ..read.document import Document, format_path
 from ..read.resolve import Group, Leaf, ResolvedChain, ResolvedNode, Tree
 from ..types.layers import EqualizedConv2d, MinibatchStddev
+from . import rules
 from .modules import build_module
 from .summary import ChainSummary, NodeSummary
 
@@ -33,8 +40,9 @@ PROBE_BATCH = 4
 #: A shape state of the walk along a chain: the probe tensor's shape (batch first) and dtype.
 State = tuple[tuple[int, ...], torch.dtype]
 
-#: Most module runs ``Spec.check`` may make on the meta device (each leaf of a composite counts).
-#: Real specs need a few hundred at most: the full PG-GAN's two networks at all nine stages need 139.
+#: Most module runs ``Spec.check`` may make (each leaf of a composite counts), on the meta device or in
+#: closed form. Real specs need a few hundred at most: the full PG-GAN's two networks at all nine stages
+#: need 139.
 MAX_CHECK_RUNS = 2_000
 #: Most steps of the stage walk ``Spec.check`` may take (each a few microseconds): a step is a
 #: lookup that misses the memo of (run of nodes, input shape) or a run of nodes re-indexed as a
@@ -83,13 +91,16 @@ _UNBOUNDED = Budget()
 
 
 class Probes:
-    """Shape probes on the meta device, shared by every chain and stage one check looks at.
+    """Shape probes, shared by every chain and stage one check looks at.
 
     Nodes are grouped by *definition* (what their module is built from: types, arguments,
-    factories), and each distinct (definition, input shape) pair is built and run once. A
-    definition made only of elementwise built-ins (``relu``, ``dropout``, ...) is built once and
-    never run on a floating-point probe: it gives back the shape and dtype it gets. Runs and
-    time are counted against ``budget``: past it, :class:`CheckTooCostly` is raised.
+    factories), and each distinct (definition, input shape) pair is built (on the meta device)
+    and run once. A definition made only of built-in types is "run" in closed form
+    (``build.rules``), unless ``closed_form`` is False; any other runs a meta tensor through its
+    module, as does a case a rule leaves open. A definition made only of elementwise built-ins
+    (``relu``, ``dropout``, ...) is built once and never run on a floating-point probe: it gives
+    back the shape and dtype it gets. Runs (of either kind) and time are counted against
+    ``budget``: past it, :class:`CheckTooCostly` is raised.
 
     Example:
         >>> from chainspec.read.resolve import Leaf
@@ -102,13 +113,20 @@ class Probes:
         ((10, 40, 0), 1, 1)
     """
 
-    def __init__(self, dtype: torch.dtype | None = None, *, budget: Budget | None = None) -> None:
+    def __init__(self, dtype: torch.dtype | None = None, *, budget: Budget | None = None,
+                 closed_form: bool = True) -> None:
         self.dtype = dtype
         self.budget = budget or _UNBOUNDED
+        #: Whether built-in types get their shapes in closed form, and elementwise definitions give back the
+        #: shape they get without a run. False: every (definition, input) pair is run on the meta device (the
+        #: reference ``tests/test_shape_rules.py`` holds the closed forms to).
+        self.closed_form = closed_form
         #: Modules built on the meta device so far (a composite counts each of its leaves).
         self.built = 0
-        #: Modules run on a probe so far (the costly part: up to a few milliseconds each).
+        #: Modules run on a probe so far, on the meta device (up to a few milliseconds each) or in closed form.
         self.ran = 0
+        #: Of those, the runs on the meta device.
+        self.ran_on_meta = 0
         self._ids: dict[Any, int] = {}
         self._defs: list[_Definition] = []
         self._results: dict[tuple[int, State], State | _Failure] = {}
@@ -119,7 +137,9 @@ class Probes:
         index = self._ids.get(key)
         if index is None:
             index = self._ids[key] = len(self._defs)
-            self._defs.append(_Definition(tree))
+            definition = _Definition(tree)
+            definition.elementwise = definition.elementwise and self.closed_form
+            self._defs.append(definition)
         return index
 
     def measure(self, index: int) -> tuple[int, int, int]:
@@ -153,6 +173,8 @@ class Probes:
     def _build(self, definition: _Definition) -> nn.Module | None:
         """Build a definition's module on the meta device (None if its factory fails), measuring the first."""
         self.budget.check_time()
+        if not definition.closed:
+            self._warm()  # a factory not built in may draw weights, which on meta imports what a run does
         self.built += definition.leaves
         try:
             with torch.device("meta"):
@@ -163,7 +185,7 @@ class Probes:
             definition.failure = _Failure("build", exc)
             return None
         if definition.measured is None:
-            definition.measured = _measure(module)
+            definition.measured = _measure(module, tensors_only_registered=self.closed_form and definition.closed)
         return module
 
     def _probe(self, definition: _Definition, state: State) -> State | _Failure:
@@ -175,6 +197,15 @@ class Probes:
         if module is None:
             assert definition.failure is not None
             return definition.failure
+        if self.closed_form and definition.closed and state[1] == (self.dtype or torch.get_default_dtype()):
+            tick = self.budget.check_time if self.budget.seconds is not None else None
+            found = rules.infer_tree(definition.tree, state[0], state[1], tick)
+            if isinstance(found, rules.Refusal):
+                return _Failure("misfit", refusal=found)
+            if found is not None:
+                return found, state[1]
+        self._warm()
+        self.ran_on_meta += definition.leaves
         for sub in module.modules():
             if isinstance(sub, _RANKED):
                 sub.register_forward_pre_hook(_check_rank)
@@ -193,17 +224,22 @@ class Probes:
             return _Failure("batch", ValueError(str(list(y.shape))), x=x)
         return tuple(y.shape), y.dtype
 
+    def _warm(self) -> None:
+        """Pay torch's one-time cost of a first meta-device run (see :func:`_warm_up`) outside the budget."""
+        self.budget.started += _warm_up()
+
 
 class _Definition:
     """One distinct node definition: its tree, whether it is elementwise, and what it measured."""
 
-    __slots__ = ("elementwise", "failure", "leaves", "measured", "tree")
+    __slots__ = ("closed", "elementwise", "failure", "leaves", "measured", "tree")
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
         leaves = list(_leaves(tree))
         self.leaves = len(leaves)
         self.elementwise = all(getattr(leaf.factory, "chainspec_elementwise", False) is True for leaf in leaves)
+        self.closed = all(rules.covers(leaf) for leaf in leaves)  # all built in: built cheaply, shapes in closed form
         self.measured: tuple[int, int, int] | None = None
         self.failure: _Failure | None = None
 
@@ -211,13 +247,19 @@ class _Definition:
 class _Failure:
     """Why a definition cannot take a probe, rendered as a problem at whichever node has it."""
 
-    def __init__(self, kind: str, exc: Exception, module: nn.Module | None = None, tree: Tree | None = None,
-                 x: torch.Tensor | None = None) -> None:
-        self.kind, self.exc, self.module, self.tree, self.x = kind, exc, module, tree, x
+    def __init__(self, kind: str, exc: Exception | None = None, module: nn.Module | None = None,
+                 tree: Tree | None = None, x: torch.Tensor | None = None, refusal: rules.Refusal | None = None
+                 ) -> None:
+        self.kind, self.exc, self.module, self.tree, self.x, self.refusal = kind, exc, module, tree, x, refusal
         self._part: Any = ()
 
     def problem(self, doc: Document, node: ResolvedNode, previous: str | None) -> Problem:
         label = f" ({node.id})"
+        if self.kind == "misfit":  # found in closed form: worded and located as a meta-device run's would be
+            assert self.refusal is not None
+            path, label, source = _location(node, previous, self.refusal.where)
+            return doc.problem(path, self.refusal.misfit.message(source), None, label=label)
+        assert self.exc is not None
         if self.kind == "build":
             return doc.problem(node.path, f"cannot build: {_first_line(self.exc)}", None, label=label)
         if self.kind == "type":
@@ -249,12 +291,29 @@ def _leaves(tree: Tree) -> Iterator[Leaf]:
             yield from _leaves(sub)
 
 
-def _measure(module: nn.Module) -> tuple[int, int, int]:
+def _measure(module: nn.Module, *, tensors_only_registered: bool = False) -> tuple[int, int, int]:
     """``(parameters, parameter bytes, buffer bytes)`` of a (meta) module, each storage counted once.
 
     Buffer bytes cover registered buffers, persistent or not, and any other tensor the module or
-    one of its submodules keeps as an attribute (directly or in a list, tuple or dict).
+    one of its submodules keeps as an attribute (directly or in a list, tuple or dict), unless
+    ``tensors_only_registered`` says there is none and no tensor is registered twice (true of the
+    built-in types' modules).
+
+    Example:
+        >>> _measure(nn.BatchNorm1d(4, device="meta"))  # weight, bias; running mean and var, a long count
+        (8, 32, 40)
     """
+    if tensors_only_registered:  # and none shared: one pass over the registered tensors
+        params = param_bytes = buffer_bytes = 0
+        for sub in module.modules():
+            for p in sub._parameters.values():
+                if p is not None:
+                    params += p.numel()
+                    param_bytes += p.numel() * p.element_size()
+            for b in sub._buffers.values():
+                if b is not None:
+                    buffer_bytes += b.numel() * b.element_size()
+        return params, param_bytes, buffer_bytes
     seen: set[int] = set()
     params = sum(p.numel() for p in module.parameters())
     param_bytes = sum(_storage_bytes(p, seen) for p in module.parameters())
@@ -303,7 +362,7 @@ def _input_state(chain: ResolvedChain, stage: int, doc: Document, dtype: torch.d
 def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype | None = None,
           nodes: list[ResolvedNode] | None = None, probes: Probes | None = None
           ) -> tuple[ChainSummary | None, list[Problem]]:
-    """Shape-check a chain at ``stage`` (or ``nodes``) on the meta device; return its summary or the problems.
+    """Shape-check a chain at ``stage`` (or ``nodes``) without allocating; return its summary or the problems.
 
     Each distinct (definition, input shape) pair is built and run once: a chain of a thousand
     identical blocks costs one probe. ``probes``, shared across calls, carries that over.
@@ -465,7 +524,6 @@ def check_stages(chains: Iterable[ResolvedChain], stages: Iterable[int], doc: Do
         return None if budget == float("inf") else type(limit)(limit * budget)
 
     stages, chains = list(stages), list(chains)
-    _warm_up()
     limits = Budget(runs=bound(MAX_CHECK_RUNS), steps=bound(MAX_CHECK_STEPS), seconds=bound(MAX_CHECK_SECONDS))
     checker = StageChecker(doc, Probes(budget=limits))
     found: dict[tuple[int, int], Problem] = {}
@@ -496,14 +554,27 @@ def check_stages(chains: Iterable[ResolvedChain], stages: Iterable[int], doc: Do
 _warm = False
 
 
-def _warm_up() -> None:
-    """Pay outside any budget what torch's first meta-device kernels cost once a process (importing
-    ``torch._dynamo``: one to two seconds)."""
+def _warm_up() -> float:
+    """Pay what torch's first meta-device kernels cost once a process (importing ``torch._dynamo`` and
+    sympy: one to two seconds); return the CPU seconds it took this thread (0.0 once warm).
+
+    Called only before a module is run on the meta device or a type that is not built in is built
+    there, so that a process whose checks are all closed-form never pays it; the caller moves its
+    budget's start by the seconds returned, so that the cost is never a spec's.
+
+    Example:
+        >>> _warm_up() >= 0.0 and _warm_up() == 0.0
+        True
+    """
     global _warm
-    if not _warm:
-        x = torch.empty((PROBE_BATCH, 2), device="meta")
-        torch.relu(torch.nn.functional.linear(x, torch.empty((2, 2), device="meta")))
-        _warm = True
+    if _warm:
+        return 0.0
+    started = time.thread_time()
+    x = torch.empty((PROBE_BATCH, 2), device="meta")
+    torch.relu(torch.nn.functional.linear(x, torch.empty((2, 2), device="meta")))
+    torch.empty(2, device="meta").normal_()  # the decompositions of random draws, as in a weight's init
+    _warm = True
+    return time.thread_time() - started
 
 
 class _ChainTree:
@@ -664,30 +735,39 @@ def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torc
 
     ``failure`` is what :func:`_failing_part` found for the node's module on ``x``.
     """
-    path, label = node.path, f" ({node.id})"
+    path, label, source = _location(node, previous, None if failure is None else failure[0])
     if failure is not None and failure[0][2] is not None:
-        # A part inside a composite cannot take what the part before it makes: the
-        # composite's definition is at fault, so report that part, at its line in
-        # ``types:``, and the chain node it is in. (When the first part fails, the
-        # node's input is wrong, and the node is reported.)
-        (type_name, index, previous), module, x, exc = failure
-        path, label = ("types", type_name, "nodes", index), f" (in {format_path(node.path)} ({node.id}))"
-    shape = list(x.shape[1:])
-    source = f"{previous} produces" if previous else "the chain input has"
+        _, module, x, exc = failure
+    shape = tuple(x.shape[1:])
     if isinstance(exc, _RankError):
-        return doc.problem(path, f"expects input of shape {exc.form} per sample, but {source} shape {shape}",
-                           None, label=label)
+        return doc.problem(path, rules.Misfit.rank(exc.form, shape).message(source), None, label=label)
     first = _first_leaf(module)
     for attr, dim, what in _EXPECTS:
         expected = getattr(first, attr, None)
         if isinstance(expected, int) and shape:
             actual = shape[dim] if len(shape) >= abs(dim) + (dim >= 0) else None
             if actual is not None and actual != expected:
-                return doc.problem(path, f"expects {expected} {what}, but {source} {actual} (shape {shape})",
-                                   None, label=label)
+                return doc.problem(path, rules.Misfit.count(expected, what, shape, dim).message(source), None,
+                                   label=label)
             break
-    return doc.problem(path, f"cannot take input of shape {shape} ({source} it): {_first_line(exc)}", None,
+    return doc.problem(path, f"cannot take input of shape {list(shape)} ({source} it): {_first_line(exc)}", None,
                        label=label)
+
+
+def _location(node: ResolvedNode, previous: str | None, where: tuple[str, int, str | None] | None
+              ) -> tuple[tuple[Any, ...], str, str]:
+    """``(path, label, source)`` of a problem at ``node``, or at the part ``where`` of its composite.
+
+    A part inside a composite that cannot take what the part before it makes puts the
+    composite's definition at fault: that part is reported, at its line in ``types:``, with
+    the chain node it is in. (When the first part fails, the node's input is wrong, and the
+    node is reported.) ``source`` names what made the input.
+    """
+    path, label = node.path, f" ({node.id})"
+    if where is not None and where[2] is not None:
+        type_name, index, previous = where
+        path, label = ("types", type_name, "nodes", index), f" (in {format_path(node.path)} ({node.id}))"
+    return path, label, f"{previous} produces" if previous else "the chain input has"
 
 
 def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[

@@ -10,6 +10,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _standard_normal(*shape: int) -> Tensor:
+    """A tensor of N(0, 1) values on the default device: ``torch.randn(*shape)``, drawn the same way.
+
+    On the meta device, where there are no values to draw, it is only allocated: ``torch.randn``
+    there imports sympy (a third of a second, once a process), which would make a shape check
+    that builds equalized layers slow to start.
+
+    Example:
+        >>> _ = torch.manual_seed(0); a = _standard_normal(2, 3)
+        >>> _ = torch.manual_seed(0); torch.equal(a, torch.randn(2, 3))
+        True
+        >>> with torch.device("meta"):
+        ...     _standard_normal(2, 3).is_meta
+        True
+    """
+    tensor = torch.empty(*shape)
+    return tensor if tensor.is_meta else tensor.normal_()
+
+
 class EqualizedLinear(nn.Module):
     """Linear layer whose weights are stored as N(0, 1) and scaled by ``gain / sqrt(fan_in)`` at run time.
 
@@ -22,7 +41,7 @@ class EqualizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, gain: float = math.sqrt(2.0)) -> None:
         super().__init__()
         self.in_features, self.out_features, self.gain = in_features, out_features, gain
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.weight = nn.Parameter(_standard_normal(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.scale = gain / math.sqrt(in_features)
 
@@ -47,7 +66,7 @@ class EqualizedConv2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.gain = kernel_size, stride, padding, gain
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(_standard_normal(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
 
