@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import chainspec
 from chainspec import Limits, SpecError
-from chainspec._limits import COMPOSITE_DEPTH_CEILING, DEFAULT_LIMITS
+from chainspec._limits import COMPOSITE_DEPTH_CEILING  # the unit under test by the composite-depth tests
 from chainspec.read import resolve as resolve_module
 from chainspec.read.expr import FUNCTIONS, ExpressionError, evaluate
 from chainspec.read.resolve import MAX_COMPOSITE_DEPTH, Group, Leaf, leaf_types, tree_key
@@ -42,7 +42,7 @@ if str(HERE) not in sys.path:
 from test_properties import assert_located, examples  # noqa: E402
 
 ROOT = HERE.parent
-MAX_BYTES = DEFAULT_LIMITS.max_bytes
+MAX_BYTES = Limits().max_bytes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -332,8 +332,8 @@ def test_the_shipped_specs_use_a_small_share_of_every_limit(monkeypatch: pytest.
         chainspec.load(path)
         modules, steps = used[-1]
         # pggan.yaml, the largest, expands to 219 modules (composites' containers included): about 2%.
-        assert modules < DEFAULT_LIMITS.max_nodes // 25, path
-        assert steps < DEFAULT_LIMITS.max_expression_steps // 50, path
+        assert modules < Limits().max_nodes // 25, path
+        assert steps < Limits().max_expression_steps // 50, path
 
 
 # -- the shared trees downstream: built into separate modules, compared, diffed --------------------------------------
@@ -527,7 +527,7 @@ def test_nested_composites_load_or_are_refused_quickly(text: str, defaults: bool
         assert_located(err)
     else:
         total = sum(n.tree.leaves for name in spec.chain_names for n in spec.resolved(name).nodes)
-        assert total <= (limits or DEFAULT_LIMITS).max_nodes
+        assert total <= (limits or Limits()).max_nodes
     assert time.process_time() - start < PROPERTY_SECONDS * (4 if defaults else 1)
 
 
