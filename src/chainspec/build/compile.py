@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .._errors import SpecError
+from .._gc import gc_paused
 from ..read.document import Document
 from ..read.resolve import ResolvedChain
 from .chain import Chain
@@ -64,6 +65,7 @@ def check_dtype(dtype: Any) -> None:
         raise ValueError(f"dtype must be a floating-point or complex dtype for parameters, got {dtype}")
 
 
+@gc_paused()
 def build_chain(chain: ResolvedChain, stage: int, doc: Document, *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> Chain:
     """Shape-check, then build the real modules of ``chain`` at ``stage`` and link them."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from .._errors import Problem, SpecError, require_torch
+from .._gc import gc_paused
 from .._limits import Limits, is_too_many_problems, limits_or_default, too_many_problems
 from .document import Document, Path, format_path, parse_yaml, read_head, too_big
 from .migrate import migrate
@@ -314,6 +315,7 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (), lim
                      limits=limits)
 
 
+@gc_paused()
 def loads(text: str | bytes | bytearray | memoryview, *, source: str = "<string>", allow_imports: Iterable[str] = (),
           limits: Limits | None = None) -> Spec:
     """Validate spec text; ``source`` names it in error messages and ``limits`` bounds the work.

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .._errors import PlanError, SpecError
+from .._gc import gc_paused
 from ..build.chain import Chain
 from ..build.memory import check_fits
 from ..build.modules import instantiate, placement_of
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 POLICIES = ("keep", "reset")
 
 
+@gc_paused()
 def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, policy: str = "keep",
                 confirm: Callable[[], None] | None = None) -> None:
     """Apply several plans (for example a generator's and a discriminator's) as one all-or-nothing step.

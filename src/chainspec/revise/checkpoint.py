@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._errors import CheckpointError, SpecError, printable
+from .._gc import gc_paused
 from .._limits import Limits, limits_or_default
 from ..build.chain import Chain
 from ..build.compile import check_device
@@ -484,6 +485,7 @@ _REQUIRED_STATE: dict[type[Optimizer], tuple[str, ...]] = {
 }
 
 
+@gc_paused()
 def load_checkpoint(path: str | os.PathLike[str], *, device: torch.device | str | None = None,
                     optimizer_factory: OptimizerFactory | None = None, allow_imports: Iterable[str] = (),
                     limits: Limits | None = None) -> Checkpoint:

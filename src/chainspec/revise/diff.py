@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._gc import gc_paused
 from ..read.expr import Budget, ExpressionError, substitute
 from ..read.resolve import Leaf, ResolvedNode, Tree, leaf_types, tree_key
 from .ops import ABSENT, Change, Op, OpKind
@@ -102,6 +103,7 @@ def longest_increasing(items: Sequence[str], rank: dict[str, int]) -> list[str]:
 
 # -- diff -----------------------------------------------------------------------------------------
 
+@gc_paused()
 def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "final") -> Plan:
     """Compare one chain of two revisions and return the :class:`Plan` from ``old`` to ``new``.
 
@@ -302,6 +304,7 @@ def _measure(spec: Spec, node: ResolvedNode) -> NodeFacts:
     return NodeFacts(tuple(leaf_types(node.tree)), tuple(sorted(state)), params)
 
 
+@gc_paused()
 def diff_all(old: Spec, new: Spec, *, chains: Iterable[str] | None = None,
              stage: StageArg | Mapping[str, StageArg] = "final", live: Mapping[str, Chain] | None = None) -> PlanSet:
     """Diff every chain (or ``chains``) of two revisions into one :class:`PlanSet`, ready to apply all at once.
