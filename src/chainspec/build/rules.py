@@ -77,6 +77,11 @@ class Misfit:
         """The module takes samples of the form ``form`` (``"[C, H, W]"``), not of ``sample``'s rank."""
         return cls(f"input of shape {form} per sample", f"shape {list(sample)}")
 
+    @classmethod
+    def spread(cls, sample: Shape) -> Misfit:
+        """An instance norm in training needs more than one value per channel to normalise over."""
+        return cls("more than one value per channel to normalise in training", f"shape {list(sample)}")
+
     def message(self, source: str) -> str:
         """The problem's text; ``source`` is ``"<previous node> produces"`` or ``"the chain input has"``."""
         return f"expects {self.expects}, but {source} {self.got}"
@@ -283,7 +288,7 @@ def _instancenorm2d(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -
         return Misfit.rank("[C, H, W]", shape[1:])
     if shape[1] != args["num_features"]:  # refused on the meta device too (build.shapes checks it there)
         return _count(args["num_features"], "input channels", shape)
-    return shape if shape[2] * shape[3] > 1 else None  # training needs more than one value per channel
+    return shape if shape[2] * shape[3] > 1 else Misfit.spread(shape[1:])
 
 
 def _groupnorm(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:

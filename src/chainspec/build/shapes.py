@@ -211,6 +211,8 @@ class Probes:
                 sub.register_forward_pre_hook(_check_rank)
             if isinstance(sub, _LAX_CHANNELS):
                 sub.register_forward_pre_hook(_check_channels)
+            if isinstance(sub, nn.modules.instancenorm._InstanceNorm):
+                sub.register_forward_pre_hook(_check_spread)
             if self.budget.seconds is not None:
                 sub.register_forward_pre_hook(self.budget.check_time)
         x = torch.empty(state[0], device="meta", dtype=state[1])
@@ -685,12 +687,12 @@ _RANKS: tuple[tuple[tuple[type[nn.Module], ...], tuple[int, ...], str], ...] = (
 _RANKED = tuple(cls for classes, _, _ in _RANKS for cls in classes)
 
 
-class _RankError(RuntimeError):
-    """A module got a sample of the wrong number of dimensions; ``form`` is what it takes."""
+class _MisfitError(RuntimeError):
+    """A module cannot take its sample, for a reason the closed-form rules word too (``misfit``)."""
 
-    def __init__(self, form: str) -> None:
-        super().__init__(f"expected input of shape {form} per sample")
-        self.form = form
+    def __init__(self, misfit: rules.Misfit) -> None:
+        super().__init__(f"expects {misfit.expects}, got {misfit.got}")
+        self.misfit = misfit
 
 
 def _check_rank(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -701,8 +703,15 @@ def _check_rank(module: nn.Module, args: tuple[Any, ...]) -> None:
     for classes, ranks, form in _RANKS:
         if isinstance(module, classes):
             if x.dim() - 1 not in ranks:
-                raise _RankError(form)
+                raise _MisfitError(rules.Misfit.rank(form, tuple(x.shape[1:])))
             return
+
+
+def _check_spread(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Refuse, in the rules' words, what an instance norm refuses in training: one value per channel."""
+    x = args[0] if args else None
+    if module.training and isinstance(x, torch.Tensor) and x.dim() >= 3 and x.shape[2:].numel() <= 1:
+        raise _MisfitError(rules.Misfit.spread(tuple(x.shape[1:])))
 
 
 def _check_channels(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -739,8 +748,8 @@ def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torc
     if failure is not None and failure[0][2] is not None:
         _, module, x, exc = failure
     shape = tuple(x.shape[1:])
-    if isinstance(exc, _RankError):
-        return doc.problem(path, rules.Misfit.rank(exc.form, shape).message(source), None, label=label)
+    if isinstance(exc, _MisfitError):
+        return doc.problem(path, exc.misfit.message(source), None, label=label)
     first = _first_leaf(module)
     for attr, dim, what in _EXPECTS:
         expected = getattr(first, attr, None)
