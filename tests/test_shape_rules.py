@@ -97,10 +97,16 @@ ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "leaky_relu": st.fixed_dictionaries({"negative_slope": st.floats(-1.0, 1.0)}),
     "gelu": st.fixed_dictionaries({"approximate": st.sampled_from(["none", "tanh"])}),
     "dropout": st.fixed_dictionaries({"p": st.floats(0.0, 1.0)}),
+    "subsample_pad": st.fixed_dictionaries({"in_channels": SIZE, "out_channels": SIZE, "stride": SMALL}),
+    "token_embedding": st.fixed_dictionaries({"num_embeddings": SIZE, "embedding_dim": SIZE}),
+    "position_embedding": st.fixed_dictionaries({"max_len": SIZE, "dim": SIZE}),
+    "causal_self_attention": st.fixed_dictionaries({"dim": st.sampled_from([2, 4, 6]), "heads": st.sampled_from(
+        [1, 2, 4]), "dropout": st.sampled_from([0.0, 0.5]), "bias": st.booleans()}),
+    "rmsnorm": st.fixed_dictionaries({"dim": SIZE}),
 }
 
 #: Where a type's input is most likely to fit: (sample dimension, the argument giving its size).
-FITS = {"in_channels": 0, "num_features": 0, "num_channels": 0, "in_features": -1}
+FITS = {"in_channels": 0, "num_features": 0, "num_channels": 0, "in_features": -1, "dim": -1}
 
 
 def leaf(name: str, args: dict[str, Any]) -> Leaf | None:
@@ -218,6 +224,11 @@ def composites(draw: st.DrawFn, depth: int = 0) -> Tree:
         if depth < 2 and draw(st.integers(0, 4)) == 0:
             parts.append((f"p{i}", draw(composites(depth + 1))))
             continue
+        if depth < 2 and draw(st.integers(0, 5)) == 0:  # a residual block: body, maybe a shortcut and an after
+            inner = [("body", draw(composites(depth + 1)))]
+            inner += [(key, draw(composites(depth + 1))) for key in ("shortcut", "after") if draw(st.booleans())]
+            parts.append((f"p{i}", Group(f"r{depth}", tuple(inner), kind="residual")))
+            continue
         made = None
         while made is None:
             name = draw(st.sampled_from(PARTS))
@@ -251,6 +262,28 @@ def test_misfits_are_worded_without_the_meta_device(tree: Tree, sample: tuple[in
     failure = probes.run(probes.define(tree), ((PROBE_BATCH, *sample), torch.float32))
     assert isinstance(failure, _Failure) and failure.kind == "misfit" and probes.ran_on_meta == 0
     assert render(failure) == expected == both(tree, sample, torch.float32)[1]
+
+
+@settings(settings.get_profile(PROFILE))
+@given(args=ARGS["token_embedding"], sample=st.lists(st.integers(1, 9), max_size=3),
+       dtype=st.sampled_from([torch.int64, torch.int32]))
+def test_token_ids_are_embedded_in_closed_form_as_on_the_meta_device(args: dict[str, int], sample: list[int],
+                                                                     dtype: torch.dtype) -> None:
+    tree = leaf("token_embedding", args)
+    assert tree is not None
+    fast, meta = Probes(), Probes(closed_form=False)
+    state = ((PROBE_BATCH, *sample), dtype)
+    assert fast.run(fast.define(tree), state) == meta.run(meta.define(tree), state) == (
+        (PROBE_BATCH, *sample, args["embedding_dim"]), torch.float32)
+    assert fast.ran_on_meta == 0
+
+
+def test_integer_input_to_a_float_layer_is_refused_in_closed_form() -> None:
+    probes = Probes()
+    failure = probes.run(probes.define(leaf("linear", {"in_features": 4, "out_features": 2})),
+                         ((PROBE_BATCH, 4), torch.int64))
+    assert render(failure) == ("chains.net.nodes[1] (n): expects floating-point input, but prev produces int64 "
+                               "values (shape [4])") and probes.ran_on_meta == 0
 
 
 def test_a_kernel_larger_than_its_input_is_left_to_the_meta_device() -> None:

@@ -120,6 +120,9 @@ class Chain(nn.Module):
         super().__init__()
         self.name = name
         self.revision = None
+        #: Nodes that take their input from elsewhere than the node before: id -> (sources, merge).
+        self._routes: dict[str, tuple[tuple[str, ...], str | None]] = {}
+        self._schedule: tuple[tuple[str, ...], Any] | None = None
         self._reset_links()
         items = nodes.items() if isinstance(nodes, dict) else nodes
         for node_id, module in items:
@@ -200,9 +203,109 @@ class Chain(nn.Module):
         if order is None:
             order = self._flat()
         modules = self._modules  # by id, not Node.module: a tool may have swapped a module in _modules
+        if self._routes:
+            return self._run_routed(x, self._routed(order), None)[0]
         for node_id in order:
             x = modules[node_id](x)
         return x
+
+    # -- routes ----------------------------------------------------------------------------------------------
+    @property
+    def routes(self) -> dict[str, tuple[tuple[str, ...], str | None]]:
+        """The nodes that take their input from elsewhere than the node before: ``id -> (sources, merge)``.
+
+        Example:
+            >>> chain = Chain([("a", nn.Linear(2, 2)), ("b", nn.ReLU()), ("c", nn.Identity())])
+            >>> chain.route("c", ["a", "prev"], "add")
+            >>> chain.routes
+            {'c': (('a', 'prev'), 'add')}
+        """
+        return dict(self._routes)
+
+    def route(self, node_id: str, sources: Iterable[str], merge: str | None = None) -> None:
+        """Make node ``node_id`` take the outputs of ``sources`` (ids of earlier nodes, ``"prev"`` for the node
+        before, ``"input"`` for the chain's input), merged by ``merge`` (``"add"`` or ``"concat"`` on dim 1)
+        when there are several. No sources: the node takes the previous node's output again.
+
+        The chain keeps a node's output only until its last consumer has run, as a hand-written forward
+        would. A source must come before the node whenever the chain runs (checked at the next forward).
+
+        Raises:
+            NodeNotFoundError: ``node_id`` or a source is not in the chain.
+            ValueError: several sources without a merge, an unknown merge, or a node named as its own source.
+
+        Example:
+            >>> import torch
+            >>> chain = Chain([("a", nn.Identity()), ("b", nn.Identity()), ("c", nn.Identity())])
+            >>> chain.route("c", ["input", "b"], "concat")
+            >>> chain(torch.ones(1, 2)).shape
+            torch.Size([1, 4])
+        """
+        self._node(node_id)
+        sources = tuple(sources)
+        for source in sources:
+            if source == node_id:
+                raise ValueError(f"node {node_id!r} cannot take its own output")
+            if source not in ("prev", "input"):
+                self._node(source)
+        if len(sources) > 1 and merge not in ("add", "concat"):
+            raise ValueError(f"node {node_id!r} takes {len(sources)} inputs; merge must be 'add' or 'concat', "
+                             f"got {merge!r}")
+        if not sources or sources == ("prev",):
+            self._routes.pop(node_id, None)
+        else:
+            self._routes[node_id] = (sources, merge if len(sources) > 1 else None)
+        self._schedule = None
+
+    def _routed(self, order: tuple[str, ...]) -> Any:
+        """The run schedule of a routed chain in ``order``, cached until the order or the routes change."""
+        cached = self._schedule
+        if cached is not None and cached[0] is order:
+            return cached[1]
+        position = {node_id: i for i, node_id in enumerate(order)}
+        last_use: dict[str, int] = {}
+        routes = {node_id: route for node_id, route in self._routes.items() if node_id in position}
+        for node_id, (sources, _) in routes.items():
+            for source in sources:
+                if source == "prev":
+                    continue
+                if source != "input" and position.get(source, len(order)) >= position[node_id]:
+                    where = "is not in the chain" if source not in position else "comes after it"
+                    raise RuntimeError(f"node {node_id!r} takes the output of {source!r}, which {where}")
+                last_use[source] = max(last_use.get(source, -1), position[node_id])
+        release: dict[int, list[str]] = {}
+        for source, i in last_use.items():
+            release.setdefault(i, []).append(source)
+        steps = tuple((node_id, *routes.get(node_id, ((), None)), node_id in last_use, tuple(release.get(i, ())))
+                      for i, node_id in enumerate(order))
+        schedule = ("input" in last_use, steps)
+        self._schedule = (order, schedule)
+        return schedule
+
+    def _run_routed(self, x: Any, schedule: Any, wanted: set[str] | None) -> tuple[Any, dict[str, Any]]:
+        """Run a routed chain: each node's inputs gathered and merged, each output dropped after its last use."""
+        keeps_input, steps = schedule
+        modules = self._modules
+        kept: dict[str, Any] = {"input": x} if keeps_input else {}
+        features: dict[str, Any] = {}
+        for node_id, sources, merge, keep, release in steps:
+            if sources:
+                inputs = [x if source == "prev" else kept[source] for source in sources]
+                if len(inputs) == 1:
+                    x = inputs[0]
+                elif merge == "add":
+                    x = sum(inputs[1:], start=inputs[0])  # no loop variable left holding a source
+                else:
+                    x = torch.cat(inputs, dim=1)
+                del inputs
+            for source in release:
+                del kept[source]
+            x = modules[node_id](x)
+            if keep:
+                kept[node_id] = x
+            if wanted is not None and node_id in wanted:
+                features[node_id] = x
+        return x, features
 
     def capture(self, x: Any, ids: Iterable[str] | str) -> tuple[Any, dict[str, Any]]:
         """Run forward and also return the outputs of the nodes named in ``ids`` (a list of ids, or one id).
@@ -225,6 +328,8 @@ class Chain(nn.Module):
             self._node(node_id)
         features: dict[str, Any] = {}
         modules = self._modules
+        if self._routes:
+            return self._run_routed(x, self._routed(self._flat()), wanted)
         for node_id in self._flat():
             x = modules[node_id](x)
             if node_id in wanted:
@@ -260,6 +365,8 @@ class Chain(nn.Module):
         node = self._node(ref)
         self._unlink(node)
         del self._links[node.id]
+        if self._routes.pop(node.id, None) is not None:
+            self._schedule = None
         node._module = self._modules.pop(node.id) or node._module
         node._owner = None
         return node
@@ -577,6 +684,7 @@ class ChainSnapshot:
         self.parts = [(n.module, n.type) for n in self.nodes]
         self.modules = dict(chain._modules)
         self.revision = chain.revision
+        self.routes = dict(chain._routes)
 
     def restore(self) -> None:
         """Put the chain back as it was when the snapshot was taken."""
@@ -598,6 +706,8 @@ class ChainSnapshot:
         chain._tail = prev
         chain._order = None  # forward's cached id order is rebuilt from the restored links
         chain.revision = self.revision
+        chain._routes = dict(self.routes)
+        chain._schedule = None
 
 
 def _split_by_node(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

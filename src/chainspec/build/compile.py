@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -9,11 +10,12 @@ import torch
 from .._errors import SpecError
 from .._gc import gc_paused
 from ..read.document import Document
-from ..read.resolve import ResolvedChain
+from ..read.resolve import ResolvedChain, ResolvedNode
 from .chain import Chain
 from .memory import check_fits
 from .modules import instantiate
 from .shapes import infer
+from .ties import TieError, tie
 
 
 def check_device(device: Any) -> torch.device | None:
@@ -74,9 +76,31 @@ def build_chain(chain: ResolvedChain, stage: int, doc: Document, *, device: torc
         raise SpecError(problems)
     check_fits(summary, chain, doc, device=device, dtype=dtype)  # refuse before allocating, not during
     built = Chain(name=chain.name)
-    for node in chain.at(stage):
+    nodes = chain.at(stage)
+    for node in nodes:
         built.append(node.id, instantiate(node, device=device, dtype=dtype), node_type=node.type)
+    for node in nodes:
+        if node.sources:
+            built.route(node.id, node.sources, node.merge)
+    tie_nodes(built, nodes, doc)
     # Where later revisions put new nodes once no tensor is left to tell (see revise.apply).
     built.record_revision(None, stage, (torch.device(device) if device is not None else torch.get_default_device(),
                                         dtype or torch.get_default_dtype()))
     return built
+
+
+def tie_nodes(chain: Chain, nodes: Iterable[ResolvedNode], doc: Document) -> None:
+    """Make the tied parameters of ``nodes`` the parameters their ``tie`` names, in ``chain`` (again, after a
+    ``load_state_dict(assign=True)`` has given each name a tensor of its own).
+
+    Raises:
+        SpecError: at the tie, if a path names no parameter or the shapes differ.
+    """
+    for node in nodes:
+        if not node.ties:
+            continue
+        try:
+            tie(chain[node.id].module, node.ties, lambda owner: chain[owner].module)
+        except TieError as exc:
+            raise SpecError([doc.problem((*node.path, "tie", exc.param), exc.message, None,
+                                         label=f" ({node.id})")]) from None

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..read.resolve import Group, ResolvedNode, Tree
-from ..types.layers import Composite
+from ..types.layers import Composite, Residual
 
 
 def build_module(tree: Tree) -> nn.Module:
     """Instantiate the module for one expanded node (under whatever default device is active)."""
     if isinstance(tree, Group):
+        if tree.kind == "residual":
+            parts = {part_id: build_module(sub) for part_id, sub in tree.parts}
+            return Residual(tree.type, parts["body"], parts.get("shortcut"), parts.get("after"))
         return Composite(tree.type, [(part_id, build_module(sub)) for part_id, sub in tree.parts])
     module = tree.factory(**tree.args)
     if not isinstance(module, nn.Module):
@@ -51,3 +56,44 @@ def placement_of(module: nn.Module, default: Any = (None, None)) -> Any:
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return default
+
+
+#: In-place random fills: on a meta tensor there is nothing to fill, but torch runs Python decompositions
+#: for some of them (``normal_`` imports sympy and parts of torch._dynamo: over a second, once a process).
+_FILLS = frozenset({"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_",
+                    "cauchy_", "trunc_normal_", "orthogonal_", "sparse_"})
+#: Out-of-place random factories, answered on the meta device with an empty tensor of the same size.
+_DRAWS = {"randn": torch.empty, "rand": torch.empty, "randn_like": torch.empty_like, "rand_like": torch.empty_like}
+
+
+class _MetaWithoutDraws(TorchFunctionMode):
+    """Skip random draws whose values would be thrown away: fills of meta tensors, and draws made while
+    the default device is meta. Shapes, dtypes and everything else run as they would."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _FILLS:
+            target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        elif name in _DRAWS and "generator" not in kwargs:
+            first = args[0] if args else None
+            if isinstance(first, torch.Tensor) and first.is_meta:
+                return _DRAWS[name](*args, **kwargs)
+            if not isinstance(first, torch.Tensor) and torch.empty(0).is_meta:
+                return _DRAWS[name](*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def on_meta() -> Iterator[None]:
+    """Build modules on the meta device, skipping their random initialisation (shapes only, no values).
+
+    Example:
+        >>> with on_meta():
+        ...     nn.Embedding(65, 384).weight.is_meta
+        True
+    """
+    with torch.device("meta"), _MetaWithoutDraws():
+        yield

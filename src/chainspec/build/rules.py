@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ..read.resolve import Leaf, Tree
+from ..read.resolve import Group, Leaf, Tree
 from ..types import builtins
 
 Shape = tuple[int, ...]
@@ -91,17 +91,17 @@ class Misfit:
 class Refusal:
     """A tree that cannot take its input: the :class:`Misfit` and, inside a composite, the part that has it.
 
-    ``where`` is ``(composite type, part index, id of the part before it)`` for the innermost part
+    ``where`` is ``(where the parts are listed, part index, id of the part before it)`` for the innermost part
     that cannot take what the part before it makes, as ``build.shapes`` locates a composite's
     failing part; None when the tree's first leaf refuses the tree's own input.
 
     Example:
-        >>> Refusal(Misfit.count(4, "input features", (5,)), ("pair", 1, "one")).where[2]
+        >>> Refusal(Misfit.count(4, "input features", (5,)), (("types", "pair", "nodes"), 1, "one")).where[2]
         'one'
     """
 
     misfit: Misfit
-    where: tuple[str, int, str | None] | None = None
+    where: tuple[tuple[str, ...], int, str | None] | None = None
 
 
 #: What a rule makes of an input: an output shape, a refusal it can word, or None (not covered).
@@ -371,6 +371,41 @@ def _same(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
     return shape
 
 
+# -- residual shortcuts, tokens and attention ------------------------------------------------------------------------
+
+def _subsample_pad(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
+    if len(shape) != 4:
+        return None
+    if shape[1] != args["in_channels"]:
+        return _count(args["in_channels"], "input channels", shape)
+    if args["out_channels"] < args["in_channels"]:
+        return None  # the factory refuses it
+    stride = args["stride"]
+    return (shape[0], args["out_channels"], -(-shape[2] // stride), -(-shape[3] // stride))
+
+
+def _token_embedding(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
+    if dtype.is_floating_point or dtype.is_complex:
+        return None  # refused on the meta device, in the same words (build.shapes checks it there)
+    return (*shape, args["embedding_dim"])
+
+
+def _position_embedding(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
+    if len(shape) != 3 or shape[2] != args["dim"] or shape[1] > args["max_len"]:
+        return None
+    return shape
+
+
+def _attention(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
+    if len(shape) != 3 or shape[2] != args["dim"] or args["dim"] % args["heads"]:
+        return None
+    return shape
+
+
+def _rmsnorm(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
+    return shape if shape[-1] == args["dim"] else None
+
+
 #: Built-in type name -> its shape rule. Every built-in type has one (``tests/test_shape_rules.py`` checks it).
 RULES: dict[str, Rule] = {
     "conv1d": _conv(1, "[C, L]"),
@@ -393,6 +428,11 @@ RULES: dict[str, Rule] = {
     "reshape": _reshape,
     "flatten": _flatten,
     "upsample": _upsample,
+    "subsample_pad": _subsample_pad,
+    "token_embedding": _token_embedding,
+    "position_embedding": _position_embedding,
+    "causal_self_attention": _attention,
+    "rmsnorm": _rmsnorm,
     **dict.fromkeys(("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "dropout", "identity"), _same),
 }
 
@@ -441,10 +481,31 @@ def infer_tree(tree: Tree, shape: Shape, dtype: torch.dtype, tick: Callable[[], 
     """
     if dtype not in REAL_FLOATS:
         return None
-    return _walk(tree, tuple(shape), dtype, tick)
+    found = infer_state(tree, shape, dtype, dtype, tick)
+    return found[0] if isinstance(found, tuple) else found
 
 
-def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, tick: Callable[[], None] | None) -> Shape | Refusal | None:
+def infer_state(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtype,
+                tick: Callable[[], None] | None = None) -> tuple[Shape, torch.dtype] | Refusal | None:
+    """As :func:`infer_tree`, for an input of any ``dtype`` into modules of ``module_dtype``: the output's
+    shape and dtype. Integer token ids become ``module_dtype`` vectors in a ``token_embedding``; any
+    other built-in type refuses them.
+
+    Example:
+        >>> from chainspec.types.builtins import token_embedding
+        >>> infer_state(Leaf("token_embedding", {"num_embeddings": 9, "embedding_dim": 4}, token_embedding),
+        ...             (4, 7), torch.int64, torch.float32)
+        ((4, 7, 4), torch.float32)
+    """
+    if module_dtype not in REAL_FLOATS or (dtype.is_floating_point and dtype != module_dtype):
+        return None
+    if dtype.is_complex or dtype == torch.bool:
+        return None
+    return _walk(tree, tuple(shape), dtype, module_dtype, tick)
+
+
+def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtype,
+          tick: Callable[[], None] | None) -> tuple[Shape, torch.dtype] | Refusal | None:
     if isinstance(tree, Leaf):
         if tick is not None:
             tick()
@@ -452,6 +513,10 @@ def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, tick: Callable[[], None]
         if found is None:
             return None
         rule, defaults = found
+        integer = not dtype.is_floating_point
+        if integer and rule is not _token_embedding:
+            return Refusal(Misfit("floating-point input", f"{str(dtype).removeprefix('torch.')} values "
+                                                          f"(shape {list(shape[1:])})"))
         try:
             out = rule({**defaults, **tree.args}, shape, dtype)
         except Exception:  # arguments a spec could not give (a Leaf made by hand): the meta device decides
@@ -460,15 +525,46 @@ def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, tick: Callable[[], None]
             return Refusal(out)
         if out is None or out[0] != shape[0] or min(out) < 1 or math.prod(out) >= MAX_NUMEL:
             return None
-        return tuple(out)
+        return tuple(out), module_dtype if integer else dtype
+    if tree.kind == "residual":
+        return _residual(tree, shape, dtype, module_dtype, tick)
     previous: str | None = None
     for index, (part_id, sub) in enumerate(tree.parts):
-        result = _walk(sub, shape, dtype, tick)
+        result = _walk(sub, shape, dtype, module_dtype, tick)
         if result is None:
             return None
         if isinstance(result, Refusal):
             if result.where is not None and result.where[2] is not None:
                 return result  # a part deeper inside cannot take what the part before it makes
-            return Refusal(result.misfit, (tree.type, index, previous))
-        shape, previous = result, part_id
-    return shape
+            return Refusal(result.misfit, (tree.location, index, previous))
+        (shape, dtype), previous = result, part_id
+    return shape, dtype
+
+
+def _residual(tree: Group, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtype,
+              tick: Callable[[], None] | None) -> tuple[Shape, torch.dtype] | Refusal | None:
+    """``after(body(x) + shortcut(x))``; None (the meta device words it) where the two sums differ in shape."""
+    parts = dict(tree.parts)
+    outs = []
+    for key in ("body", "shortcut"):
+        if key not in parts:
+            outs.append((shape, dtype))
+            continue
+        result = _walk(parts[key], shape, dtype, module_dtype, tick)
+        if result is None or isinstance(result, Refusal):
+            return result
+        outs.append(result)
+    if outs[0] != outs[1]:
+        return None
+    if "after" not in parts:
+        return outs[0]
+    result = _walk(parts["after"], *outs[0], module_dtype, tick)
+    if isinstance(result, Refusal) and (result.where is None or result.where[2] is None):
+        after = parts["after"]
+        assert isinstance(after, Group)
+        return Refusal(result.misfit, (after.location, 0, SUM))  # the sum is made inside the block
+    return result
+
+
+#: What the first ``after`` part of a residual block is given, in messages ("the residual sum produces ...").
+SUM = "the residual sum"

@@ -17,6 +17,7 @@ checks are all closed-form never does.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from ..read.document import Document, format_path
 from ..read.resolve import Group, Leaf, ResolvedChain, ResolvedNode, Tree
 from ..types.layers import EqualizedConv2d, MinibatchStddev
 from . import rules
-from .modules import build_module
+from .modules import build_module, on_meta
 from .summary import ChainSummary, NodeSummary
 
 #: Batch size of the meta tensor used for shape inference. Big enough for
@@ -173,17 +174,19 @@ class Probes:
     def _build(self, definition: _Definition) -> nn.Module | None:
         """Build a definition's module on the meta device (None if its factory fails), measuring the first."""
         self.budget.check_time()
-        if not definition.closed:
-            self._warm()  # a factory not built in may draw weights, which on meta imports what a run does
         self.built += definition.leaves
+        cold, started = not _warm and "sympy" not in sys.modules, time.thread_time()
         try:
-            with torch.device("meta"):
+            with on_meta():  # random initialisation skipped: only shapes are wanted
                 module = build_module(definition.tree)
                 if self.dtype is not None:
                     module = module.to(self.dtype)
         except Exception as exc:  # a factory rejecting legal-looking args, e.g. groups not dividing channels
             definition.failure = _Failure("build", exc)
             return None
+        finally:
+            if cold and "sympy" in sys.modules:  # a factory not built in paid torch's first meta-device use
+                self.budget.started += time.thread_time() - started
         if definition.measured is None:
             definition.measured = _measure(module, tensors_only_registered=self.closed_form and definition.closed)
         return module
@@ -197,13 +200,14 @@ class Probes:
         if module is None:
             assert definition.failure is not None
             return definition.failure
-        if self.closed_form and definition.closed and state[1] == (self.dtype or torch.get_default_dtype()):
+        if self.closed_form and definition.closed:
             tick = self.budget.check_time if self.budget.seconds is not None else None
-            found = rules.infer_tree(definition.tree, state[0], state[1], tick)
+            found = rules.infer_state(definition.tree, state[0], state[1], self.dtype or torch.get_default_dtype(),
+                                      tick)
             if isinstance(found, rules.Refusal):
                 return _Failure("misfit", refusal=found)
             if found is not None:
-                return found, state[1]
+                return found
         self._warm()
         self.ran_on_meta += definition.leaves
         for sub in module.modules():
@@ -282,7 +286,7 @@ def _definition_key(tree: Tree) -> Any:
     if isinstance(tree, Leaf):
         args = tuple(sorted((k, type(v).__name__, repr(v)) for k, v in tree.args.items()))
         return ("leaf", tree.type, id(tree.factory), args)
-    return ("group", tree.type, tuple((part_id, _definition_key(sub)) for part_id, sub in tree.parts))
+    return ("group", tree.type, tree.kind, tuple((part_id, _definition_key(sub)) for part_id, sub in tree.parts))
 
 
 def _leaves(tree: Tree) -> Iterator[Leaf]:
@@ -352,8 +356,10 @@ def _input_state(chain: ResolvedChain, stage: int, doc: Document, dtype: torch.d
                  ) -> tuple[State | None, list[Problem]]:
     """The probe's state at the chain input, or the problem if the input shape overflows a tensor."""
     input_shape = chain.input_shape_at(stage)
+    if chain.input_dtype is not None:
+        dtype = getattr(torch, chain.input_dtype)
     try:
-        x = torch.empty((PROBE_BATCH, *input_shape), device="meta", dtype=dtype or torch.float32)
+        x = torch.empty((PROBE_BATCH, *input_shape), device="meta", dtype=dtype or torch.get_default_dtype())
     except RuntimeError as exc:  # each dimension is legal, but together they overflow a tensor's size
         where = ("chains", chain.name, "input_shape")
         return None, [doc.problem(where, f"input shape {list(input_shape)} is too large for a tensor: "
@@ -382,17 +388,91 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
     state, problems = _input_state(chain, stage, doc, dtype)
     if state is None:
         return None, problems
+    nodes = nodes if nodes is not None else chain.at(stage)
+    kept = {source for node in nodes for source in node.sources}  # outputs a later node takes by id
+    outputs: dict[str, State] = {"input": state}
     rows: list[NodeSummary] = []
     previous: str | None = None
-    for node in nodes if nodes is not None else chain.at(stage):
+    for node in nodes:
+        if node.sources:
+            merged = _merged(doc, node, [(s, state if s == "prev" else outputs[s]) for s in node.sources], previous)
+            if isinstance(merged, Problem):
+                return None, [merged]
+            state, previous = merged
         index = probes.define(node.tree)
         result = probes.run(index, state)
         if isinstance(result, _Failure):
             return None, [result.problem(doc, node, previous)]
         params, param_bytes, buffer_bytes = probes.measure(index)
+        if node.ties:
+            tied = _tied(doc, node, nodes, dtype)
+            if isinstance(tied, Problem):
+                return None, [tied]
+            params, param_bytes = params - tied[0], param_bytes - tied[1]
         rows.append(NodeSummary(node.id, node.type, result[0][1:], params, param_bytes, buffer_bytes))
         state, previous = result, node.id
+        if node.id in kept:
+            outputs[node.id] = state
     return ChainSummary(chain.name, stage, chain.input_shape_at(stage), tuple(rows)), []
+
+
+def _merged(doc: Document, node: ResolvedNode, inputs: list[tuple[str, State]], previous: str | None
+            ) -> tuple[State, str] | Problem:
+    """The state a node with ``from`` gets (its sources' outputs, merged), and what to call its maker."""
+    def name(source: str) -> str:
+        return ("the chain input" if source == "input" or (source == "prev" and previous is None)
+                else f"{previous} (prev)" if source == "prev" else source)
+
+    if len(inputs) == 1:
+        source, state = inputs[0]
+        return state, name(source) if source != "input" else "the chain input"
+    shapes = [(name(source), state[0][1:]) for source, state in inputs]
+    listed = " and ".join(f"{who} (shape {list(shape)})" for who, shape in shapes)
+    dtypes = {state[1] for _, state in inputs}
+    where = (*node.path, "from")
+    label = f" ({node.id})"
+    if len(dtypes) > 1:
+        return doc.problem(where, f"cannot {node.merge} outputs of different dtypes: " + ", ".join(
+            f"{who} ({str(state[1]).removeprefix('torch.')})" for who, state in
+            ((name(s), st) for s, st in inputs)), None, label=label)
+    first = inputs[0][1][0]
+    if node.merge == "add":
+        if any(state[0] != first for _, state in inputs):
+            return doc.problem(where, f"cannot add {listed}: add needs equal shapes",
+                               "make the shapes match, or merge with concat", label=label)
+        return (first, inputs[0][1][1]), f"the sum of {', '.join(who for who, _ in shapes)}"
+    if any(len(state[0]) != len(first) for _, state in inputs) or len(first) < 2 or any(
+            state[0][2:] != first[2:] for _, state in inputs):
+        return doc.problem(where, f"cannot concatenate {listed} on the channel dimension: every other "
+                                  "dimension must match", "resample one of them (a pool, an upsample) to match",
+                           label=label)
+    channels = sum(state[0][1] for _, state in inputs)
+    return ((first[0], channels, *first[2:]), inputs[0][1][1]), \
+        f"the concatenation of {', '.join(who for who, _ in shapes)}"
+
+
+def _tied(doc: Document, node: ResolvedNode, nodes: list[ResolvedNode], dtype: torch.dtype | None
+          ) -> tuple[int, int] | Problem:
+    """Check ``node``'s ties on meta-device builds; return the elements and bytes its tied parameters share."""
+    from .ties import TieError, tie
+
+    by_id = {n.id: n for n in nodes}
+    built: dict[str, nn.Module] = {}
+
+    def module_of(node_id: str) -> nn.Module:
+        if node_id not in built:
+            with on_meta():
+                module = build_module(by_id[node_id].tree)
+            built[node_id] = module.to(dtype) if dtype is not None else module
+        return built[node_id]
+
+    mine = module_of(node.id)
+    try:
+        paths = tie(mine, node.ties, module_of)
+    except TieError as exc:
+        return doc.problem((*node.path, "tie", exc.param), exc.message, None, label=f" ({node.id})")
+    shared = [mine.get_parameter(path) for path in paths]
+    return sum(p.numel() for p in shared), sum(p.numel() * p.element_size() for p in shared)
 
 
 class _Fail:
@@ -481,6 +561,18 @@ class StageChecker:
     def check(self, chain: ResolvedChain, stages: Iterable[int]) -> Iterator[tuple[int, Problem]]:
         """Check ``chain`` at each of ``stages`` (in increasing order); yield each stage's problem, if any."""
         if not chain.nodes:
+            return
+        if chain.routed or chain.tied:  # each stage walked in full; still one probe per (definition, input)
+            for stage in sorted(set(stages)):
+                self.budget.check_time()
+                nodes = chain.at(stage)
+                self.steps += len(nodes)
+                if self.budget.steps is not None and self.steps > self.budget.steps:
+                    raise CheckTooCostly(f"more than {self.budget.steps:,} steps")
+                if nodes:
+                    _, problems = infer(chain, stage, self.doc, nodes=nodes, probes=self.probes)
+                    if problems:
+                        yield stage, problems[0]
             return
         tree = _ChainTree(self, chain)
         inputs: dict[tuple[int, ...], tuple[State | None, list[Problem]]] = {}
@@ -738,7 +830,8 @@ _EXPECTS: tuple[tuple[str, int, str], ...] = (
 
 
 def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torch.Tensor, previous: str | None,
-                   exc: Exception, failure: tuple[tuple[str, int, str | None], nn.Module, torch.Tensor, Exception]
+                   exc: Exception, failure: tuple[tuple[tuple[str, ...], int, str | None], nn.Module, torch.Tensor,
+                                                  Exception]
                    | None) -> Problem:
     """Say which node (or which part of a composite node) cannot take its input, and what it expected.
 
@@ -763,7 +856,7 @@ def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torc
                        label=label)
 
 
-def _location(node: ResolvedNode, previous: str | None, where: tuple[str, int, str | None] | None
+def _location(node: ResolvedNode, previous: str | None, where: tuple[tuple[str, ...], int, str | None] | None
               ) -> tuple[tuple[Any, ...], str, str]:
     """``(path, label, source)`` of a problem at ``node``, or at the part ``where`` of its composite.
 
@@ -774,13 +867,13 @@ def _location(node: ResolvedNode, previous: str | None, where: tuple[str, int, s
     """
     path, label = node.path, f" ({node.id})"
     if where is not None and where[2] is not None:
-        type_name, index, previous = where
-        path, label = ("types", type_name, "nodes", index), f" (in {format_path(node.path)} ({node.id}))"
+        listed, index, previous = where
+        path, label = (*listed, index), f" (in {format_path(node.path)} ({node.id}))"
     return path, label, f"{previous} produces" if previous else "the chain input has"
 
 
 def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
-        tuple[str, int, str | None], nn.Module, torch.Tensor, Exception] | None:
+        tuple[tuple[str, ...], int, str | None], nn.Module, torch.Tensor, Exception] | None:
     """Run a composite part by part (on meta tensors) to find the innermost part that fails.
 
     Returns ``((composite type, part index, id of the part before it), part module,
@@ -790,6 +883,29 @@ def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
     composite or no single part fails.
     """
     if not isinstance(tree, Group):
+        return None
+    if tree.kind == "residual":  # body and shortcut take the block's input; after, their sum
+        parts = dict(tree.parts)
+        outs = []
+        for key in ("body", "shortcut", "after"):
+            if key not in parts:
+                continue
+            part = module._modules[key]
+            assert part is not None
+            inner_x = x if key != "after" else outs[0] + (outs[1] if len(outs) > 1 else x)
+            try:
+                outs.append(part(inner_x))
+            except Exception as exc:
+                inner = _failing_part(part, parts[key], inner_x)
+                if inner is not None and inner[0][2] is not None:
+                    return inner
+                if key != "after":
+                    return None  # the block's own input does not fit: the block is at fault
+                after = parts[key]
+                assert isinstance(after, Group)
+                first = part._modules[after.parts[0][0]]
+                assert first is not None
+                return (after.location, 0, rules.SUM), first, inner_x, exc  # made inside the block
         return None
     previous: str | None = None
     for index, (part_id, sub) in enumerate(tree.parts):
@@ -801,7 +917,7 @@ def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
             inner = _failing_part(part, sub, x)
             if inner is not None and inner[0][2] is not None:
                 return inner  # a later part inside this one fails: the fault is in there
-            return (tree.type, index, previous), part, x, exc  # this part cannot take its input
+            return (tree.location, index, previous), part, x, exc  # this part cannot take its input
         x, previous = y, part_id
     return None
 

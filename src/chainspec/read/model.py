@@ -44,8 +44,21 @@ class PartSpec(_Strict):
                                       examples=[{"in_channels": "${in_ch}", "out_channels": "${out_ch}"}])
 
 
+#: What a node's ``from`` may name besides earlier node ids: the previous node's output, the chain's input.
+SOURCE_WORDS = ("prev", "input")
+#: How a node merges the outputs it takes ``from`` several nodes: summed, or concatenated on the channel
+#: dimension (the first dimension of a sample).
+MERGES = ("add", "concat")
+#: The dtypes a chain's input may declare: floating point, or integer token ids.
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
+#: ``node_id.dotted.parameter.path``: a parameter of another node of the chain, for ``tie``.
+PARAM_REF = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$"
+
+
 class NodeSpec(PartSpec):
-    """One node of a chain: a part plus when it joins and leaves the chain."""
+    """One node of a chain: a part plus when it joins and leaves the chain, and where its input comes from."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
     id: Identifier = Field(description="Stable id, unique in its chain; state_dict keys start with it.",
                            examples=["b1"])
@@ -64,6 +77,23 @@ class NodeSpec(PartSpec):
         description="Optimizer hyperparameters for this node's parameters, overriding those of the param group "
                     "they would join when a live revision adds them (for example a lower lr for a new block).",
         examples=[{"lr": 0.0005}])
+    from_: list[Identifier] = Field(
+        default_factory=list, alias="from", max_length=64,
+        description="Where the node's input comes from, by id: earlier nodes of the chain, `prev` (the node before "
+                    "it, the default) and `input` (the chain's input). With more than one, `merge` says how they "
+                    "are combined. Ids are stable, so inserting or removing other nodes never changes what a node "
+                    "takes.",
+        examples=[["enc2", "prev"]])
+    merge: Literal["add", "concat"] | None = Field(
+        None, description="How the outputs named in `from` are combined: add (same shapes) or concat (on the "
+                          "channel dimension, the first of a sample). Required when `from` names more than one.")
+    tie: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", max_length=200)],
+              Annotated[str, Field(pattern=PARAM_REF, max_length=200)]] = Field(
+        default_factory=dict, max_length=64,
+        description="Parameters of this node that are another node's parameter (one tensor, trained once): "
+                    "`{weight: tok.weight}` makes this node's `weight` the parameter `weight` of node `tok`, as "
+                    "GPT ties its output layer to the token embedding.",
+        examples=[{"weight": "tok.weight"}])
 
 
 class TypeDef(_Strict):
@@ -74,7 +104,19 @@ class TypeDef(_Strict):
         default_factory=dict,
         description="Parameters and their defaults; a parameter whose default is null is required.",
         examples=[{"in_ch": None, "out_ch": None, "slope": 0.2}])
-    nodes: list[PartSpec] = Field(min_length=1, description="The parts, in order.")
+    nodes: list[PartSpec] = Field(min_length=1, description="The parts, in order (the body of a residual type).")
+    residual: bool = Field(
+        False, description="The type's output is its input (through `shortcut`, if given) plus what its parts "
+                           "make of it: a residual block. Its parts' state_dict keys start with `body.`.")
+    shortcut: list[PartSpec] = Field(
+        default_factory=list,
+        description="Only with residual: the parts the input goes through on the way to the sum (a projection, "
+                    "or subsample_pad for a parameter-free shortcut); none: the input itself. Keys start with "
+                    "`shortcut.`.")
+    after: list[PartSpec] = Field(
+        default_factory=list,
+        description="Only with residual: parts applied after the sum (a ResNet's last ReLU). Keys start with "
+                    "`after.`.")
 
 
 class ChainSpec(_Strict):
@@ -86,6 +128,9 @@ class ChainSpec(_Strict):
         description="Shape of one input sample, without the batch dimension. An entry may be a ${...} expression "
                     "of `stage` (and the spec vars) when the input grows, e.g. a discriminator's resolution.",
         examples=[[3, 32, 32], [3, "${4 * 2**stage}", "${4 * 2**stage}"]])
+    input_dtype: Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"] | None = Field(
+        None, description="The dtype of the chain's input: an integer dtype for token ids (`input_shape: [T]`); "
+                          "by default the parameters' floating-point dtype.")
     nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, head to tail.")
 
 

@@ -18,7 +18,7 @@ from .._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default, too
 from ..types.registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
 from .document import Document, Path, format_path
 from .expr import Budget, ExpressionError, LimitError, substitute
-from .model import MAX_DIM, NodeSpec, PartSpec, SpecModel, TypeDef
+from .model import MAX_DIM, SOURCE_WORDS, NodeSpec, PartSpec, SpecModel, TypeDef
 from .reserved import id_problem
 from .schedule import growth_problems
 
@@ -66,12 +66,23 @@ class Group:
 
     type: str
     parts: tuple[tuple[str, Leaf | Group], ...]
+    #: ``"sequence"``: the parts run one after the other. ``"residual"``: the parts are ``body``, and
+    #: optionally ``shortcut`` and ``after`` (each a sequence), and the output is
+    #: ``after(body(x) + shortcut(x))`` (see ``types.layers.Residual``).
+    kind: str = "sequence"
+    #: The key of the type's definition that lists these parts: ``nodes``, ``shortcut`` or ``after``.
+    listed_in: str = "nodes"
     leaves: int = field(init=False, compare=False, repr=False)
     modules: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "leaves", sum(sub.leaves for _, sub in self.parts))
         object.__setattr__(self, "modules", 1 + sum(sub.modules for _, sub in self.parts))
+
+    @property
+    def location(self) -> tuple[str, str, str]:
+        """Where the parts are listed in the spec: ``("types", type, field)``; a part's index follows."""
+        return ("types", self.type, self.listed_in)
 
 
 Tree = Leaf | Group
@@ -93,6 +104,21 @@ class ResolvedNode:
         """True when the node is part of the chain at ``stage``."""
         return self.stage <= stage and (self.until is None or stage < self.until)
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The ids the node takes its input from (``prev``, ``input`` or earlier nodes); empty: the node before."""
+        return tuple(self.spec.from_)
+
+    @property
+    def merge(self) -> str | None:
+        """How the outputs of :attr:`sources` are combined: ``add``, ``concat`` or None (one source)."""
+        return self.spec.merge
+
+    @property
+    def ties(self) -> Mapping[str, str]:
+        """This node's tied parameters: its parameter path to ``other_node.parameter.path``."""
+        return self.spec.tie
+
 
 @dataclass(frozen=True)
 class ResolvedChain:
@@ -103,6 +129,18 @@ class ResolvedChain:
     nodes: tuple[ResolvedNode, ...]
     #: The input shape at each stage, where ``input_shape`` holds ``${...stage...}`` entries (empty: fixed shape).
     input_shapes: tuple[tuple[int, ...], ...] = ()
+    #: The input's dtype by name (``"int64"`` for token ids); None: the parameters' dtype.
+    input_dtype: str | None = None
+
+    @property
+    def routed(self) -> bool:
+        """Whether any node takes its input from somewhere other than the node before it."""
+        return any(node.sources for node in self.nodes)
+
+    @property
+    def tied(self) -> bool:
+        """Whether any node ties a parameter to another node's."""
+        return any(node.ties for node in self.nodes)
 
     def at(self, stage: int) -> list[ResolvedNode]:
         """The nodes active at ``stage``, head to tail."""
@@ -241,11 +279,18 @@ class _Resolver:
                 self.report(("types", name), f"composite type {name!r} shadows the registered type of that name",
                             "rename the composite")
             self.check_part_ids(typedef.nodes, ("types", name, "nodes"))
+            for key in ("shortcut", "after"):
+                listed = getattr(typedef, key)
+                self.check_part_ids(listed, ("types", name, key))
+                if listed and not typedef.residual:
+                    self.report(("types", name, key), f"{key!r} is only for residual types",
+                                "add 'residual: true', or list these parts under 'nodes'")
             for param in typedef.params:
                 if param in self.model.vars:
                     self.report(("types", name, "params", param),
                                 f"parameter {param!r} hides the spec var of that name", "rename one of them")
-        graph = {n: [p.type for p in t.nodes if p.type in self.model.types] for n, t in self.model.types.items()}
+        graph = {n: [p.type for p in (*t.nodes, *t.shortcut, *t.after) if p.type in self.model.types]
+                 for n, t in self.model.types.items()}
         for cycle in _cycles(graph):
             self.cyclic.update(cycle)
             self.report(("types", cycle[0]), "cyclic composite types: " + _arrow([*cycle, cycle[0]]),
@@ -340,8 +385,72 @@ class _Resolver:
             where = f"stage {lo}" if lo == hi else f"stages {lo}..{hi}"
             self.report(("chains", name, "nodes"), f"chain {name!r} has no nodes at {where}",
                         "every stage needs at least one active node")
+        self.check_references(name, spec.nodes, stages)
         shapes = self.input_shapes(name, stages)
-        return ResolvedChain(name, shapes[0], tuple(nodes), shapes if len(set(shapes)) > 1 else ())
+        return ResolvedChain(name, shapes[0], tuple(nodes), shapes if len(set(shapes)) > 1 else (),
+                             spec.input_dtype)
+
+    def check_references(self, name: str, nodes: list[NodeSpec], stages: int) -> None:
+        """Check each node's ``from``, ``merge`` and ``tie``: the nodes they name exist, come before it (for
+        ``from``), and are in the chain at every stage the node is."""
+        index = {node.id: i for i, node in reversed(list(enumerate(nodes)))}
+        for i, node in enumerate(nodes):
+            path: Path = ("chains", name, "nodes", i)
+            label = f" ({node.id})"
+            if node.id in SOURCE_WORDS:
+                self.report((*path, "id"), f"{node.id!r} is the word 'from' uses for "
+                            f"{'the node before' if node.id == 'prev' else 'the chain input'}", "pick another id")
+            sources = node.from_
+            if node.merge is not None and len(sources) < 2:
+                self.report((*path, "merge"), "merge combines several inputs, but 'from' names "
+                            f"{len(sources) or 'no'} source{'s' if len(sources) != 1 else ''}",
+                            "list two or more sources in 'from', or remove 'merge'", label)
+            if len(sources) > 1 and node.merge is None:
+                self.report((*path, "from"), f"takes {len(sources)} inputs but does not say how to merge them",
+                            "add 'merge: add' or 'merge: concat'", label)
+            seen: set[str] = set()
+            for j, source in enumerate(sources):
+                where: Path = (*path, "from", j)
+                if source in seen:
+                    self.report(where, f"{source!r} is named twice", "name each source once", label)
+                seen.add(source)
+                if source in SOURCE_WORDS:
+                    continue
+                self.check_reference(name, nodes, index, i, source, where, "takes the output of", label,
+                                     earlier=True, stages=stages)
+            for param, ref in node.tie.items():
+                where = (*path, "tie", param)
+                owner = ref.split(".", 1)[0]
+                self.check_reference(name, nodes, index, i, owner, where, "ties a parameter to", label,
+                                     earlier=False, stages=stages)
+
+    def check_reference(self, name: str, nodes: list[NodeSpec], index: dict[str, int], i: int, ref: str,
+                        where: Path, verb: str, label: str, *, earlier: bool, stages: int) -> None:
+        """One reference from node ``i`` to node ``ref``: it exists, (``earlier``) comes before, and is active
+        at every stage node ``i`` is."""
+        node = nodes[i]
+        if ref == node.id:
+            self.report(where, f"a node cannot take its own {'output' if earlier else 'parameter'}",
+                        "name another node", label)
+            return
+        j = index.get(ref)
+        if j is None:
+            close = self.hint(("node", name, ref), ref, lambda: list(index), 0.6)
+            hint = f"did you mean {close!r}?" if close else f"the ids of chain {name!r} are listed under its nodes"
+            extra = ", or 'prev' or 'input'" if earlier else ""
+            self.report(where, f"no node {ref!r} in chain {name!r}{extra}", hint, label)
+            return
+        if earlier and j > i:
+            self.report(where, f"{ref!r} comes after this node in the chain (a forward reference)",
+                        "a node can only take the outputs of nodes before it", label)
+            return
+        source = nodes[j]
+        end, source_end = node.until or stages, source.until or stages
+        if source.stage > node.stage or source_end < end:
+            first = node.stage if source.stage > node.stage else source_end
+            self.report(where, f"{verb} {ref!r}, which is not in the chain at stage {first}",
+                        f"{ref!r} is in the chain for stages {source.stage}..{source_end - 1}; keep it while "
+                        f"{node.id!r} is ({node.stage}..{end - 1})", label)
 
     def input_shapes(self, name: str, stages: int) -> tuple[tuple[int, ...], ...]:
         """Evaluate the chain's input shape at every stage (entries may be ``${...}`` of ``stage``)."""
@@ -529,14 +638,23 @@ class _Resolver:
                     return None
             known[key] = params[key]
         scope = _layered(params, self.scope)
-        parts: list[tuple[str, Tree]] = []
-        for j, part in enumerate(typedef.nodes):
-            sub = self.expand(part.type, part.args, scope, ("types", name, "nodes", j), inner_label, stack)
-            if sub is None:
-                return None
-            parts.append((part.id, sub))
+        lists = {"nodes": typedef.nodes, "shortcut": typedef.shortcut, "after": typedef.after}
+        groups: dict[str, Group] = {}
+        for key, listed in lists.items():
+            parts: list[tuple[str, Tree]] = []
+            for j, part in enumerate(listed):
+                sub = self.expand(part.type, part.args, scope, ("types", name, key, j), inner_label, stack)
+                if sub is None:
+                    return None
+                parts.append((part.id, sub))
+            if parts:
+                groups[key] = Group(name, tuple(parts), listed_in=key)
         self.count(1, path, label)  # the composite's own container; its parts counted as they expanded
-        return Group(name, tuple(parts))
+        if not typedef.residual:
+            return groups["nodes"]
+        self.count(len(groups), path, label)  # the body, shortcut and after containers
+        named = {"nodes": "body", "shortcut": "shortcut", "after": "after"}
+        return Group(name, tuple((named[key], group) for key, group in groups.items()), kind="residual")
 
 
 def _empty_stages(nodes: Iterable[NodeSpec], stages: int) -> list[tuple[int, int]]:
@@ -686,7 +804,7 @@ def tree_key(tree: Tree) -> Any:
     """
     if isinstance(tree, Leaf):
         return ("leaf", tree.type, tuple(sorted((k, type(v).__name__, repr(v)) for k, v in tree.args.items())))
-    return ("group", tree.type, tuple((part_id, tree_key(sub)) for part_id, sub in tree.parts))
+    return ("group", tree.type, tree.kind, tuple((part_id, tree_key(sub)) for part_id, sub in tree.parts))
 
 
 def leaf_types(tree: Tree, prefix: str = "") -> Iterator[tuple[str, str]]:

@@ -34,6 +34,7 @@ from ..build.chain import Chain
 from ..build.memory import check_fits
 from ..build.modules import instantiate, placement_of
 from ..build.shapes import infer
+from ..build.ties import TieError, owned_parameter
 from ..read.resolve import tree_key
 from ..read.spec import Spec
 from . import optim as _optim
@@ -83,6 +84,7 @@ def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, po
             change.protect_optimizer(job.optimizer)
         for job in jobs:
             change.protect(_KeptSnapshot(job).restore)
+            change.protect(job.restore_ties)
         for job in jobs:
             job.splice()
         for job in jobs:
@@ -118,6 +120,10 @@ class _Job:
                 self.changed[op.node_id] = op
                 kept = self.restored.get(op.node_id)
                 self.built[op.node_id] = kept.module if kept is not None else self._build(op)
+        self.ties: list[tuple[nn.Module, str, nn.Parameter]] = []  # (holder, name, parameter) set at commit
+        self.untie: list[tuple[nn.Module, str, Any]] = []  # what those holders had, for a rollback
+        if plan.new_spec.resolved(plan.chain).tied or any(op.old is not None and op.old.ties for op in plan.ops):
+            self._tie()
         if any(op.init == "preserve" and op.kind in ("insert", "replace") and op.node_id not in self.restored
                for op in self.changed.values()):
             self._preserve()
@@ -155,6 +161,54 @@ class _Job:
             keep_overlap(module, old)
         return module
 
+    def _tie(self) -> None:
+        """Tie the new modules' parameters now, and plan the re-ties of kept modules (made at commit).
+
+        A kept node whose tie changes, or whose owner is rebuilt, gets the owner's new parameter at
+        commit; a failed apply puts its old one back.
+        """
+        chain = self.chain
+        kept = {node.id: node for node in self.plan.old_nodes}
+
+        def owner(node_id: str) -> nn.Module:
+            return self.built[node_id] if node_id in self.built else chain[node_id].module
+
+        for node in self.plan.new_nodes:
+            if not node.ties:
+                continue
+            module = owner(node.id)
+            before = kept.get(node.id)
+            if node.id not in self.built and before is not None and dict(before.ties) == dict(node.ties) and \
+                    not any(ref.partition(".")[0] in self.built for ref in node.ties.values()):
+                continue  # tied as before, to owners kept as they were
+            for path, ref in node.ties.items():
+                owner_id, _, owner_path = ref.partition(".")
+                try:
+                    param = owned_parameter(owner(owner_id), owner_path, owner_id)
+                    mine = owned_parameter(module, path, node.id)
+                    if mine.shape != param.shape or mine.dtype != param.dtype:
+                        raise TieError(path, f"cannot tie {path!r} (shape {list(mine.shape)}) to {ref!r} (shape "
+                                             f"{list(param.shape)}): a tied parameter is one tensor")
+                except TieError as exc:
+                    raise SpecError([self.plan.new_spec.problem((*node.path, "tie", path), exc.message)]) from None
+                holder_path, _, name = path.rpartition(".")
+                holder = module.get_submodule(holder_path) if holder_path else module
+                if node.id in self.built:
+                    setattr(holder, name, param)  # not in the chain yet: tied now, before the optimizer is planned
+                else:
+                    self.ties.append((holder, name, param))
+                    self.untie.append((holder, name, holder._parameters[name]))
+
+    def retie(self) -> None:
+        """Commit: give the kept modules that are re-tied their owners' parameters."""
+        for holder, name, param in self.ties:
+            setattr(holder, name, param)
+
+    def restore_ties(self) -> None:
+        """Rollback: the kept modules' parameters as they were (harmless to run twice)."""
+        for holder, name, param in self.untie:
+            holder._parameters[name] = param
+
     def _preserve(self) -> None:
         entries = []
         for node_id in self.plan.new_ids:
@@ -178,8 +232,10 @@ class _Job:
         plan, chain = self.plan, self.chain
         updates = {op.node_id: op for op in plan.ops if op.kind == "update"}
         for op in plan.ops:
-            if op.kind in ("remove", "replace"):
-                self.removed.extend(chain[op.node_id].module.parameters())
+            if op.kind in ("remove", "replace"):  # not a parameter it borrows: its owner's state stays
+                borrowed = op.old.ties if op.old is not None else {}
+                self.removed.extend(p for name, p in chain[op.node_id].module.named_parameters()
+                                    if name not in borrowed)
         regrouping = {node_id for node_id, op in updates.items() if any(c.field.startswith("optim.")
                                                                        for c in op.changes)}
         if not self.removed and not regrouping and not any(op.kind in ("insert", "replace") for op in plan.ops):
@@ -190,7 +246,8 @@ class _Job:
             op = self.changed.get(node.id)
             fresh = op is not None and op.kind in ("insert", "replace")
             module = self.built.get(node.id) or chain[node.id].module
-            params = [(f"{node.id}.{name}", p) for name, p in module.named_parameters()]
+            params = [(f"{node.id}.{name}", p) for name, p in module.named_parameters()
+                      if name not in node.ties]  # a borrowed parameter is placed with its owner
             old_params = list(chain[node.id].module.parameters()) if fresh and op.kind == "replace" else []
             same = op is None or op.old is None or dict(op.old.spec.optim) == dict(node.spec.optim)
             regroup = node.id in regrouping
@@ -229,6 +286,10 @@ class _Job:
             # Register the modules in chain order, as a fresh build would: parameters(), state_dict()
             # and an optimizer made from them then match those of the revised spec built from scratch.
             chain.order_modules()
+        for node in self.plan.new_nodes:  # where each node takes its input from, as the new revision says
+            if node.sources or node.id in chain.routes:
+                chain.route(node.id, node.sources, node.merge)
+        self.retie()
 
     def update_optimizer(self) -> None:
         if self.optimizer is None:
@@ -535,7 +596,10 @@ def _kept_node(op: Op, module: nn.Module, optimizer: Optimizer | None) -> KeptNo
         return None
     state: list[tuple[Tensor, Any]] = []
     if optimizer is not None:
-        for p in module.parameters():
+        borrowed = op.old.ties  # another node's parameters: their state stays with that node
+        for name, p in module.named_parameters():
+            if name in borrowed:
+                continue
             entry = optimizer.state.get(p)
             if entry is not None:
                 state.append((p, entry))

@@ -35,7 +35,7 @@ from .._errors import CheckpointError, SpecError, printable
 from .._gc import gc_paused
 from .._limits import Limits, limits_or_default
 from ..build.chain import Chain
-from ..build.compile import check_device
+from ..build.compile import check_device, tie_nodes
 from ..read.spec import Spec, loads
 
 #: Marks a file as a chainspec checkpoint, and its layout version.
@@ -1137,6 +1137,9 @@ def _restore_chain(where: str, spec: Spec, name: str, stage: int, chain: Chain, 
     except _TORCH_REFUSALS as exc:
         raise CheckpointError(f"checkpoint {where}: cannot restore chain {_q(name)}: {_show(str(exc), 2000)}") \
             from None
+    resolved = spec.resolved(name)
+    if resolved.tied:  # one tensor per name was assigned: make the tied names one parameter again
+        tie_nodes(chain, resolved.at(stage), spec._doc)
     chain.train(bool(saved["training"]))
     modules = dict(chain.named_modules())
     for module_name in saved.get("modes", []):

@@ -194,7 +194,7 @@ def _chain_name(old: Spec, new: Spec, chain: str | None) -> str:
 def _compare(old: Spec, new: Spec, before: ResolvedNode, node: ResolvedNode, position: int, after: str | None,
              facts: _Facts) -> Op | None:
     """The update or replace op for a node present in both revisions, or None if it is unchanged."""
-    optim_changes = _dict_changes(before.spec.optim, node.spec.optim, "optim.")
+    optim_changes = _dict_changes(before.spec.optim, node.spec.optim, "optim.") + _wiring_changes(before, node)
     if before.tree == node.tree:
         if not optim_changes:
             return None
@@ -207,6 +207,16 @@ def _compare(old: Spec, new: Spec, before: ResolvedNode, node: ResolvedNode, pos
     kind: OpKind = "update" if same_state else "replace"
     return Op(kind, node.id, node.type, position, after, tuple(changes), old_facts.params, new_facts.params,
               node.spec.init, before, node)
+
+
+def _wiring_changes(before: ResolvedNode, node: ResolvedNode) -> list[Change]:
+    """Changes of where a node takes its input from (``from``, ``merge``) and of its tied parameters."""
+    changes = []
+    if before.sources != node.sources:
+        changes.append(Change("from", list(before.sources) or ABSENT, list(node.sources) or ABSENT))
+    if before.merge != node.merge:
+        changes.append(Change("merge", before.merge or ABSENT, node.merge or ABSENT))
+    return changes + _dict_changes(dict(before.ties), dict(node.ties), "tie.")
 
 
 def _arg_changes(old: Spec, new: Spec, before: ResolvedNode, node: ResolvedNode) -> list[Change]:
@@ -287,13 +297,11 @@ class _Facts:
 
 
 def _measure(spec: Spec, node: ResolvedNode) -> NodeFacts:
-    import torch
-
     from .._errors import SpecError
-    from ..build.modules import build_module
+    from ..build.modules import build_module, on_meta
 
     try:
-        with torch.device("meta"):
+        with on_meta():
             module = build_module(node.tree)
     except Exception as exc:
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]

@@ -321,3 +321,71 @@ def minibatch_stddev(group_size: Size = 4) -> nn.Module:
     from .layers import MinibatchStddev
 
     return MinibatchStddev(group_size)
+
+
+@builtin("subsample_pad")
+def subsample_pad(in_channels: Size, out_channels: Size, stride: Size = 2) -> nn.Module:
+    """A parameter-free residual shortcut: subsample by ``stride``, zero-pad the channels (ResNet "option A").
+
+    Args:
+        in_channels: the input's channels.
+        out_channels: the channels after padding (at least ``in_channels``), split evenly before and after.
+        stride: keep every ``stride``-th row and column.
+    """
+    from .layers import SubsamplePad
+
+    return SubsamplePad(in_channels, out_channels, stride)
+
+
+@builtin("token_embedding")
+def token_embedding(num_embeddings: Size, embedding_dim: Size) -> nn.Module:
+    """Integer token ids to vectors (``torch.nn.Embedding``): ``[T]`` ids to ``[T, embedding_dim]``.
+
+    Args:
+        num_embeddings: the vocabulary size; ids must be in ``0..num_embeddings-1``.
+        embedding_dim: the width of each vector.
+    """
+    from torch import nn
+
+    return nn.Embedding(num_embeddings, embedding_dim)
+
+
+@builtin("position_embedding")
+def position_embedding(max_len: Size, dim: Size) -> nn.Module:
+    """Adds a learned vector per position to a ``[T, dim]`` input, for ``T <= max_len`` (GPT-2's ``wpe``).
+
+    Args:
+        max_len: the longest sequence (the context length).
+        dim: the width of the vectors.
+    """
+    from .layers import PositionEmbedding
+
+    return PositionEmbedding(max_len, dim)
+
+
+@builtin("causal_self_attention")
+def causal_self_attention(dim: Size, heads: Size, dropout: Probability = 0.0, bias: bool = True) -> nn.Module:
+    """Causal multi-head self-attention on ``[T, dim]`` (``scaled_dot_product_attention``, nanoGPT's layout).
+
+    Args:
+        dim: the model width; must be divisible by ``heads``.
+        heads: the number of attention heads.
+        dropout: attention dropout and dropout after the output projection, in training.
+        bias: biases in the query/key/value and output projections (``c_attn``, ``c_proj``).
+    """
+    from .layers import CausalSelfAttention
+
+    return CausalSelfAttention(dim, heads, dropout, bias)
+
+
+@builtin("rmsnorm")
+def rmsnorm(dim: Size, eps: Eps = 1e-6) -> nn.Module:
+    """Root-mean-square normalisation over the last dimension, with a learned scale per feature.
+
+    Args:
+        dim: the size of the last dimension.
+        eps: added to the mean square.
+    """
+    from .layers import RMSNorm
+
+    return RMSNorm(dim, eps)

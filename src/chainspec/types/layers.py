@@ -186,3 +186,148 @@ class Composite(nn.Sequential):
 
     def _get_name(self) -> str:
         return self.type_name
+
+
+class Residual(nn.Module):
+    """The module of a residual composite type: ``after(body(x) + shortcut(x))``.
+
+    ``shortcut`` defaults to the input itself and ``after`` to nothing. The body's and the
+    shortcut's outputs must have the same shape (no broadcasting: a mismatch is an error, not a
+    silently broadcast sum).
+
+    Example:
+        >>> block = Residual("res", Composite("res", [("fc", nn.Linear(4, 4))]))
+        >>> block(torch.zeros(2, 4)).shape, list(block.state_dict())
+        (torch.Size([2, 4]), ['body.fc.weight', 'body.fc.bias'])
+    """
+
+    def __init__(self, type_name: str, body: nn.Module, shortcut: nn.Module | None = None,
+                 after: nn.Module | None = None) -> None:
+        super().__init__()
+        self.type_name = type_name
+        self.body = body
+        self.shortcut = shortcut
+        self.after = after
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.body(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if y.shape != skip.shape:
+            raise RuntimeError(f"the residual body makes shape {list(y.shape[1:])} but the shortcut "
+                               f"{list(skip.shape[1:])}; they are added, so they must match")
+        y = y + skip
+        return y if self.after is None else self.after(y)
+
+    def _get_name(self) -> str:
+        return self.type_name
+
+
+class SubsamplePad(nn.Module):
+    """A parameter-free shortcut: keep every ``stride``-th pixel, then zero-pad the channels to ``out_channels``.
+
+    The "option A" shortcut of the CIFAR ResNets (He et al. 2016, section 4.2); the added
+    channels are split evenly before and after the existing ones.
+
+    Example:
+        >>> SubsamplePad(16, 32, 2)(torch.ones(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"out_channels ({out_channels}) must be at least in_channels ({in_channels})")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C_out, ceil(H / s), ceil(W / s))
+        if x.dim() != 4:
+            raise RuntimeError(f"expected input of shape (N, C, H, W), got {list(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise RuntimeError(f"expected input to have {self.in_channels} channels, but got {x.shape[1]} channels")
+        x = x[:, :, ::self.stride, ::self.stride]
+        extra = self.out_channels - self.in_channels
+        return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class PositionEmbedding(nn.Module):
+    """Adds a learned embedding of each position: ``x + weight[:T]`` for an input of shape ``(N, T, dim)``.
+
+    Example:
+        >>> PositionEmbedding(16, 8)(torch.zeros(2, 10, 8)).shape
+        torch.Size([2, 10, 8])
+    """
+
+    def __init__(self, max_len: int, dim: int) -> None:
+        super().__init__()
+        self.max_len, self.dim = max_len, dim
+        self.weight = nn.Parameter(_standard_normal(max_len, dim))
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, T, dim) -> same
+        if x.dim() != 3 or x.shape[2] != self.dim:
+            raise RuntimeError(f"expected input of shape (N, T, {self.dim}), got {list(x.shape)}")
+        t = x.shape[1]
+        if t > self.max_len:
+            raise RuntimeError(f"sequence length {t} is longer than max_len {self.max_len}")
+        return x + self.weight[:t]
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, dim={self.dim}"
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention on ``scaled_dot_product_attention``, laid out as nanoGPT's.
+
+    ``c_attn`` projects to queries, keys and values at once, ``c_proj`` projects back; attention
+    dropout (``dropout``, in training) and dropout after the projection.
+
+    Example:
+        >>> CausalSelfAttention(8, 2)(torch.zeros(2, 5, 8)).shape
+        torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.dim, self.heads, self.dropout = dim, heads, dropout
+        self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)
+        self.c_proj = nn.Linear(dim, dim, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, T, dim) -> same
+        n, t, c = x.shape
+        q, k, v = self.c_attn(x).split(self.dim, dim=2)
+        q, k, v = (z.view(n, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(n, t, c)
+        return self.resid_dropout(self.c_proj(y))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, dropout={self.dropout}"
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation over the last dimension, with a learned scale.
+
+    ``x * rsqrt(mean(x², -1) + eps) * weight`` (Zhang & Sennrich 2019), as ``torch.nn.RMSNorm``.
+
+    Example:
+        >>> RMSNorm(4)(torch.full((2, 4), 3.0))[0]
+        tensor([1.0000, 1.0000, 1.0000, 1.0000], grad_fn=<SelectBackward0>)
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, ..., dim) -> same
+        if x.shape[-1] != self.dim:
+            raise RuntimeError(f"expected input with last dimension {self.dim}, got {list(x.shape)}")
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
