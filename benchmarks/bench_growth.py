@@ -73,9 +73,12 @@ def _case(path: Path, stage: int, rounds: int) -> list[Row]:
 
 
 def run() -> list[Row]:
-    """The tiny PG-GAN and the full 1024x1024 one, growing at a middle stage."""
+    """The tiny PG-GAN and the full 1024x1024 one, growing at a middle stage; then gpt_tiny grown against
+    trained from scratch (``bench_grow_gpt``)."""
     torch.manual_seed(0)
     rows = _case(SPECS / "pggan_tiny.yaml", 2, pick(5, 1))
     if pick(True, False):
         rows += _case(SPECS / "pggan.yaml", 5, 3)
-    return rows
+    import bench_grow_gpt  # what growing a transformer saves (examples/grow_gpt.py's two runs)
+
+    return rows + bench_grow_gpt.run()

@@ -394,12 +394,16 @@ def print_report(figures: dict[str, Any], rows: list[Row]) -> None:
     for r in rows:
         entry, what = r["case"].split(": ", 1)
         print(f"{entry:<18} {what.split(',')[0]:<32} {fmt_amount(r['base'], r['unit']):>10} "
-              f"{fmt_amount(r['value'], r['unit']):>10} {r['target']:>9}  {'' if r['ok'] is None else 'ok' if r['ok'] else 'MISSED'}  "
+              f"{fmt_amount(r['value'], r['unit']):>10} {r['target']:>9}  {_verdict(r['ok'])}  "
               f"{r['note']}")
     for entry in ENTRIES:
         slow = sorted(((f[entry]["seconds"] or 0, n, f[entry]["outcome"]) for n, f in figures["cases"].items()
                        if entry in f), reverse=True)[:5]
         print(f"\n{entry}: slowest " + "; ".join(f"{n} {t:.3f} s ({o})" for t, n, o in slow))
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else "ok" if ok else "MISSED"
 
 
 def main() -> int:

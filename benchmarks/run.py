@@ -81,10 +81,14 @@ AREAS.update({
     "check": ("bench_check", _needs_files("specs/pggan.yaml")),
     "startup": ("bench_startup", _needs_files("specs/pggan.yaml")),
     "build": ("bench_build", None),
+    "branches": ("bench_branches", _needs_files("specs/resnet20.yaml", "specs/gpt.yaml")),
 })
 
 #: What each area's figures mean, written under the table.
 NOTES = {
+    "branches": "Chain against the hand-written models of tests/reference_models.py holding the same weights, "
+                "both in training mode; forward under torch.no_grad(), forward+backward with autograd; peak memory "
+                "is the growth of a fresh process's peak RSS over one forward+backward.",
     "forward": "Chain, nn.Sequential and the naive list hold the very same module objects; "
                "forward runs under torch.no_grad(), forward+backward with autograd.",
     "compile": "torch.compile with the default inductor backend and cache settings, each side with an empty "

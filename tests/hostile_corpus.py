@@ -62,7 +62,7 @@ KEY_CASES = {
     "tree-10x6", "tree-widest-31", "tree-wrapped-leaves", "string-doubling-40", "list-doubling-used",
     "template-long-var", "input-stage-exprs",
     "exponent-round-neg-1e18", "exponent-input-round-var", "exponent-in-tree",
-    "deep-growing-input", "deep-fixed-input-layouts",
+    "deep-growing-input", "deep-fixed-input-layouts", "deep-routed-growing-input", "deep-tied-to-one",
     "buffers-batchnorm1d-x10", "buffers-two-chains",
     "didyoumean-types", "sexagesimal-value", "refused-times-problems",
     "scalar-bool-maybe", "scalar-key-bool-maybe", "expr-invert-name", "import-torch-save", "import-torch-relu",
@@ -340,6 +340,23 @@ def growing_input(budget: int = MAX_BYTES, *, per_stage_layout: bool = False, co
         return f"{{id: n{i}, type: relu{stage}}}"
 
     text, _ = _fit(prefix, "]\n", item, budget, sep=", ", max_items=VALUES // (7 if per_stage_layout else 5))
+    return text
+
+
+def routed_growing_input(budget: int = MAX_BYTES) -> str:
+    """A growing input over 1,000 stages, every node adding the chain's input to the node before (``from``)."""
+    prefix = f'chainspec: 1\nstages: {STAGES}\nchains:\n  net:\n    input_shape: ["${{stage + 1}}"]\n    nodes: ['
+    text, _ = _fit(prefix, "]\n", lambda i: f"{{id: n{i}, type: relu{f', stage: {STAGES - 1}' if i == 0 else ''}"
+                   + (", from: [prev, input], merge: add}" if i else "}"), budget, sep=", ",
+                   max_items=VALUES // 9)
+    return text
+
+
+def tied_to_one(budget: int = MAX_BYTES) -> str:
+    """Thousands of linear nodes, every one tying its weight to the first one's."""
+    prefix = "chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes: ["
+    text, _ = _fit(prefix, "]\n", lambda i: f"{{id: n{i}, type: linear, args: {{in_features: 4, out_features: 4}}"
+                   + (", tie: {weight: n0.weight}}" if i else "}"), budget, sep=", ", max_items=VALUES // 8)
     return text
 
 
@@ -778,6 +795,9 @@ def corpus(budget: int = MAX_BYTES) -> list[Case]:
     add("deep-growing-composites", "deep-check", growing_input_composites(budget),
         "a growing input through composites of 100 leaves each", must_refuse=True)
     add("deep-two-chains", "deep-check", two_growing_chains(budget), "two chains growing at every stage")
+    add("deep-routed-growing-input", "deep-check", routed_growing_input(budget),
+        "a growing input, every node adding the chain's input by id, at 1,000 stages")
+    add("deep-tied-to-one", "deep-check", tied_to_one(budget), "thousands of nodes tying their weight to one")
 
     # 5. memory
     add("buffers-batchnorm1d-x10", "memory", unfit_buffers("batchnorm1d"),

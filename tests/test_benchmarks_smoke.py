@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 AREAS = ["bench_forward", "bench_compile", "bench_splice", "bench_memory", "bench_revision", "bench_growth",
-         "bench_diff", "bench_validate", "bench_hostile", "bench_check"]
+         "bench_diff", "bench_validate", "bench_hostile", "bench_check", "bench_branches"]
 
 
 @pytest.fixture

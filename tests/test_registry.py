@@ -18,7 +18,18 @@ from torch import nn
 
 import chainspec
 from chainspec import SpecError
-from chainspec.types.layers import ChannelBias, EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, Reshape
+from chainspec.types.layers import (
+    CausalSelfAttention,
+    ChannelBias,
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchStddev,
+    PixelNorm,
+    PositionEmbedding,
+    Reshape,
+    RMSNorm,
+    SubsamplePad,
+)
 from chainspec.types.registry import (
     builtin_type_names,
     close_match,
@@ -62,13 +73,21 @@ BUILTINS = [
     ("pixel_norm", {}, [3, 4, 4], [3, 4, 4], PixelNorm),
     ("channel_bias", {"num_channels": 3}, [3, 4, 4], [3, 4, 4], ChannelBias),
     ("minibatch_stddev", {}, [3, 4, 4], [4, 4, 4], MinibatchStddev),
+    ("subsample_pad", {"in_channels": 3, "out_channels": 5}, [3, 8, 8], [5, 4, 4], SubsamplePad),
+    ("token_embedding", {"num_embeddings": 10, "embedding_dim": 4}, [7], [7, 4], nn.Embedding),
+    ("position_embedding", {"max_len": 8, "dim": 4}, [7, 4], [7, 4], PositionEmbedding),
+    ("causal_self_attention", {"dim": 4, "heads": 2}, [7, 4], [7, 4], CausalSelfAttention),
+    ("rmsnorm", {"dim": 4}, [7, 4], [7, 4], RMSNorm),
 ]
+#: Types whose input is integer token ids (``input_dtype: int64``), not floats.
+TOKEN_TYPES = {"token_embedding"}
 
 
 def one_node_spec(type_name: str, args: dict, input_shape: list[int], **kwargs) -> chainspec.Spec:
     import json
 
-    text = (f"chainspec: 1\nchains:\n  net:\n    input_shape: {input_shape}\n"
+    dtype = "    input_dtype: int64\n" if type_name in TOKEN_TYPES else ""
+    text = (f"chainspec: 1\nchains:\n  net:\n    input_shape: {input_shape}\n{dtype}"
             f"    nodes: [{{id: n, type: {json.dumps(type_name)}, args: {json.dumps(args)}}}]\n")
     return chainspec.loads(text, source="one.yaml", **kwargs)
 
@@ -82,7 +101,8 @@ def test_every_builtin_type_builds_and_runs(type_name: str, args: dict, input_sh
     net = spec.build()
     assert type(net.n) is cls and net["n"].type == type_name
     net.eval()
-    assert list(net(torch.randn(4, *input_shape)).shape) == [4, *output_shape]
+    x = torch.randint(0, 10, (4, *input_shape)) if type_name in TOKEN_TYPES else torch.randn(4, *input_shape)
+    assert list(net(x).shape) == [4, *output_shape]
 
 
 def test_the_builtin_list_is_exactly_the_promised_one() -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 import chainspec
 from chainspec import Chain, ChainspecError, Spec, SpecError
-from chainspec.read.model import ChainSpec, NodeSpec, PartSpec, SpecModel, TypeDef
+from chainspec.read.model import ChainSpec, CopyInit, NodeSpec, PartSpec, SpecModel, TypeDef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -663,9 +663,10 @@ def test_load_and_validate_do_not_import_torch(blog_path: Path) -> None:
 
 def test_spec_format_reference_covers_every_key_and_builtin_type() -> None:
     doc = (ROOT / "docs" / "spec-format.md").read_text(encoding="utf-8")
-    for model in (SpecModel, ChainSpec, NodeSpec, PartSpec, TypeDef):
-        for field in model.model_fields:
-            assert f"`{field}`" in doc, f"docs/spec-format.md does not document {model.__name__}.{field}"
+    for model in (SpecModel, ChainSpec, NodeSpec, PartSpec, TypeDef, CopyInit):
+        for field, info in model.model_fields.items():
+            key = info.alias or field  # the key a spec writes (``from``, not the attribute ``from_``)
+            assert f"`{key}`" in doc, f"docs/spec-format.md does not document {model.__name__}.{key}"
     from chainspec.types.registry import builtin_type_names
 
     for name in builtin_type_names():

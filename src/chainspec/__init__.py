@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .read.schedule import Schedule
     from .read.spec import Spec, load, loads
     from .revise.apply import RemovedNodes, removed_nodes
+    from .revise.certify import Certificate, CertificateError
     from .revise.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .revise.diff import diff, diff_all
     from .revise.ops import Op
@@ -40,6 +41,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Blend",
+    "Certificate",
+    "CertificateError",
     "Chain",
     "ChainSummary",
     "ChainspecError",
@@ -107,6 +110,8 @@ _LAZY = {
     "Revision": ".build.chain",
     "SpecWatcher": ".revise.watch",
     "RemovedNodes": ".revise.apply",
+    "Certificate": ".revise.certify",
+    "CertificateError": ".revise.certify",
     "removed_nodes": ".revise.apply",
     "Checkpoint": ".revise.checkpoint",
     "load_checkpoint": ".revise.checkpoint",

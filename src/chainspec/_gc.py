@@ -15,21 +15,19 @@ the outermost pause ends, as it would have been (a collection runs on the next a
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-_lock = threading.Lock()
-_depth = 0
-_resume = False
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the ``with`` block; nested and concurrent pauses are one pause.
+    """Pause the cyclic garbage collector for the ``with`` block, if it is running.
 
-    The collector runs again when the last pause ends, and only if it was running when the first began
-    (a program that disabled it keeps it disabled).
+    Only the pause that found the collector running starts it again, so nested pauses are one
+    pause, and a program that disabled the collector keeps it disabled. There is no lock for an
+    interrupt to leave held; a ``KeyboardInterrupt`` landing exactly between the block's end and the
+    restart can leave the collector paused, which only costs memory (``plan.apply``'s rollback
+    starts it again; see ``revise.torchstate``).
 
     Example:
         >>> import gc
@@ -39,16 +37,10 @@ def gc_paused() -> Iterator[None]:
         >>> gc.isenabled()
         True
     """
-    global _depth, _resume
-    with _lock:
-        if _depth == 0:
-            _resume = gc.isenabled()
-            gc.disable()
-        _depth += 1
+    running = gc.isenabled()
     try:
+        gc.disable()
         yield
     finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _resume:
-                gc.enable()
+        if running:
+            gc.enable()

@@ -390,10 +390,14 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         return None, problems
     nodes = nodes if nodes is not None else chain.at(stage)
     kept = {source for node in nodes for source in node.sources}  # outputs a later node takes by id
+    by_id = {node.id: node for node in nodes}
+    metas: dict[str, nn.Module] = {}  # meta-device builds of tied nodes and their owners
     outputs: dict[str, State] = {"input": state}
     rows: list[NodeSummary] = []
     previous: str | None = None
-    for node in nodes:
+    for i, node in enumerate(nodes):
+        if not i & 63:
+            probes.budget.check_time()
         if node.sources:
             merged = _merged(doc, node, [(s, state if s == "prev" else outputs[s]) for s in node.sources], previous)
             if isinstance(merged, Problem):
@@ -405,7 +409,8 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
             return None, [result.problem(doc, node, previous)]
         params, param_bytes, buffer_bytes = probes.measure(index)
         if node.ties:
-            tied = _tied(doc, node, nodes, dtype)
+            probes.budget.check_time()
+            tied = _tied(doc, node, by_id, dtype, metas)
             if isinstance(tied, Problem):
                 return None, [tied]
             params, param_bytes = params - tied[0], param_bytes - tied[1]
@@ -451,13 +456,11 @@ def _merged(doc: Document, node: ResolvedNode, inputs: list[tuple[str, State]], 
         f"the concatenation of {', '.join(who for who, _ in shapes)}"
 
 
-def _tied(doc: Document, node: ResolvedNode, nodes: list[ResolvedNode], dtype: torch.dtype | None
-          ) -> tuple[int, int] | Problem:
-    """Check ``node``'s ties on meta-device builds; return the elements and bytes its tied parameters share."""
+def _tied(doc: Document, node: ResolvedNode, by_id: dict[str, ResolvedNode], dtype: torch.dtype | None,
+          built: dict[str, nn.Module]) -> tuple[int, int] | Problem:
+    """Check ``node``'s ties on meta-device builds (kept in ``built``, by id); return the elements and bytes
+    its tied parameters share."""
     from .ties import TieError, tie
-
-    by_id = {n.id: n for n in nodes}
-    built: dict[str, nn.Module] = {}
 
     def module_of(node_id: str) -> nn.Module:
         if node_id not in built:

@@ -55,6 +55,22 @@ INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 PARAM_REF = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$"
 
 
+class CopyInit(_Strict):
+    """``init: {copy: b2}``: a node that joins starts as a copy of another node of the same definition."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    source: Identifier = Field(alias="copy",
+                               description="The id of a node of the chain's old revision with the same definition "
+                                           "(type and arguments): the new node starts with its weights and buffers "
+                                           "(depth growth by stacking copies, as G_stack does).",
+                               examples=["h1"])
+    optimizer: Literal["copy", "fresh"] = Field(
+        "copy", description="The new parameters' optimizer state: a copy of the source's (Adam's moments and "
+                            "step count), so that they take the step the source would; or none, as new "
+                            "parameters have.")
+
+
 class NodeSpec(PartSpec):
     """One node of a chain: a part plus when it joins and leaves the chain, and where its input comes from."""
 
@@ -66,12 +82,13 @@ class NodeSpec(PartSpec):
         0, description="The growth stage at which the node joins the chain (0 = from the start).")
     until: Annotated[int, Field(ge=1, le=MAX_STAGES)] | None = Field(
         None, description="The stage at which the node leaves the chain (it is active for stage <= s < until).")
-    init: Literal["fresh", "keep", "preserve"] = Field(
+    init: Literal["fresh", "keep", "preserve"] | CopyInit = Field(
         "fresh",
         description="How new weights start when a live revision inserts this node or changes its parameter shapes: "
                     "fresh = the type's own initialisation; keep = copy the overlapping slice of the old weights; "
-                    "preserve = function-preserving (Net2WiderNet when widened, identity when inserted). "
-                    "See docs/revisions.md for the types that support each mode.")
+                    "preserve = function-preserving (Net2WiderNet when widened, identity when inserted; a "
+                    "residual block starts by adding nothing); {copy: ID} = the weights of another node of the "
+                    "same definition. See docs/revisions.md for the types that support each mode.")
     optim: dict[Identifier, bool | int | float | list[float]] = Field(
         default_factory=dict,
         description="Optimizer hyperparameters for this node's parameters, overriding those of the param group "

@@ -77,6 +77,8 @@ RESERVED_IDS: frozenset[str] = frozenset({
     "register_state_dict_pre_hook",
     "remove",
     "replace",
+    "route",
+    "routes",
     "requires_grad_",
     "revision",
     "set_extra_state",

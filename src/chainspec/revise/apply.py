@@ -18,6 +18,7 @@ chain) and is rolled back with the rest.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 POLICIES = ("keep", "reset")
 
 
-@gc_paused()
 def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, policy: str = "keep",
                 confirm: Callable[[], None] | None = None) -> None:
     """Apply several plans (for example a generator's and a discriminator's) as one all-or-nothing step.
@@ -77,22 +77,23 @@ def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, po
     # One try from here on: an interrupt between any two lines (even while protecting) is rolled back. Not a
     # `with` block: an interrupt at a line of its __exit__, after the last change, would escape a finished apply.
     try:
-        jobs = [_Job(plan, chain, optimizer, policy) for plan, chain, optimizer in items]
-        for job in jobs:
-            change.protect_chain(job.chain)
-        for job in jobs:
-            change.protect_optimizer(job.optimizer)
-        for job in jobs:
-            change.protect(_KeptSnapshot(job).restore)
-            change.protect(job.restore_ties)
-        for job in jobs:
-            job.splice()
-        for job in jobs:
-            job.update_optimizer()
-        for job in jobs:
-            job.record()
-        if confirm is not None:
-            confirm()
+        with gc_paused():  # a rollback starts the collector again (the transaction recorded its state)
+            jobs = [_Job(plan, chain, optimizer, policy) for plan, chain, optimizer in items]
+            for job in jobs:
+                change.protect_chain(job.chain)
+            for job in jobs:
+                change.protect_optimizer(job.optimizer)
+            for job in jobs:
+                change.protect(_KeptSnapshot(job).restore)
+                change.protect(job.restore_ties)
+            for job in jobs:
+                job.splice()
+            for job in jobs:
+                job.update_optimizer()
+            for job in jobs:
+                job.record()
+            if confirm is not None:
+                confirm()
     except BaseException:
         change.rollback()
         raise
@@ -120,6 +121,12 @@ class _Job:
                 self.changed[op.node_id] = op
                 kept = self.restored.get(op.node_id)
                 self.built[op.node_id] = kept.module if kept is not None else self._build(op)
+        # init: copy: the source's weights now; its optimizer state (cloned now: the source may be leaving)
+        # for the new parameters once they are in the optimizer.
+        self.copied_state: list[tuple[Tensor, dict[str, Any]]] = []
+        for op in plan.ops:
+            if op.kind == "insert" and op.init == "copy" and op.node_id not in self.restored:
+                self._copy(op, optimizer)
         self.ties: list[tuple[nn.Module, str, nn.Parameter]] = []  # (holder, name, parameter) set at commit
         self.untie: list[tuple[nn.Module, str, Any]] = []  # what those holders had, for a rollback
         if plan.new_spec.resolved(plan.chain).tied or any(op.old is not None and op.old.ties for op in plan.ops):
@@ -160,6 +167,22 @@ class _Job:
             assert old is not None
             keep_overlap(module, old)
         return module
+
+    def _copy(self, op: Op, optimizer: Optimizer | None) -> None:
+        """Start an inserted node as a copy of ``op.copy``: weights and buffers, and optimizer state if asked."""
+        assert op.copy is not None
+        source = self.chain[op.copy].module
+        module = self.built[op.node_id]
+        with torch.no_grad():
+            module.load_state_dict(source.state_dict())
+        if optimizer is None or not op.copy_state:
+            return
+        theirs = dict(source.named_parameters())
+        for name, param in module.named_parameters():
+            state = optimizer.state.get(theirs[name])
+            if state:
+                self.copied_state.append((param, {k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+                                                  for k, v in state.items()}))
 
     def _tie(self) -> None:
         """Tie the new modules' parameters now, and plan the re-ties of kept modules (made at commit).
@@ -295,6 +318,8 @@ class _Job:
         if self.optimizer is None:
             return
         _optim.carry_out(self.optimizer, self.removed, self.placements)
+        for param, state in self.copied_state:  # init: copy with the source's optimizer state
+            self.optimizer.state[param] = state
         for kept in self.restored.values():  # restored parameters get their state back, in their own optimizer
             if kept.optimizer is not None and kept.optimizer() is self.optimizer:
                 for param, state in kept.state:

@@ -153,8 +153,9 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
         after = new_nodes[position - 1].id if position else None
         before = by_id.get(node.id)
         if before is None:
+            mode, source, state = _copy_init(new, node, by_id)
             ops.append(Op("insert", node.id, node.type, position, after, params_after=facts.of(new, node).params,
-                          init=node.spec.init, new=node))
+                          init=mode, copy=source, copy_state=state, new=node))
             continue
         if node.id in moved:
             count = facts.of(new, node).params
@@ -200,13 +201,49 @@ def _compare(old: Spec, new: Spec, before: ResolvedNode, node: ResolvedNode, pos
             return None
         count = facts.of(new, node).params
         return Op("update", node.id, node.type, position, after, tuple(optim_changes), count, count,
-                  node.spec.init, before, node, rebuild=False)
+                  _init_name(node), before, node, rebuild=False)
     old_facts, new_facts = facts.of(old, before), facts.of(new, node)
     changes = _arg_changes(old, new, before, node) + optim_changes
     same_state = old_facts.leaves == new_facts.leaves and old_facts.state == new_facts.state
     kind: OpKind = "update" if same_state else "replace"
+    if kind == "replace" and _init_name(node) == "copy":
+        from .._errors import SpecError
+
+        raise SpecError([new.problem((*node.path, "init"), "init: copy is for a node that joins the chain, not one "
+                                     "whose parameters change", "use fresh, keep or preserve here")])
     return Op(kind, node.id, node.type, position, after, tuple(changes), old_facts.params, new_facts.params,
-              node.spec.init, before, node)
+              _init_name(node), before, node)
+
+
+def _init_name(node: ResolvedNode) -> str:
+    """``fresh``, ``keep``, ``preserve`` or ``copy``."""
+    init = node.spec.init
+    return init if isinstance(init, str) else "copy"
+
+
+def _copy_init(new: Spec, node: ResolvedNode, old_nodes: Mapping[str, ResolvedNode]
+               ) -> tuple[str, str | None, bool]:
+    """An inserted node's init: its mode, and for ``{copy: ID}`` the source id and whether its optimizer
+    state comes too.
+
+    Raises:
+        SpecError: at ``init.source``, if the source is not in the old chain or is not defined alike.
+    """
+    init = node.spec.init
+    if isinstance(init, str):
+        return init, None, False
+    from .._errors import SpecError
+
+    source = old_nodes.get(init.source)
+    where, label = (*node.path, "init", "copy"), f" ({node.id})"
+    if source is None:
+        raise SpecError([new._doc.problem(where, f"cannot copy {init.source!r}: it is not in the chain before this "
+                                                 "revision", "copy a node the running chain has", label=label)])
+    if source.tree != node.tree and tree_key(source.tree) != tree_key(node.tree):
+        raise SpecError([new._doc.problem(where, f"cannot copy {init.source!r} ({source.type}): it is not defined "
+                                                 f"as {node.id!r} ({node.type}) is",
+                                          "copy a node of the same type and arguments", label=label)])
+    return "copy", init.source, init.optimizer == "copy"
 
 
 def _wiring_changes(before: ResolvedNode, node: ResolvedNode) -> list[Change]:

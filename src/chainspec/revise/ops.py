@@ -69,7 +69,8 @@ class Op:
         changes: what changed (update and replace).
         params_before: the node's parameter count before the op.
         params_after: its parameter count after the op.
-        init: how a replace or insert starts its new weights (``fresh``, ``keep`` or ``preserve``).
+        init: how a replace or insert starts its new weights (``fresh``, ``keep``, ``preserve`` or ``copy``).
+        copy: with ``init`` ``copy``, the id of the node it copies; ``copy_state``: its optimizer state too.
         restored: an insert whose module, trained weights and optimizer state come back from the
             chain's store of removed nodes (see :meth:`Plan.restoring`), rather than new weights.
 
@@ -93,6 +94,9 @@ class Op:
     #: False for an update that only changes optimizer overrides: the module is not rebuilt.
     rebuild: bool = field(default=True, repr=False, compare=False)
     restored: bool = False
+    #: With ``init: copy``: the node whose weights (and, with ``copy_state``, optimizer state) it starts from.
+    copy: str | None = None
+    copy_state: bool = False
 
     @property
     def marker(self) -> str:
@@ -111,6 +115,8 @@ class Op:
         if self.kind == "insert":
             if self.restored:
                 return f"{head} {where} (restored)"
+            if self.init == "copy":
+                return f"{head} {where} (copy of {self.copy}{', optimizer state too' if self.copy_state else ''})"
             return f"{head} {where}" + (" (identity init)" if self.init == "preserve" else "")
         if self.kind == "remove":
             return head
@@ -127,7 +133,8 @@ class Op:
                 "position": self.position, "after": self.after,
                 "changes": [c.to_dict() for c in self.changes], "params_before": self.params_before,
                 "params_after": self.params_after, "param_delta": self.param_delta, "init": self.init,
-                "restored": self.restored}
+                "restored": self.restored, **({"copy": self.copy, "copy_state": self.copy_state}
+                                              if self.init == "copy" else {})}
 
 
 

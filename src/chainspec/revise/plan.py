@@ -7,15 +7,17 @@ Both print like ``terraform plan``, give the same as JSON, and apply themselves 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PlanError
 from .apply import apply_plans, restorable
+from .certify import Certificate, certificate, probe_output
 from .ops import MARKERS, Op
 
 if TYPE_CHECKING:
+    from torch import Tensor
     from torch.optim import Optimizer
 
     from ..build.chain import Chain
@@ -183,7 +185,8 @@ class Plan:
                     else replace(op, restored=not op.restored) for op in self.ops]
         return plan
 
-    def apply(self, chain: Chain, optimizer: Optimizer | None = None, *, policy: str = "keep") -> None:
+    def apply(self, chain: Chain, optimizer: Optimizer | None = None, *, policy: str = "keep", probe: Any = None,
+              loss: Callable[[Tensor], Tensor] | None = None, tolerance: float = 1e-5) -> Certificate | None:
         """Carry out the plan on a live chain (and its optimizer), all or nothing.
 
         Every new module is built and the whole new chain shape-checked before
@@ -200,14 +203,47 @@ class Plan:
                 removed ones leave it (see docs/revisions.md for the group rule).
             policy: ``"keep"`` (surviving parameters keep their optimizer state) or
                 ``"reset"`` (the chain's optimizer state is cleared, as PG-GAN does at each growth step).
+            probe: an input batch: the chain's output on it is measured before and after (in eval
+                mode), and a :class:`~chainspec.revise.certify.Certificate` is returned. If the plan
+                claims to keep the function (every insert and replace ``init: preserve``) and the
+                output moved by more than ``tolerance``, the apply is rolled back.
+            loss: with ``probe``, a function of the output whose change the certificate also reports.
+            tolerance: the largest output change a claimed identity may show, relative to
+                ``max(1, largest output element)``.
+
+        Returns:
+            The certificate when ``probe`` is given, else None.
 
         Raises:
+            CertificateError: (a PlanError) a claimed identity moved the output; nothing was changed.
             PlanError: the chain is not the plan's old revision, or a bad policy.
             SpecError: the new revision does not shape-check, or an ``init``/``optim`` setting cannot apply.
             TypeError: ``chain`` is not a :class:`Chain`, or ``optimizer`` not an optimizer.
-        """
 
-        apply_plans([(self, chain, optimizer)], policy=policy)
+        Example:
+            >>> import chainspec, torch
+            >>> old = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: ["
+            ...                       "{id: fc, type: linear, args: {in_features: 4, out_features: 4}}]}}")
+            >>> new = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: ["
+            ...                       "{id: fc, type: linear, args: {in_features: 4, out_features: 4}}, {id: fc2, "
+            ...                       "type: linear, args: {in_features: 4, out_features: 4}, init: preserve}]}}")
+            >>> net = old.build()
+            >>> chainspec.diff(old, new).apply(net, probe=torch.randn(8, 4)).holds
+            True
+        """
+        if probe is None:
+            apply_plans([(self, chain, optimizer)], policy=policy)
+            return None
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        before = probe_output(chain, probe)
+        found: list[Certificate] = []
+
+        def confirm() -> None:  # inside the transaction: a failed claim rolls the apply back
+            found.append(certificate(self, before, probe_output(chain, probe), loss, tolerance))
+
+        apply_plans([(self, chain, optimizer)], policy=policy, confirm=confirm)
+        return found[0]
 
 
 class PlanSet(dict[str, Plan]):

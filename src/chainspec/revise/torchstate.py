@@ -1,4 +1,4 @@
-"""Putting torch's thread-global modes back after an interrupted ``with torch.device(...)`` or ``no_grad``.
+"""Putting torch's thread-global modes (and the garbage collector) back after an interrupted ``with`` block.
 
 ``with torch.device("meta"):`` pushes a mode on torch's function-mode stack
 and pops it in ``__exit__``. A ``KeyboardInterrupt`` delivered just as the
@@ -13,6 +13,7 @@ failure.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
@@ -45,10 +46,13 @@ class FunctionModes:
                                         if _get_current_function_mode_stack is not None else None)
         self.device = getattr(_device, "CURRENT_DEVICE", None)
         self.grad = torch.is_grad_enabled()
+        self.collecting = gc.isenabled()  # chainspec pauses the garbage collector while it builds
 
     def restore(self) -> None:
         """Put the stack and grad mode back as they were when this object was made (a no-op when unchanged)."""
         torch.set_grad_enabled(self.grad)
+        if self.collecting:
+            gc.enable()
         if self.modes is None or _get_current_function_mode_stack is None:
             return
         if list(_get_current_function_mode_stack()) != self.modes:

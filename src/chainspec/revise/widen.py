@@ -11,7 +11,9 @@ overlapping slice of every old tensor of the same name and rank.
   per-channel state along; a consumer whose new inputs are brand-new units (a
   ``keep`` or ``fresh`` widening) gives them zero incoming weights instead.
 * inserting a node (Net2DeeperNet): linear and convolution layers start as
-  the identity.
+  the identity; a residual block starts with its body's last weighted layer
+  zeroed (a projection, or an affine norm's scale and shift), so that it adds
+  nothing to its input, norm layers inside it included.
 
 The sweep over the new chain tracks a *layout*: for each channel flowing
 between nodes, which old channel it corresponds to (``-1`` for a new one).
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ChainspecError
-from ..types.layers import EqualizedConv2d, EqualizedLinear
+from ..types.layers import EqualizedConv2d, EqualizedLinear, Residual, RMSNorm
 
 #: Layers with a ``weight`` of shape ``(out, in, *kernel)`` (transposed convolutions: ``(in, out, *kernel)``).
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, EqualizedLinear, EqualizedConv2d)
@@ -125,13 +127,67 @@ def identity_init(module: nn.Module, node_id: str) -> None:
         >>> torch.equal(fc(torch.ones(1, 3)), torch.ones(1, 3))
         True
     """
-    for path, leaf in leaves(module):
+    for path, leaf in _identity_parts(module):
         where = f"{type(leaf).__name__}" + (f" ({path})" if path else "")
-        if isinstance(leaf, WEIGHT_LAYERS):
+        if isinstance(leaf, Residual):
+            _residual_identity(leaf, where, node_id)
+        elif isinstance(leaf, WEIGHT_LAYERS):
             _identity_weight(leaf, where, node_id)
         elif any(True for _ in chained(leaf.parameters(False), leaf.buffers(False))):
             raise WidenError(node_id, f"init: preserve cannot make {where} an identity",
-                             "only linear and convolution layers get an identity initialisation; use init: fresh")
+                             "only linear and convolution layers and residual blocks get an identity "
+                             "initialisation; use init: fresh")
+
+
+def _identity_parts(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """The leaves of ``module`` in order, a residual block standing for itself (its parts are not leaves)."""
+    if isinstance(module, Residual) or next(module.children(), None) is None:
+        yield prefix, module
+        return
+    for name, sub in module.named_children():
+        yield from _identity_parts(sub, f"{prefix}.{name}" if prefix else name)
+
+
+#: Layers that make zeros of zeros: after the zeroed layer of a residual body, they keep it zero.
+ZERO_KEEPING: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Hardtanh, nn.Identity,
+    nn.modules.dropout._DropoutNd, nn.Upsample, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten)
+#: Norm layers whose learned scale and shift, zeroed, make their output zero.
+AFFINE_NORMS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, RMSNorm)
+
+
+def _residual_identity(block: Residual, where: str, node_id: str) -> None:
+    """Start a residual block as the identity: its body's last weighted layer is zeroed, so the body adds 0.
+
+    The shortcut must be the input itself, and the parts after the sum must give back what they get:
+    ``identity``, or ``relu`` where the block's input is never negative (as after another block's ReLU);
+    a ReLU after the sum is the identity only there, which a growth certificate measures.
+    """
+    if block.shortcut is not None:
+        raise WidenError(node_id, f"init: preserve needs the shortcut of {where} to be the input itself",
+                         "a projection or subsample shortcut changes the input; use init: fresh")
+    if block.after is not None:
+        for path, leaf in leaves(block.after):
+            if not isinstance(leaf, (nn.Identity, nn.ReLU)):
+                raise WidenError(node_id, f"init: preserve cannot keep {type(leaf).__name__} (after.{path}) of "
+                                          f"{where} an identity", "only identity or relu may follow the sum")
+    body = list(leaves(block.body))
+    last = next((i for i in range(len(body) - 1, -1, -1) if any(True for _ in body[i][1].parameters(False))), None)
+    if last is None:
+        raise WidenError(node_id, f"init: preserve needs a layer with weights in the body of {where}",
+                         "use init: fresh")
+    path, layer = body[last]
+    if not isinstance(layer, (*WEIGHT_LAYERS, *AFFINE_NORMS)):
+        raise WidenError(node_id, f"init: preserve cannot zero {type(layer).__name__} (body.{path}) of {where}",
+                         "the body must end in a linear, convolution or affine norm layer")
+    for later_path, later in body[last + 1:]:
+        if not isinstance(later, ZERO_KEEPING):
+            raise WidenError(node_id, f"init: preserve needs the body of {where} to keep zeros after "
+                                      f"{path}, but {type(later).__name__} ({later_path}) does not",
+                             "end the body with its last weighted layer, or use init: fresh")
+    for tensor in layer.parameters(False):
+        tensor.zero_()
 
 
 def _identity_weight(leaf: nn.Module, where: str, node_id: str) -> None:

@@ -1,0 +1,66 @@
+"""What growing a transformer saves: ``examples/grow_gpt.py``'s two runs, as rows of the ``growth`` area.
+
+gpt_tiny is trained on the standard library's sources twice with the same seed and token budget:
+from scratch at its final size (four blocks), and grown from two blocks to four after 40% of the
+steps, the new blocks copies of their neighbours with their Adam moments. Rows: the FLOPs the
+grown run needed to reach the scratch run's final validation loss, as a fraction of the scratch
+run's FLOPs (target <= 0.70; published anchors: 0.45 for G_stack at 7B, about 0.45 for MSG, 0.78
+for staged training), and the scratch run's validation loss at the grown run's total FLOPs
+against the grown run's. A fraction that is not reached is reported as such.
+
+Usage:
+    python benchmarks/bench_grow_gpt.py [--quick]
+
+Example:
+    >>> rows = run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchutil import Row, pick, row
+
+AREA = "growth"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "grow_gpt.py"
+
+
+def _example() -> Any:
+    spec = importlib.util.spec_from_file_location("grow_gpt", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(operator: str = "copy") -> list[Row]:
+    """Both runs of the example (its default budget; a few steps when quick); two rows."""
+    quick = ["--steps", "20", "--batch", "2", "--eval-every", "10", "--eval-batches", "1", "--text-bytes", "200000"]
+    args = ["--operator", operator, *pick([], quick)]
+    with tempfile.TemporaryDirectory() as out:
+        result = _example().main([*args, "--out", out])
+    s = result["summary"]
+    case = f"gpt_tiny grown 2 -> 4 blocks ({operator}) vs from scratch, same tokens"
+    fraction = s["fraction"]
+    rows = [row(AREA, f"FLOPs to reach scratch's final validation loss, {case}", "from scratch (its FLOPs)",
+                base=s["scratch_flops"], value=s["grown_flops_to_scratch_loss"], ratio=fraction, target=0.70,
+                unit="count", ok=fraction is not None and fraction <= 0.70,
+                note="not reached" if fraction is None else f"certificate: logits moved by {s['certificate']:.2g}")]
+    scratch_loss = s["scratch_val_at_grown_flops"]
+    rows.append(row(AREA, f"validation loss at the grown run's total FLOPs, {case}", "from scratch",
+                    base=scratch_loss, value=s["grown_final_val"],
+                    ratio=s["grown_final_val"] / scratch_loss if scratch_loss else None, unit="count",
+                    note=f"nats per character; grown run's FLOPs {s['grown_flops']:.3g}"))
+    return rows
+
+
+if __name__ == "__main__":
+    import benchutil
+
+    benchutil.set_quick("--quick" in sys.argv)
+    for r in run(sys.argv[sys.argv.index("--operator") + 1] if "--operator" in sys.argv else "copy"):
+        print(r)
