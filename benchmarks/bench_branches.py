@@ -3,10 +3,11 @@
 ResNet-20 (``specs/resnet20.yaml``, batch 32 of 3x32x32) and nanoGPT's Shakespeare-char GPT
 (``specs/gpt.yaml``, batch 8 of 256 tokens), each at its last stage, against the models of
 ``tests/reference_models.py`` holding the same weights: forward (under ``torch.no_grad()``) and
-forward+backward, timed in interleaved rounds; and the peak memory of one forward+backward,
-as the growth of the peak resident set of a fresh process over the one it had once the model
-and its input were made (so it counts activations, gradients and the allocator's own slack, the
-same way for both sides). Both run in training mode.
+forward+backward, timed in interleaved rounds; and the activation memory of one forward: the
+bytes of the tensors autograd keeps for the backward (each storage once), counted exactly with
+``saved_tensors_hooks``. (The growth of a fresh process's peak RSS was tried first: the
+allocator's history made it swing between 28 and 72 MB for the same saved tensors.) Both run in
+training mode.
 
 Usage:
     python benchmarks/bench_branches.py [--quick]
@@ -18,9 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,23 +36,24 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from reference_models import GPT, ResNet20, gpt_key, load_into, resnet_key  # noqa: E402
 
-#: Targets of the chain against the hand-written model: time and peak memory.
+#: Targets of the chain against the hand-written model: time and activation memory.
 TIME_TARGET, MEMORY_TARGET = 1.05, 1.05
 
 
-def models(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """``(chain, hand-written model, input)`` for ``"resnet20"`` or ``"gpt"``, with the same weights."""
+def models(name: str, sides: tuple[str, ...] = ("chain", "reference")) -> tuple[Any, Any, torch.Tensor]:
+    """``(chain, hand-written model, input)`` for ``"resnet20"`` or ``"gpt"``, with the same weights; a side
+    not in ``sides`` is None."""
     torch.manual_seed(0)
     if name == "resnet20":
-        chain = chainspec.load(ROOT / "specs" / "resnet20.yaml").build(stage="final")
-        reference: nn.Module = ResNet20()
-        load_into(reference, chain.state_dict(), resnet_key)
+        spec, make, key_of = "resnet20.yaml", ResNet20, resnet_key
         x = torch.randn(pick(32, 2), 3, 32, 32)
     else:
-        chain = chainspec.load(ROOT / "specs" / "gpt.yaml").build(stage="final")
-        reference = GPT()
-        load_into(reference, chain.state_dict(), gpt_key)
+        spec, make, key_of = "gpt.yaml", GPT, gpt_key
         x = torch.randint(0, 65, (pick(8, 1), pick(256, 16)))
+    chain = chainspec.load(ROOT / "specs" / spec).build(stage="final") if "chain" in sides else None
+    reference = make() if "reference" in sides else None
+    if chain is not None and reference is not None:
+        load_into(reference, chain.state_dict(), key_of)
     return chain, reference, x
 
 
@@ -74,63 +73,57 @@ def _forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return call
 
 
-def _peak(name: str, side: str) -> int:
-    """Peak RSS growth (bytes) of one forward+backward of ``side`` in a fresh process."""
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--peak", name, side]
-                         + ["--quick"] * bool(pick(False, True)),
-                         capture_output=True, text=True, check=True, cwd=ROOT)
-    return int(json.loads(out.stdout)["peak"])
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for the backward of one forward (each storage counted once, the
+    parameters left out).
 
+    This is the activation memory of training: what the forward leaves alive until the backward,
+    measured exactly (``torch.autograd.graph.saved_tensors_hooks``), not through the allocator.
+    """
+    seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # saved too, but not activations
 
-def _measure_peak(name: str, side: str) -> int:
-    import resource
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
+        return tensor
 
-    torch.set_num_threads(1)
-    chain, reference, x = models(name)
-    model = chain if side == "chain" else reference
-    del chain, reference
-    _forward_backward(model, x[:1])()  # allocator pools and lazy initialisation, at batch 1
     model.zero_grad(set_to_none=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    _forward_backward(model, x)()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model(x)
+    out.float().square().mean().backward()
+    return sum(seen.values())
 
 
 def run() -> list[Row]:
-    """Forward, forward+backward and peak memory of each model: chain against the hand-written model."""
+    """Forward, forward+backward and activation memory of each model: chain against the hand-written model."""
     rows: list[Row] = []
     for name, case in (("resnet20", f"ResNet-20, batch {pick(32, 2)}"),
                        ("gpt", f"GPT (specs/gpt.yaml), batch {pick(8, 1)} x {pick(256, 16)} tokens")):
         chain, reference, x = models(name)
         for model in (chain, reference):
             model.train()
-        for what, make, rounds in (("forward", _forward, pick(9, 1)),
-                                   ("forward+backward", _forward_backward, pick(7, 1))):
+        heavy = name == "gpt"  # seconds a call: fewer rounds
+        for what, make, rounds in (("forward", _forward, pick(9 if heavy else 41, 1)),
+                                   ("forward+backward", _forward_backward, pick(7 if heavy else 31, 1))):
             base, value, ratio = compare(make(reference, x), make(chain, x), rounds=rounds, number=1)
             rows.append(row(AREA, f"{what}, {case}", "hand-written nn.Module", base=base, value=value, ratio=ratio,
                             target=TIME_TARGET))
-        del chain, reference
-        repeats = pick(3, 1)
-        peaks = {side: statistics.median(_peak(name, side) for _ in range(repeats)) for side in ("reference", "chain")}
-        rows.append(row(AREA, f"peak memory of forward+backward, {case}", "hand-written nn.Module",
-                        base=peaks["reference"], value=peaks["chain"],
-                        ratio=peaks["chain"] / peaks["reference"] if peaks["reference"] else None,
-                        target=MEMORY_TARGET, unit="B",
-                        note=f"peak RSS growth in a fresh process, median of {repeats}"))
+        held = {"reference": activation_bytes(reference, x), "chain": activation_bytes(chain, x)}
+        rows.append(row(AREA, f"activation memory (saved for backward), {case}", "hand-written nn.Module",
+                        base=held["reference"], value=held["chain"], ratio=held["chain"] / held["reference"],
+                        target=MEMORY_TARGET, unit="B", note="bytes autograd keeps from the forward"))
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny batches, one round")
-    parser.add_argument("--peak", nargs=2, metavar=("MODEL", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import benchutil
 
     benchutil.set_quick(args.quick)
-    if args.peak:
-        print(json.dumps({"peak": _measure_peak(*args.peak)}))
-        return 0
     for r in run():
         print(f"{r['case']:<75} {fmt_amount(r['base'], r['unit']):>10} {fmt_amount(r['value'], r['unit']):>10} "
               f"{r['ratio'] or 0:.3f}x  (target {r['target']})")

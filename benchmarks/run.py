@@ -87,8 +87,8 @@ AREAS.update({
 #: What each area's figures mean, written under the table.
 NOTES = {
     "branches": "Chain against the hand-written models of tests/reference_models.py holding the same weights, "
-                "both in training mode; forward under torch.no_grad(), forward+backward with autograd; peak memory "
-                "is the growth of a fresh process's peak RSS over one forward+backward.",
+                "both in training mode; forward under torch.no_grad(), forward+backward with autograd; activation "
+                "memory is the bytes autograd saves for the backward of one forward (saved_tensors_hooks).",
     "forward": "Chain, nn.Sequential and the naive list hold the very same module objects; "
                "forward runs under torch.no_grad(), forward+backward with autograd.",
     "compile": "torch.compile with the default inductor backend and cache settings, each side with an empty "

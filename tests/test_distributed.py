@@ -11,6 +11,8 @@ runs every scenario, so torch is imported twice, not per test:
   and their collapses with a :class:`DistributedGrower`;
 * ``failures``: ranks holding different revisions, an invalid revision and a
   rank that never reaches the barrier all raise, quickly, on every rank;
+* ``ops``: residual blocks join by ``init: {copy: b0}`` (weights and Adam state) and by
+  ``init: preserve`` (an identity), through :func:`chainspec.distributed.grow`;
 * ``settle``: saves written in two ``write()`` calls are taken only once
   complete (rank 0 decides), and a node a half save removed comes back
   trained, on every rank.
@@ -85,6 +87,27 @@ REVISION = (SPEC
 #: A save with a typo in a type name: rejected on rank 0, skipped by every rank.
 BROKEN = REVISION.replace("type: linear, args: {in_features: 12, out_features: 12}, stage: 2}\n",
                           "type: linaer, args: {in_features: 12, out_features: 12}, stage: 2}\n")
+#: Residual blocks growing by the new operators: a copy of a trained block (with its Adam state) and a
+#: block that starts as the identity (its body's last weighted layer zeroed, a norm layer inside).
+GROWTH_OPS = textwrap.dedent("""\
+    chainspec: 1
+    types:
+      res:
+        residual: true
+        nodes:
+          - {id: norm, type: layernorm, args: {normalized_shape: 12}}
+          - {id: fc, type: linear, args: {in_features: 12, out_features: 12}}
+    chains:
+      net:
+        input_shape: [6]
+        nodes:
+          - {id: inp, type: linear, args: {in_features: 6, out_features: 12}}
+          - {id: b0, type: res}
+          - {id: b1, type: res, stage: 1, init: {copy: b0}}
+          - {id: b2, type: res, stage: 2, init: preserve}
+          - {id: out, type: linear, args: {in_features: 12, out_features: 3}}
+    """)
+OPS_STEPS, OPS_GROW_AT = 6, (2, 4)
 PLAN_STEPS, GROW_AT, BROKEN_AT, REVISE_AT = 16, (4, 8), 10, 12
 GROWER_STEPS = 9  # 16-image phases at 8 images a step: fade 1, stabilize 1, fade 2, stabilize 2
 
@@ -158,6 +181,37 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
     if world > 1:  # the DDP from before the first growth step is disabled, and leads to the live one
         out["stale"] = _timed(lambda: first(torch.zeros(1, 6)))
         out["current"] = csd.current(first) is model
+    return out
+
+
+def scenario_growth_ops(rank: int, world: int) -> dict[str, Any]:
+    """Residual blocks joining by copy (weights and Adam state) and as identities, in lockstep."""
+    torch.manual_seed(1000 + rank)
+    spec = chainspec.loads(GROWTH_OPS, source="ops.yaml")
+    chain = spec.build(stage=0)
+    model: nn.Module = csd.wrap(chain) if world > 1 else chain
+    opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
+    data = torch.Generator().manual_seed(11)
+    out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "copied": [], "identity": []}
+    for step in range(OPS_STEPS):
+        if step in OPS_GROW_AT:
+            probe = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+            before = chain(probe).detach()
+            result = csd.grow(spec, model, opt)
+            spec, model = result.spec, result.model
+            if chain.stage == 1:  # b1 is b0: weights and moments, as new tensors
+                out["copied"] = [torch.equal(a, b) and a is not b and torch.equal(opt.state[a]["exp_avg"],
+                                                                                   opt.state[b]["exp_avg"])
+                                 for a, b in zip(chain.b1.parameters(), chain.b0.parameters(), strict=True)]
+            else:  # b2 starts as the identity
+                out["identity"] = float((chain(probe).detach() - before).abs().max())
+        x = torch.randn(GLOBAL_BATCH, 6, generator=data)
+        xl = _local(x, rank, world)
+        opt.zero_grad(set_to_none=True)
+        model(xl).square().mean().backward()
+        opt.step()
+        out["snapshots"].append(_snapshot(chain))
+        out["rank_diff"].append(_sync_check(chain))
     return out
 
 
@@ -424,7 +478,8 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         if rank == 0:
             watch.write_text(SPEC, encoding="utf-8")
         results = {"plan": scenario_plan(rank, world, watch), "grower": scenario_grower(rank, world),
-                   "plain": scenario_plain(rank, world), "settle": scenario_settle(rank, world, base)}
+                   "plain": scenario_plain(rank, world), "settle": scenario_settle(rank, world, base),
+                   "ops": scenario_growth_ops(rank, world)}
         dist.barrier()
         results["failures"] = scenario_failures(rank, world, base)
         torch.save(results, base / f"rank{rank}.pt")
@@ -477,7 +532,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torch.set_num_threads(1)  # like each rank: tiny tensors, and the CPU is shared with the two ranks
     try:
         with torch.random.fork_rng(devices=[]):
-            return {"plan": scenario_plan(0, 1, watch), "grower": scenario_grower(0, 1)}
+            return {"plan": scenario_plan(0, 1, watch), "grower": scenario_grower(0, 1),
+                    "ops": scenario_growth_ops(0, 1)}
     finally:
         torch.set_num_threads(threads)
 
@@ -506,6 +562,16 @@ def test_plan_matches_single_process(ranks: list[dict[str, Any]], reference: dic
     ref = reference["plan"]
     assert ranks[0]["plan"]["ids"] == ref["ids"]
     for step, (got, want) in enumerate(zip(ranks[0]["plan"]["snapshots"], ref["snapshots"], strict=True)):
+        _assert_close(got, want, f"step {step}")
+
+
+def test_growth_operators_in_lockstep(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> None:
+    for r in ranks:
+        assert r["ops"]["rank_diff"] == [0.0] * OPS_STEPS
+        assert r["ops"]["copied"] and all(r["ops"]["copied"])  # a copy: equal weights and moments, new tensors
+        assert r["ops"]["identity"] <= 1e-5
+    for step, (got, want) in enumerate(zip(ranks[0]["ops"]["snapshots"], reference["ops"]["snapshots"],
+                                           strict=True)):
         _assert_close(got, want, f"step {step}")
 
 
