@@ -243,7 +243,7 @@ def placeholders_through_aliases(budget: int = MAX_BYTES) -> str:
     anchor, _ = _fit('x: &e "', '"\n', lambda i: "${a}", nodes_budget)
     prefix = "chainspec: 1\nvars: {a: 1}\n" + anchor + "chains:\n  net:\n    input_shape: [4]\n    nodes: ["
     text, _ = _fit(prefix, "]\n", lambda i: f"{{id: n{i}, type: relu, args: {{a: *e}}}}", budget, sep=", ",
-                   max_items=VALUES // 9)
+                   max_items=VALUES // 11)
     return text
 
 
@@ -348,7 +348,7 @@ def routed_growing_input(budget: int = MAX_BYTES) -> str:
     prefix = f'chainspec: 1\nstages: {STAGES}\nchains:\n  net:\n    input_shape: ["${{stage + 1}}"]\n    nodes: ['
     text, _ = _fit(prefix, "]\n", lambda i: f"{{id: n{i}, type: relu{f', stage: {STAGES - 1}' if i == 0 else ''}"
                    + (", from: [prev, input], merge: add}" if i else "}"), budget, sep=", ",
-                   max_items=VALUES // 9)
+                   max_items=VALUES // 11)
     return text
 
 
@@ -506,7 +506,7 @@ def refused_values_and_problems(budget: int = MAX_BYTES) -> str:
     """Thousands of refused values (a bad tag each) and thousands of other problems: each compared with each."""
     prefix = "chainspec: 1\nchains:\n  net:\n    input_shape: [4]\n    nodes: ["
     text, _ = _fit(prefix, "]\n", lambda i: f"{{id: n{i}, type: nope{i}, args: {{a: !x 1}}}}", budget, sep=", ",
-                   max_items=VALUES // 9)
+                   max_items=VALUES // 11)
     return text
 
 

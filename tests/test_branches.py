@@ -407,3 +407,37 @@ def test_removing_the_owner_of_a_tied_parameter_is_refused_at_the_tie() -> None:
     with pytest.raises(SpecError, match=r"nodes\[2\]\.tie\.weight \(logits\): ties a parameter to 'tok', which is "
                                         r"not in the chain at stage 1"):
         chainspec.loads(text, source="lm.yaml")
+
+
+def test_re_tying_a_kept_node_is_explicit_and_rolled_back_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second embedding of the same shape: the head moves its tie from tok to tok2 in a revision.
+    text = TOKENS.replace("      - {id: blk, type: res}\n",
+                          "      - {id: blk, type: res}\n      - {id: tok2, type: token_embedding, "
+                          "args: {num_embeddings: 50, embedding_dim: 8}, from: [input]}\n"
+                          "      - {id: mix, type: identity, from: [blk, tok2], merge: add}\n")
+    old = chainspec.loads(text, source="lm.yaml")
+    new = chainspec.loads(text.replace("tie: {weight: tok.weight}", "tie: {weight: tok2.weight}"), source="lm2.yaml")
+    net = old.build()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randint(0, 50, (2, 16))).sum().backward()
+    opt.step()
+    plan = chainspec.diff(old, new)
+    assert [(op.node_id, op.kind) for op in plan.ops] == [("logits", "update")] and "tie.weight" in str(plan)
+    from chainspec.revise import apply as _apply
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_apply._Job, "record", broken)
+        with pytest.raises(RuntimeError, match="injected"):
+            plan.apply(net, opt)
+    assert net.logits.weight is net.tok.weight  # rolled back: still tied to tok
+    plan.apply(net, opt)
+    assert net.logits.weight is net.tok2.weight and net.logits.weight is not net.tok.weight
+    listed = [p for group in opt.param_groups for p in group["params"]]
+    assert len(listed) == len({id(p) for p in listed}) == len(list(net.parameters()))
+    fresh = new.build()
+    fresh.load_state_dict(net.state_dict())
+    x = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(fresh(x), net(x))

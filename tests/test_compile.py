@@ -126,6 +126,8 @@ def test_build_and_run_failures_are_located(node: str, expected: str) -> None:
     spec = chainspec.loads(f"chainspec: 1\nchains:\n  net:\n    input_shape: [4, 4, 4]\n    nodes: [{node}]\n")
     with pytest.raises(SpecError, match=re.escape(expected)):
         spec.summary()
+    with pytest.raises(SpecError, match=re.escape(expected)):  # build measures built-in types without a
+        spec.build()  # meta-device build first: a factory's refusal comes from the real build, worded alike
 
 
 @pytest.mark.parametrize(("shape", "nodes", "expected"), [

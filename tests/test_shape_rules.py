@@ -6,6 +6,8 @@ kernels larger than the input, stride, padding, dilation, output padding, groups
 - where the meta device gives a shape, the rule gives the same shape (it covers the case);
 - where the meta device refuses, the rule never gives a shape: it words the same problem, or
   leaves the case to the meta device;
+- what a module holds (parameters, their bytes, buffer bytes) in closed form (``rules.holdings``)
+  is what a meta-device build measures;
 - the shape engine with its closed forms (``Probes()``) and without them
   (``Probes(closed_form=False)``: every pair run on the meta device) answer alike, problems
   worded and located alike, inside composites too.
@@ -160,6 +162,8 @@ def both(tree: Tree, sample: tuple[int, ...], dtype: torch.dtype) -> tuple[Any, 
     answers = render(fast.run(fast.define(tree), state)), render(meta.run(meta.define(tree), state))
     if not (isinstance(answers[1], str) and "cannot build" in answers[1]):
         assert fast.measure(0) == meta.measure(0), tree
+        # What a build that trusts the factories counts without building: the same.
+        assert rules.holdings(tree, dtype) == meta.measure(0), (tree, dtype)
     return answers
 
 

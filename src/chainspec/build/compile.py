@@ -71,14 +71,22 @@ def check_dtype(dtype: Any) -> None:
 def build_chain(chain: ResolvedChain, stage: int, doc: Document, *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> Chain:
     """Shape-check, then build the real modules of ``chain`` at ``stage`` and link them."""
-    summary, problems = infer(chain, stage, doc, dtype=dtype)
+    # Built-in definitions are measured in closed form, not built on the meta device first: the real
+    # build below reports a factory's refusal as the shape check would have.
+    summary, problems = infer(chain, stage, doc, dtype=dtype, trust_factories=True)
     if problems or summary is None:
         raise SpecError(problems)
     check_fits(summary, chain, doc, device=device, dtype=dtype)  # refuse before allocating, not during
     built = Chain(name=chain.name)
     nodes = chain.at(stage)
     for node in nodes:
-        built.append(node.id, instantiate(node, device=device, dtype=dtype), node_type=node.type)
+        try:
+            module = instantiate(node, device=device, dtype=dtype)
+        except Exception as exc:  # a factory refusing legal-looking arguments (groups not dividing channels)
+            text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise SpecError([doc.problem(node.path, f"cannot build: {text}", None,
+                                         label=f" ({node.id})")]) from None
+        built.append(node.id, module, node_type=node.type)
     for node in nodes:
         if node.sources:
             built.route(node.id, node.sources, node.merge)

@@ -122,13 +122,20 @@ def needed_bytes(summary: ChainSummary, dtype: torch.dtype | None) -> int:
         >>> needed_bytes(ChainSummary("net", 0, (8,), (NodeSummary("fc", "linear", (8,), 72),)), None)
         288
     """
-    itemsize = torch.empty((), dtype=dtype or torch.get_default_dtype(), device="meta").element_size()
+    itemsize = (dtype or torch.get_default_dtype()).itemsize
     return sum(n.nbytes or n.params * itemsize for n in summary.nodes)
+
+
+#: Builds needing at most this many bytes are never refused: the guard is for builds that cannot fit
+#: anywhere (a spec asking for 170 GB of running statistics), not for the last megabytes of a machine.
+ALWAYS_FITS = 16 << 20
 
 
 def check_fits(summary: ChainSummary, chain: ResolvedChain, doc: Document, *,
                device: torch.device | str | None, dtype: torch.dtype | None, others: int = 0) -> None:
     """Raise :class:`SpecError` at the largest node if building the summary's nodes exceeds the device's free memory.
+
+    Builds of at most :data:`ALWAYS_FITS` bytes (16 MiB) are not checked.
 
     Every tensor the modules hold counts, as measured on their meta-device build
     (``NodeSummary.param_bytes`` and ``buffer_bytes``): parameters, buffers persistent
@@ -148,9 +155,11 @@ def check_fits(summary: ChainSummary, chain: ResolvedChain, doc: Document, *,
         ...
         chainspec._errors.SpecError: x.yaml:1:1: chains.net: chain 'net' needs 1000.0 PB of weights and buffers ...
     """
-    itemsize = torch.empty((), dtype=dtype or torch.get_default_dtype(), device="meta").element_size()
+    itemsize = (dtype or torch.get_default_dtype()).itemsize
     sizes = [n.nbytes or n.params * itemsize for n in summary.nodes]
     need = needed_bytes(summary, dtype)
+    if need + others <= ALWAYS_FITS:  # not worth reading the free memory (a third of a small build's time)
+        return
     free = available_bytes(device)
     if free is None or need + others <= free or not summary.nodes:
         return

@@ -436,6 +436,97 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "dropout", "identity"), _same),
 }
 
+# -- what a built-in module holds, in closed form ---------------------------------------------------------------------
+
+#: ``(parameter elements, buffer elements in the module's dtype, buffer bytes in a dtype of their own)``.
+Holding = tuple[int, int, int]
+
+
+def _weighted(args: Mapping[str, Any], weight: int, outputs: int) -> Holding:
+    return weight + (outputs if args.get("bias", True) else 0), 0, 0
+
+
+def _conv_holds(args: Mapping[str, Any]) -> Holding:
+    kernel = math.prod(_pair(args["kernel_size"], 1 if isinstance(args["kernel_size"], int) else 2))
+    return _weighted(args, args["out_channels"] * (args["in_channels"] // args["groups"]) * kernel,
+                     args["out_channels"])
+
+
+def _conv2d_holds(args: Mapping[str, Any]) -> Holding:
+    kernel = math.prod(_pair(args["kernel_size"]))
+    return _weighted(args, args["out_channels"] * (args["in_channels"] // args.get("groups", 1)) * kernel,
+                     args["out_channels"])
+
+
+def _norm_holds(args: Mapping[str, Any]) -> Holding:
+    channels = args["num_features"]
+    tracked = args["track_running_stats"]
+    return (2 * channels if args["affine"] else 0), (2 * channels if tracked else 0), (8 if tracked else 0)
+
+
+def _attention_holds(args: Mapping[str, Any]) -> Holding:
+    dim = args["dim"]
+    return 4 * dim * dim + (4 * dim if args["bias"] else 0), 0, 0
+
+
+def _layernorm_holds(args: Mapping[str, Any]) -> Holding:
+    size = math.prod(_pair(args["normalized_shape"], 1))
+    if not args["elementwise_affine"]:
+        return 0, 0, 0
+    return size * (2 if args["bias"] else 1), 0, 0
+
+
+#: Built-in type name -> what its module holds (types absent here hold nothing).
+HOLDINGS: dict[str, Callable[[Mapping[str, Any]], Holding]] = {
+    "conv1d": _conv_holds,
+    "conv2d": _conv2d_holds,
+    "conv_transpose2d": _conv2d_holds,
+    "eq_conv2d": _conv2d_holds,
+    "linear": lambda a: _weighted(a, a["in_features"] * a["out_features"], a["out_features"]),
+    "eq_linear": lambda a: _weighted(a, a["in_features"] * a["out_features"], a["out_features"]),
+    "batchnorm1d": _norm_holds,
+    "batchnorm2d": _norm_holds,
+    "instancenorm2d": _norm_holds,
+    "groupnorm": lambda a: (2 * a["num_channels"] if a["affine"] else 0, 0, 0),
+    "layernorm": _layernorm_holds,
+    "channel_bias": lambda a: (a["num_channels"], 0, 0),
+    "token_embedding": lambda a: (a["num_embeddings"] * a["embedding_dim"], 0, 0),
+    "position_embedding": lambda a: (a["max_len"] * a["dim"], 0, 0),
+    "causal_self_attention": _attention_holds,
+    "rmsnorm": lambda a: (a["dim"], 0, 0),
+}
+
+
+def holdings(tree: Tree, dtype: torch.dtype) -> tuple[int, int, int] | None:
+    """``(parameters, parameter bytes, buffer bytes)`` of the module ``tree`` builds in ``dtype``, in closed
+    form; None where a leaf is not a built-in type. What ``build.shapes`` measures on a meta-device build.
+
+    Example:
+        >>> from chainspec.types.builtins import batchnorm1d
+        >>> holdings(Leaf("batchnorm1d", {"num_features": 4}, batchnorm1d), torch.float32)
+        (8, 32, 40)
+    """
+    size = dtype.itemsize
+    params = buffers = other = 0
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, Group):
+            todo.extend(sub for _, sub in node.parts)
+            continue
+        found = _rule_of(node.factory)
+        if found is None:
+            return None
+        count = HOLDINGS.get(node.type)
+        if count is not None:
+            try:
+                held = count({**found[1], **node.args})
+            except Exception:  # arguments a spec could not give (a Leaf made by hand): measure a build
+                return None
+            params, buffers, other = params + held[0], buffers + held[1], other + held[2]
+    return params, params * size, buffers * size + other
+
+
 #: id of a built-in factory -> (the factory, its rule, its default arguments). A type registered under a
 #: built-in's name with ``replace=True`` has another factory, so it gets no rule.
 _BY_FACTORY: dict[int, tuple[Any, Rule, dict[str, Any]]] = {}

@@ -115,9 +115,13 @@ class Probes:
     """
 
     def __init__(self, dtype: torch.dtype | None = None, *, budget: Budget | None = None,
-                 closed_form: bool = True) -> None:
+                 closed_form: bool = True, trust_factories: bool = False) -> None:
         self.dtype = dtype
         self.budget = budget or _UNBOUNDED
+        #: Whether a definition made of built-in types is measured in closed form (``rules.holdings``) rather
+        #: than built on the meta device, where nothing else needs the build: for a caller that builds the
+        #: real modules next and reports a factory's refusal itself (``build.compile.build_chain``).
+        self.trust_factories = trust_factories and closed_form
         #: Whether built-in types get their shapes in closed form, and elementwise definitions give back the
         #: shape they get without a run. False: every (definition, input) pair is run on the meta device (the
         #: reference ``tests/test_shape_rules.py`` holds the closed forms to).
@@ -129,11 +133,20 @@ class Probes:
         #: Of those, the runs on the meta device.
         self.ran_on_meta = 0
         self._ids: dict[Any, int] = {}
+        self._trees: dict[int, tuple[Tree, int]] = {}  # id(tree) -> (tree, definition index)
         self._defs: list[_Definition] = []
         self._results: dict[tuple[int, State], State | _Failure] = {}
 
     def define(self, tree: Tree) -> int:
         """The index of ``tree``'s definition (equal for trees that build the same module)."""
+        known = self._trees.get(id(tree))
+        if known is not None and known[0] is tree:  # the same tree object: nodes defined alike share it
+            return known[1]
+        index = self._define(tree)
+        self._trees[id(tree)] = (tree, index)
+        return index
+
+    def _define(self, tree: Tree) -> int:
         key = _definition_key(tree)
         index = self._ids.get(key)
         if index is None:
@@ -156,7 +169,7 @@ class Probes:
         if result is None:
             definition = self._defs[index]
             if definition.elementwise and state[1].is_floating_point:
-                if definition.measured is None and definition.failure is None:
+                if definition.measured is None and definition.failure is None and not self._held(definition):
                     self._build(definition)  # to measure it and to try its factory; running it tells nothing
                 result = definition.failure or state
             else:
@@ -170,6 +183,14 @@ class Probes:
         if definition.elementwise and definition.measured is None and definition.failure is None:
             self._build(definition)
         return definition.elementwise and definition.failure is None
+
+    def _held(self, definition: _Definition) -> bool:
+        """Measure a built-in definition in closed form, when factories are trusted; whether it was."""
+        if not (self.trust_factories and definition.closed):
+            return False
+        if definition.measured is None:
+            definition.measured = rules.holdings(definition.tree, self.dtype or torch.get_default_dtype())
+        return definition.measured is not None
 
     def _build(self, definition: _Definition) -> nn.Module | None:
         """Build a definition's module on the meta device (None if its factory fails), measuring the first."""
@@ -196,9 +217,8 @@ class Probes:
         if runs is not None and self.ran + definition.leaves > runs:
             raise CheckTooCostly(f"more than {runs:,} module runs on the meta device")
         self.ran += definition.leaves
-        module = self._build(definition)
-        if module is None:
-            assert definition.failure is not None
+        module = None if self._held(definition) else self._build(definition)
+        if module is None and definition.failure is not None:
             return definition.failure
         if self.closed_form and definition.closed:
             tick = self.budget.check_time if self.budget.seconds is not None else None
@@ -208,6 +228,15 @@ class Probes:
                 return _Failure("misfit", refusal=found)
             if found is not None:
                 return found
+        if module is None:  # measured in closed form, but the rules leave this input to the meta device
+            module = self._build(definition)
+            if module is None:
+                assert definition.failure is not None
+                return definition.failure
+        return self._run_on_meta(definition, module, state)
+
+    def _run_on_meta(self, definition: _Definition, module: nn.Module, state: State) -> State | _Failure:
+        """Run a meta tensor of ``state`` through ``module`` (a build of ``definition``): its output state."""
         self._warm()
         self.ran_on_meta += definition.leaves
         for sub in module.modules():
@@ -368,12 +397,14 @@ def _input_state(chain: ResolvedChain, stage: int, doc: Document, dtype: torch.d
 
 
 def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype | None = None,
-          nodes: list[ResolvedNode] | None = None, probes: Probes | None = None
+          nodes: list[ResolvedNode] | None = None, probes: Probes | None = None, trust_factories: bool = False
           ) -> tuple[ChainSummary | None, list[Problem]]:
     """Shape-check a chain at ``stage`` (or ``nodes``) without allocating; return its summary or the problems.
 
     Each distinct (definition, input shape) pair is built and run once: a chain of a thousand
     identical blocks costs one probe. ``probes``, shared across calls, carries that over.
+    ``trust_factories`` (for a caller that builds the real modules next, and reports a factory's
+    refusal itself) measures built-in definitions in closed form instead of building them.
 
     Example:
         >>> import chainspec
@@ -384,7 +415,7 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         ((2,), 10, 40, [])
     """
     if probes is None:
-        probes = Probes(dtype)
+        probes = Probes(dtype, trust_factories=trust_factories)
     state, problems = _input_state(chain, stage, doc, dtype)
     if state is None:
         return None, problems
