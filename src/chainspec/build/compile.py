@@ -108,7 +108,7 @@ def tie_nodes(chain: Chain, nodes: Iterable[ResolvedNode], doc: Document) -> Non
         if not node.ties:
             continue
         try:
-            tie(chain[node.id].module, node.ties, lambda owner: chain[owner].module)
+            tie(chain[node.id].module, node.ties, lambda owner: chain[owner].module, node.id)
         except TieError as exc:
             raise SpecError([doc.problem((*node.path, "tie", exc.param), exc.message, None,
                                          label=f" ({node.id})")]) from None

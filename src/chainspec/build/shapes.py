@@ -502,7 +502,7 @@ def _tied(doc: Document, node: ResolvedNode, by_id: dict[str, ResolvedNode], dty
 
     mine = module_of(node.id)
     try:
-        paths = tie(mine, node.ties, module_of)
+        paths = tie(mine, node.ties, module_of, node.id)
     except TieError as exc:
         return doc.problem((*node.path, "tie", exc.param), exc.message, None, label=f" ({node.id})")
     shared = [mine.get_parameter(path) for path in paths]

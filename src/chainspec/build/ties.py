@@ -40,11 +40,40 @@ def owned_parameter(module: nn.Module, path: str, owner_id: str) -> nn.Parameter
     return found
 
 
-def tie(module: nn.Module, ties: Mapping[str, str], owner: Callable[[str], nn.Module]) -> list[str]:
+def planned_tie(module: nn.Module, path: str, ref: str, owner: Callable[[str], nn.Module], node_id: str = "this node"
+                ) -> tuple[nn.Module, str, nn.Parameter]:
+    """Where tying ``module``'s parameter ``path`` to ``ref`` (``owner_id.parameter.path``) writes:
+    ``(the submodule holding it, its name there, the owner's parameter)``, checked but not yet made.
+
+    Raises:
+        TieError: a path names no parameter, or the two parameters differ in shape or dtype.
+
+    Example:
+        >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+        >>> holder, name, param = planned_tie(head, "weight", "tok.weight", {"tok": emb}.__getitem__)
+        >>> holder is head, name, param is emb.weight
+        (True, 'weight', True)
+    """
+    owner_id, _, owner_path = ref.partition(".")
+    try:
+        param = owned_parameter(owner(owner_id), owner_path, owner_id)
+    except TieError as exc:
+        raise TieError(path, exc.message) from None
+    mine = owned_parameter(module, path, node_id)
+    if mine.shape != param.shape or mine.dtype != param.dtype:
+        raise TieError(path, f"cannot tie {path!r} (shape {list(mine.shape)}, {_dtype(mine)}) to {ref!r} "
+                             f"(shape {list(param.shape)}, {_dtype(param)}): a tied parameter is one tensor")
+    holder_path, _, name = path.rpartition(".")
+    return (module.get_submodule(holder_path) if holder_path else module), name, param
+
+
+def tie(module: nn.Module, ties: Mapping[str, str], owner: Callable[[str], nn.Module],
+        node_id: str = "this node") -> list[str]:
     """Make each of ``module``'s parameters named in ``ties`` the owner's parameter it names.
 
     ``ties`` maps the borrower's parameter path to ``owner_id.parameter.path``; ``owner(owner_id)``
-    gives that node's module. Shapes and dtypes must match. Returns the paths tied.
+    gives that node's module; ``node_id`` names the borrower in messages. Shapes and dtypes must
+    match. Returns the paths tied.
 
     Raises:
         TieError: a path names no parameter, or the two parameters differ in shape or dtype.
@@ -58,18 +87,8 @@ def tie(module: nn.Module, ties: Mapping[str, str], owner: Callable[[str], nn.Mo
     """
     done = []
     for path, ref in ties.items():
-        owner_id, _, owner_path = ref.partition(".")
-        try:
-            param = owned_parameter(owner(owner_id), owner_path, owner_id)
-        except TieError as exc:
-            raise TieError(path, exc.message) from None
-        mine = owned_parameter(module, path, "this node") if path else None
-        if mine is not None and (mine.shape != param.shape or mine.dtype != param.dtype):
-            raise TieError(path, f"cannot tie {path!r} (shape {list(mine.shape)}, {_dtype(mine)}) to {ref!r} "
-                                 f"(shape {list(param.shape)}, {_dtype(param)}): a tied parameter is one tensor")
-        holder, _, name = path.rpartition(".")
-        sub = module.get_submodule(holder) if holder else module
-        setattr(sub, name, param)
+        holder, name, param = planned_tie(module, path, ref, owner, node_id)
+        setattr(holder, name, param)
         done.append(path)
     return done
 

@@ -35,7 +35,7 @@ from ..build.chain import Chain
 from ..build.memory import check_fits
 from ..build.modules import instantiate, placement_of
 from ..build.shapes import infer
-from ..build.ties import TieError, owned_parameter
+from ..build.ties import TieError, planned_tie
 from ..read.resolve import tree_key
 from ..read.spec import Spec
 from . import optim as _optim
@@ -205,17 +205,10 @@ class _Job:
                     not any(ref.partition(".")[0] in self.built for ref in node.ties.values()):
                 continue  # tied as before, to owners kept as they were
             for path, ref in node.ties.items():
-                owner_id, _, owner_path = ref.partition(".")
                 try:
-                    param = owned_parameter(owner(owner_id), owner_path, owner_id)
-                    mine = owned_parameter(module, path, node.id)
-                    if mine.shape != param.shape or mine.dtype != param.dtype:
-                        raise TieError(path, f"cannot tie {path!r} (shape {list(mine.shape)}) to {ref!r} (shape "
-                                             f"{list(param.shape)}): a tied parameter is one tensor")
+                    holder, name, param = planned_tie(module, path, ref, owner, node.id)
                 except TieError as exc:
                     raise SpecError([self.plan.new_spec.problem((*node.path, "tie", path), exc.message)]) from None
-                holder_path, _, name = path.rpartition(".")
-                holder = module.get_submodule(holder_path) if holder_path else module
                 if node.id in self.built:
                     setattr(holder, name, param)  # not in the chain yet: tied now, before the optimizer is planned
                 else:
