@@ -227,3 +227,20 @@ def test_growth_section_is_validated_with_positions() -> None:
     assert any(m.startswith("tiny.yaml:22:8: growth.per_stage[0].stage: stage 7 is out of range") for m in messages)
     assert any(m.startswith("tiny.yaml:23:18: growth.per_stage[1].fade: nothing fades into stage 0")
                for m in messages)
+
+
+def test_the_spec_states_the_papers_minibatch_per_resolution(spec: chainspec.Spec) -> None:
+    schedule = chainspec.Schedule.from_model(spec.model.growth, spec.stages)
+    assert [schedule.minibatch(k) for k in range(spec.stages)] == [16] * 6 + [14, 6, 3]  # 4x4 ... 1024x1024
+    assert chainspec.Schedule.from_dict(schedule.to_dict()) == schedule  # checkpoints keep them
+    grower = chainspec.Grower(spec, spec.build_all(stage=0, device="meta"))
+    assert grower.minibatch == 16
+    # minibatch stddev takes min(group size, minibatch) as its group, as the official code does: with the
+    # paper's group of 16, every one of those minibatches is one group.
+    net = spec.build("discriminator", stage=0, device="meta")
+    stddev = next(m for m in net.modules() if type(m).__name__ == "MinibatchStddev")
+    assert stddev.group_size == 16
+    for batch in (16, 14, 6, 3):
+        assert stddev(torch.randn(batch, 512, 4, 4)).shape == (batch, 513, 4, 4)
+    with pytest.raises(ValueError, match=r"schedule\.minibatches"):
+        chainspec.Schedule.from_dict({**schedule.to_dict(), "minibatches": [16, 0]})

@@ -180,6 +180,12 @@ class Grower:
         return self.phase.alpha_at(self.position)
 
     @property
+    def minibatch(self) -> int | None:
+        """The minibatch size the spec's growth section gives the current stage (its fade-in included), or
+        None where it gives none. ``specs/pggan.yaml`` states the paper's: 16 up to 128x128, then 14, 6 and 3."""
+        return self.schedule.minibatch(self.stage)
+
+    @property
     def fading(self) -> bool:
         """True while a new stage fades in."""
         return self.phase.kind == "fade"

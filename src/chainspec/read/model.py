@@ -160,6 +160,9 @@ class StagePhases(_Strict):
     fade: Annotated[int, Field(ge=0)] | None = Field(
         None, description="Length of the fade-in into this stage (stage >= 1; in the growth unit); 0 grows "
                           "abruptly; null keeps the default.")
+    minibatch: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+        None, description="The minibatch size while this stage trains (its fade-in included); null keeps the "
+                          "default.")
 
 
 class GrowthSpec(_Strict):
@@ -178,8 +181,11 @@ class GrowthSpec(_Strict):
     policy: Literal["keep", "reset"] = Field(
         "keep", description="Optimizer state of surviving parameters at each growth step: keep their moments, "
                             "or reset them as the official PG-GAN code does.")
+    minibatch: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+        None, description="The minibatch size the schedule is meant for (the paper: 16); null leaves it to the "
+                          "training script. Grower.minibatch says it for the current stage.")
     per_stage: list[StagePhases] = Field(
-        default_factory=list, description="Per-stage overrides of the phase lengths.",
+        default_factory=list, description="Per-stage overrides of the phase lengths and the minibatch size.",
         examples=[[{"stage": 8, "stabilize": 1_600_000}]])
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .._errors import Problem, printable
@@ -66,6 +66,21 @@ class Schedule:
     phases: tuple[Phase, ...]
     unit: Literal["images", "steps"] = "images"
     policy: Literal["keep", "reset"] = "keep"
+    #: The minibatch size of each stage (from the growth section); empty where the spec gives none.
+    minibatches: tuple[int | None, ...] = ()
+
+    def minibatch(self, stage: int) -> int | None:
+        """The minibatch size the schedule gives ``stage``, or None where it leaves it to the training script.
+
+        Example:
+            >>> from chainspec.read.model import GrowthSpec, StagePhases
+            >>> sched = Schedule.from_model(GrowthSpec(minibatch=16, per_stage=[StagePhases(stage=2, minibatch=6)]), 3)
+            >>> [sched.minibatch(k) for k in range(3)]
+            [16, 16, 6]
+        """
+        if not 0 <= stage < self.stages:
+            raise ValueError(f"stage {stage} is out of range; the schedule has stages 0..{self.stages - 1}")
+        return self.minibatches[stage] if self.minibatches else None
 
     @classmethod
     def lengths(cls, stages: int, *, stabilize: int | list[int], fade: int | list[int],
@@ -97,13 +112,17 @@ class Schedule:
         growth = growth or GrowthSpec()
         stab = [growth.stabilize] * stages
         fades = [growth.fade] * stages
+        batches: list[int | None] = [growth.minibatch] * stages
         for entry in growth.per_stage:
             if entry.stage < stages:  # out-of-range entries are reported by growth_problems
                 if entry.stabilize is not None:
                     stab[entry.stage] = entry.stabilize
                 if entry.fade is not None:
                     fades[entry.stage] = entry.fade
-        return cls.lengths(stages, stabilize=stab, fade=fades, unit=growth.unit, policy=growth.policy)
+                if entry.minibatch is not None:
+                    batches[entry.stage] = entry.minibatch
+        schedule = cls.lengths(stages, stabilize=stab, fade=fades, unit=growth.unit, policy=growth.policy)
+        return replace(schedule, minibatches=tuple(batches)) if any(b is not None for b in batches) else schedule
 
     @property
     def stages(self) -> int:
@@ -145,8 +164,11 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the unit, the policy and each phase."""
-        return {"unit": self.unit, "policy": self.policy,
-                "phases": [{"kind": p.kind, "stage": p.stage, "start": p.start, "end": p.end} for p in self.phases]}
+        out: dict[str, Any] = {"unit": self.unit, "policy": self.policy, "phases": [
+            {"kind": p.kind, "stage": p.stage, "start": p.start, "end": p.end} for p in self.phases]}
+        if self.minibatches:
+            out["minibatches"] = list(self.minibatches)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
@@ -179,7 +201,13 @@ class Schedule:
         if not phases or phases[-1].end is not None or any(p.end is None for p in phases[:-1]):
             raise ValueError("schedule.phases: a schedule's phases must end with exactly one open-ended 'done' phase")
         _check_sequence(phases)
-        return cls(phases, unit, policy)  # type: ignore[arg-type]
+        batches = data.get("minibatches", [])
+        stages = phases[-1].stage + 1
+        if not isinstance(batches, (list, tuple)) or (batches and len(batches) != stages) or any(
+                b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_POSITION)
+                for b in batches):
+            raise ValueError(f"schedule.minibatches: should be a list of {stages} sizes (>= 1, or null)")
+        return cls(phases, unit, policy, tuple(batches))  # type: ignore[arg-type]
 
 
 #: Most phases a schedule read from a dict may have (two per stage, stages up to ``read.model.MAX_STAGES``).
