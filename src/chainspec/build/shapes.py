@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._errors import Problem
+from .._gc import gc_paused
 from ..read.document import Document, format_path
 from ..read.resolve import Group, Leaf, ResolvedChain, ResolvedNode, Tree
 from ..types.layers import EqualizedConv2d, MinibatchStddev
@@ -628,6 +629,7 @@ class StageChecker:
                 yield stage, result.failure.problem(self.doc, tree.nth(k), tree.nth(k - 1).id if k else None)
 
 
+@gc_paused()  # a collection of the caller's whole heap must not land in the check's CPU budget
 def check_stages(chains: Iterable[ResolvedChain], stages: Iterable[int], doc: Document, *,
                  budget: float = 1.0) -> list[Problem]:
     """Shape-check ``chains`` at every one of ``stages``; return the problems, by stage, then chain.
