@@ -441,3 +441,14 @@ def test_re_tying_a_kept_node_is_explicit_and_rolled_back_on_failure(monkeypatch
     fresh.load_state_dict(net.state_dict())
     x = torch.randint(0, 50, (2, 16))
     torch.testing.assert_close(fresh(x), net(x))
+
+
+def test_a_routed_chain_survives_pickling_and_deepcopy() -> None:
+    import copy
+    import pickle
+
+    net = chainspec.loads(UNET, source="unet.yaml").build()
+    x = torch.randn(2, 3, 8, 8)
+    for other in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        assert other.routes == net.routes and "_schedule" not in other.__getstate__()
+        torch.testing.assert_close(other(x), net(x))

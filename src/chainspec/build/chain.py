@@ -567,12 +567,14 @@ class Chain(nn.Module):
         # ``next`` pointers recursively would hit the recursion limit on long chains.
         state = self.__dict__.copy()
         state["_chain_order"] = [(n.id, n.type) for n in self]
-        for key in ("_links", "_head", "_tail", "_order"):
+        for key in ("_links", "_head", "_tail", "_order", "_schedule"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         order = state.pop("_chain_order")
+        state.setdefault("_routes", {})  # a chain pickled before chains had routes
+        state["_schedule"] = None  # the run schedule is rebuilt from the routes on the next forward
         super().__setstate__(state)
         self._reset_links()
         for node_id, node_type in order:
