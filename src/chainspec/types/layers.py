@@ -215,8 +215,8 @@ class Residual(nn.Module):
         if y.shape != skip.shape:
             raise RuntimeError(f"the residual body makes shape {list(y.shape[1:])} but the shortcut "
                                f"{list(skip.shape[1:])}; they are added, so they must match")
-        y = y + skip
-        return y if self.after is None else self.after(y)
+        total = y + skip  # y stays alive through ``after``, as in a hand-written block: see docs/branches.md
+        return total if self.after is None else self.after(total)
 
     def _get_name(self) -> str:
         return self.type_name
