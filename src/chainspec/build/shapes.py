@@ -874,7 +874,7 @@ def _shape_problem(doc: Document, node: ResolvedNode, module: nn.Module, x: torc
     ``failure`` is what :func:`_failing_part` found for the node's module on ``x``.
     """
     path, label, source = _location(node, previous, None if failure is None else failure[0])
-    if failure is not None and failure[0][2] is not None:
+    if failure is not None:  # the innermost part that fails, on its own input (the node's, at the node)
         _, module, x, exc = failure
     shape = tuple(x.shape[1:])
     if isinstance(exc, _MisfitError):
@@ -928,6 +928,8 @@ def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
                 continue
             part = module._modules[key]
             assert part is not None
+            if key == "after" and outs[0].shape != (outs[1] if len(outs) > 1 else x).shape:
+                return None  # the body and the shortcut cannot be added: the block's own sum is at fault
             inner_x = x if key != "after" else outs[0] + (outs[1] if len(outs) > 1 else x)
             try:
                 outs.append(part(inner_x))
@@ -935,8 +937,9 @@ def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
                 inner = _failing_part(part, parts[key], inner_x)
                 if inner is not None and inner[0][2] is not None:
                     return inner
-                if key != "after":
-                    return None  # the block's own input does not fit: the block is at fault
+                if key != "after":  # the block's own input does not fit: the block is at fault,
+                    # worded by the part that refuses it (as the closed-form rules word it)
+                    return inner if inner is not None else ((tree.location, 0, None), part, inner_x, exc)
                 after = parts[key]
                 assert isinstance(after, Group)
                 first = part._modules[after.parts[0][0]]
@@ -951,8 +954,8 @@ def _failing_part(module: nn.Module, tree: Tree, x: torch.Tensor) -> tuple[
             y = part(x)
         except Exception as exc:
             inner = _failing_part(part, sub, x)
-            if inner is not None and inner[0][2] is not None:
-                return inner  # a later part inside this one fails: the fault is in there
+            if inner is not None and (inner[0][2] is not None or index == 0):
+                return inner  # a later part inside this one fails (or its first, on this one's input)
             return (tree.location, index, previous), part, x, exc  # this part cannot take its input
         x, previous = y, part_id
     return None
