@@ -390,8 +390,12 @@ def test_an_inserted_node_ties_to_a_trained_parameter_without_a_second_optimizer
         "bias: false}, tie: {weight: tok.weight}}\n      - {id: again, type: linear, args: {in_features: 50, "
         "out_features: 8}}\n")
     new = chainspec.loads(text, source="lm2.yaml")
-    chainspec.diff(spec, new).apply(net, opt)
+    plan = chainspec.diff(spec, new)
+    assert plan.param_delta == 8 * 50 + 8  # 'back' borrows its weight: only 'again' adds parameters
+    assert [op.param_delta for op in plan.ops] == [0, 8 * 50 + 8]
+    plan.apply(net, opt)
     assert net.back.weight is net.tok.weight is net.logits.weight
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in spec.build().parameters()) + 408
     listed = [p for group in opt.param_groups for p in group["params"]]
     assert len(listed) == len({id(p) for p in listed}) == len(list(net.parameters()))
     assert all(torch.equal(opt.state[net.tok.weight][s], v) for s, v in moments.items())

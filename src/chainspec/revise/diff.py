@@ -15,8 +15,9 @@ takes milliseconds.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .._gc import gc_paused
@@ -326,10 +327,16 @@ class _Facts:
         self._cache: dict[Any, NodeFacts] = {}
 
     def of(self, spec: Spec, node: ResolvedNode) -> NodeFacts:
+        """The facts of ``node``'s module; its parameter count leaves out the parameters it ties to
+        another node's (they are that node's, counted there)."""
         key = tree_key(node.tree)
         found = self._cache.get(key)
         if found is None:
             found = self._cache[key] = _measure(spec, node)
+        if node.ties:
+            borrowed = sum(math.prod(shape) for name, kind, shape in found.state
+                           if kind == "param" and name in node.ties)
+            found = replace(found, params=found.params - borrowed)
         return found
 
 
