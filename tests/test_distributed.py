@@ -12,7 +12,9 @@ runs every scenario, so torch is imported twice, not per test:
 * ``failures``: ranks holding different revisions, an invalid revision and a
   rank that never reaches the barrier all raise, quickly, on every rank;
 * ``ops``: residual blocks join by ``init: {copy: b0}`` (weights and Adam state) and by
-  ``init: preserve`` (an identity), through :func:`chainspec.distributed.grow`;
+  ``init: preserve`` (an identity), through :func:`chainspec.distributed.grow`, then every
+  block's MLP widens with ``init: preserve`` (random copies on each rank; rank 0's weights and
+  carried Adam moments win) through :func:`chainspec.distributed.apply_plan`;
 * ``settle``: saves written in two ``write()`` calls are taken only once
   complete (rank 0 decides), and a node a half save removed comes back
   trained, on every rank.
@@ -91,23 +93,27 @@ BROKEN = REVISION.replace("type: linear, args: {in_features: 12, out_features: 1
 #: block that starts as the identity (its body's last weighted layer zeroed, a norm layer inside).
 GROWTH_OPS = textwrap.dedent("""\
     chainspec: 1
+    vars: {hidden: 8}
     types:
       res:
         residual: true
         nodes:
           - {id: norm, type: layernorm, args: {normalized_shape: 12}}
-          - {id: fc, type: linear, args: {in_features: 12, out_features: 12}}
+          - {id: fc, type: linear, args: {in_features: 12, out_features: "${hidden}"}}
+          - {id: act, type: gelu}
+          - {id: proj, type: linear, args: {in_features: "${hidden}", out_features: 12}}
     chains:
       net:
         input_shape: [6]
         nodes:
           - {id: inp, type: linear, args: {in_features: 6, out_features: 12}}
-          - {id: b0, type: res}
+          - {id: b0, type: res, init: preserve}
           - {id: b1, type: res, stage: 1, init: {copy: b0}}
           - {id: b2, type: res, stage: 2, init: preserve}
           - {id: out, type: linear, args: {in_features: 12, out_features: 3}}
     """)
-OPS_STEPS, OPS_GROW_AT = 6, (2, 4)
+#: Steps of the ops scenario; the two growth steps; the step that widens every block's MLP 8 -> 13.
+OPS_STEPS, OPS_GROW_AT, OPS_WIDEN_AT = 8, (2, 4), 6
 PLAN_STEPS, GROW_AT, BROKEN_AT, REVISE_AT = 16, (4, 8), 10, 12
 GROWER_STEPS = 9  # 16-image phases at 8 images a step: fade 1, stabilize 1, fade 2, stabilize 2
 
@@ -192,8 +198,17 @@ def scenario_growth_ops(rank: int, world: int) -> dict[str, Any]:
     model: nn.Module = csd.wrap(chain) if world > 1 else chain
     opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
     data = torch.Generator().manual_seed(11)
-    out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "copied": [], "identity": []}
+    out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "copied": [], "identity": [], "widened": []}
     for step in range(OPS_STEPS):
+        if step == OPS_WIDEN_AT:  # widened with init: preserve: new units copy random ones, moments follow
+            probe = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+            before = chain(probe).detach()
+            wider = GROWTH_OPS.replace("hidden: 8", "hidden: 13").replace("init: {copy: b0}", "init: preserve") \
+                if rank == 0 else None  # (copy is for joining nodes: b1 now widens as the others do)
+            result = csd.apply_plan(spec, wider, model, opt)
+            spec, model = result.spec, result.model
+            out["widened"] = [float((chain(probe).detach() - before).abs().max()), chain.b0.body.fc.out_features,
+                              bool(opt.state[chain.b1.body.proj.weight])]
         if step in OPS_GROW_AT:
             probe = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
             before = chain(probe).detach()
@@ -570,6 +585,8 @@ def test_growth_operators_in_lockstep(ranks: list[dict[str, Any]], reference: di
         assert r["ops"]["rank_diff"] == [0.0] * OPS_STEPS
         assert r["ops"]["copied"] and all(r["ops"]["copied"])  # a copy: equal weights and moments, new tensors
         assert r["ops"]["identity"] <= 1e-5
+        change, width, has_moments = r["ops"]["widened"]
+        assert change <= 1e-5 and width == 13 and has_moments  # preserved, with moments carried and broadcast
     for step, (got, want) in enumerate(zip(ranks[0]["ops"]["snapshots"], reference["ops"]["snapshots"],
                                            strict=True)):
         _assert_close(got, want, f"step {step}")

@@ -397,7 +397,7 @@ def _position_embedding(args: Mapping[str, Any], shape: Shape, dtype: torch.dtyp
 
 
 def _attention(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outcome:
-    if len(shape) != 3 or shape[2] != args["dim"] or args["dim"] % args["heads"]:
+    if len(shape) != 3 or shape[2] != args["dim"] or (args.get("head_dim") is None and args["dim"] % args["heads"]):
         return None
     return shape
 
@@ -465,8 +465,9 @@ def _norm_holds(args: Mapping[str, Any]) -> Holding:
 
 
 def _attention_holds(args: Mapping[str, Any]) -> Holding:
-    dim = args["dim"]
-    return 4 * dim * dim + (4 * dim if args["bias"] else 0), 0, 0
+    dim, head_dim = args["dim"], args.get("head_dim")
+    inner = dim if head_dim is None else args["heads"] * head_dim
+    return 4 * dim * inner + (3 * inner + dim if args["bias"] else 0), 0, 0
 
 
 def _layernorm_holds(args: Mapping[str, Any]) -> Holding:

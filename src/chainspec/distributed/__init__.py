@@ -58,7 +58,7 @@ from .grower import DistributedGrower
 from .lockstep import Broadcast as Broadcast
 from .lockstep import LockstepResult, apply_plan, grow
 from .selfcheck import main as main
-from .tensors import assert_in_sync, broadcast_module
+from .tensors import assert_in_sync, broadcast_module, broadcast_optimizer_state
 from .watch import DistributedSpecWatcher
 from .watch import logger as logger
 
@@ -71,6 +71,7 @@ __all__ = [
     "assert_in_sync",
     "barrier",
     "broadcast_module",
+    "broadcast_optimizer_state",
     "broadcast_text",
     "current",
     "grow",

@@ -3,9 +3,10 @@
 In order: a barrier; rank ``src`` broadcasts the revision's text; each rank diffs it against the
 revision it runs and the ranks compare plan digests before any of them touches its model; each rank
 applies its plans, all or nothing, and keeps them only once every rank confirms it applied its own;
-the new parameters and buffers are broadcast from ``src``; each DDP whose parameters changed is
-re-wrapped; a barrier. :func:`apply_plan` and :func:`grow` are the public entry points; the watcher
-and the grower use the pieces (:func:`_lockstep`, :func:`_settle`, :func:`_sync_targets`).
+the new parameters and buffers are broadcast from ``src``, with the optimizer state carried to them;
+each DDP whose parameters changed is re-wrapped; a barrier. :func:`apply_plan` and :func:`grow` are
+the public entry points; the watcher and the grower use the pieces (:func:`_lockstep`, :func:`_settle`,
+:func:`_sync_targets`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .groups import (
     barrier,
     is_distributed,
 )
-from .tensors import _named_tensors, broadcast_module
+from .tensors import _named_tensors, broadcast_module, broadcast_optimizer_state
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -232,6 +233,10 @@ def _sync_targets(targets: Mapping[str, _Target], before: Mapping[str, list[tupl
         if broadcast != "none" and is_distributed():
             names = None if broadcast == "all" else [n for n, t in now if id(t) not in old_ids]
             sent[name] = broadcast_module(target.chain, names=names, src=src, group=group)
+            if target.optimizer is not None:  # moments carried to them follow the same values
+                chosen = set(sent[name])
+                broadcast_optimizer_state(target.optimizer, [t for n, t in target.chain.named_parameters()
+                                                             if n in chosen], src=src, group=group)
         changed = [id(t) for _, t in before[name]] != [id(t) for _, t in now]
         model = current(target.model)
         models[name] = rewrap(model) if isinstance(model, DistributedDataParallel) and changed else model

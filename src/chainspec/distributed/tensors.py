@@ -60,6 +60,40 @@ def broadcast_module(module: nn.Module, *, names: Iterable[str] | None = None, s
     return [n for n, _ in tensors]
 
 
+def broadcast_optimizer_state(optimizer: Any, params: Iterable[Tensor], *, src: int = 0,
+                              group: Any = None) -> int:
+    """Copy rank ``src``'s optimizer state of ``params`` (its tensors, in place) to every rank.
+
+    A lockstep revision broadcasts the parameters it created; a widening with ``init: preserve``
+    also carried optimizer moments to them along a random layout drawn on each rank, so those
+    moments are broadcast with them. The ranks first compare what each holds, so state that
+    differs in structure is a :class:`DistributedError`, not a hang.
+
+    Returns:
+        The number of state tensors broadcast.
+
+    Example:
+        >>> broadcast_optimizer_state(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), [])
+        0
+    """
+    if not is_distributed():
+        return 0
+    tensors = [(i, key, value) for i, param in enumerate(params)
+               for key, value in sorted(optimizer.state.get(param, {}).items())
+               if isinstance(value, Tensor)]
+    layout = [(i, key, tuple(t.shape), str(t.dtype)) for i, key, t in tensors]
+    layouts = _gather(layout, group=group, where="comparing the optimizer state to broadcast")
+    here = _src_index(src, group)
+    bad = _differing(layouts, here)
+    if bad:
+        raise DistributedError(f"the ranks hold different optimizer state for the new parameters: rank {src} "
+                               f"has {layouts[here]}, rank {bad[0]} has {layouts[bad[0]]}")
+    with torch.no_grad(), _collective("broadcasting optimizer state", group):
+        for _, _, tensor in tensors:
+            dist.broadcast(tensor, src=src, group=group)
+    return len(tensors)
+
+
 def _layout_mismatch(layouts: list[Any], here: int, other: int, src: int) -> str:
     mine, theirs = layouts[here], layouts[other]
     for a, b in zip(mine, theirs, strict=False):

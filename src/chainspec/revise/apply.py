@@ -122,7 +122,7 @@ class _Job:
                 kept = self.restored.get(op.node_id)
                 self.built[op.node_id] = kept.module if kept is not None else self._build(op)
         # init: copy: the source's weights now; its optimizer state (cloned now: the source may be leaving)
-        # for the new parameters once they are in the optimizer.
+        # for the new parameters once they are in the optimizer. init: preserve adds the carried moments.
         self.copied_state: list[tuple[Tensor, dict[str, Any]]] = []
         for op in plan.ops:
             if op.kind == "insert" and op.init == "copy" and op.node_id not in self.restored:
@@ -238,11 +238,13 @@ class _Job:
                 module = self.built.get(node_id) or self.chain[node_id].module
                 entries.append(Entry(node_id, module, None, "same"))
         try:
-            preserve(entries)
+            carries = preserve(entries)
         except WidenError as exc:
             op = self.changed.get(exc.node_id)
             path = (*op.new.path, "init") if op is not None and op.new is not None else ()
             raise SpecError([self.plan.new_spec.problem(path, exc.message, exc.hint)]) from None
+        if self.optimizer is not None:  # moments follow the weights they were made from
+            self.copied_state.extend(_optim.carried_state(self.optimizer, carries))
 
     def _plan_optimizer(self, optimizer: Optimizer) -> None:
         plan, chain = self.plan, self.chain
@@ -311,7 +313,7 @@ class _Job:
         if self.optimizer is None:
             return
         _optim.carry_out(self.optimizer, self.removed, self.placements)
-        for param, state in self.copied_state:  # init: copy with the source's optimizer state
+        for param, state in self.copied_state:  # init: copy or preserve, with the sources' optimizer state
             self.optimizer.state[param] = state
         for kept in self.restored.values():  # restored parameters get their state back, in their own optimizer
             if kept.optimizer is not None and kept.optimizer() is self.optimizer:

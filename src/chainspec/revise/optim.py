@@ -20,6 +20,7 @@ The group rule (documented in docs/revisions.md):
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -289,6 +290,53 @@ def carry_out(optimizer: Optimizer, removed: Iterable[Tensor], placements: Seque
             continue
         group = group_with(optimizer, with_override(base, pl.override)) if pl.override else base
         add_params(optimizer, pl.node.params, group)
+
+
+#: Optimizer state keys that are moments of the gradient, and their power: a weight made as
+#: ``c * old`` gets ``c ** power`` times the old moment (Staged training's rule, Shen et al. 2022:
+#: doubling width halves first moments and quarters second moments).
+MOMENT_POWERS: dict[str, int] = {
+    "exp_avg": 1, "momentum_buffer": 1,  # Adam, AdamW, NAdam, RAdam, Adamax; SGD
+    "exp_avg_sq": 2, "max_exp_avg_sq": 2, "square_avg": 2, "sum": 2,  # Adam(W) (amsgrad), RMSprop, Adagrad
+    "exp_inf": 1, "grad_avg": 1,  # Adamax's infinity norm scales with the gradient; RMSprop centred
+}
+
+
+def carried_state(optimizer: Optimizer, carries: Iterable[Any]) -> list[tuple[Tensor, dict[str, Any]]]:
+    """The optimizer state of each new parameter made from an old one (``revise.widen.Carry``).
+
+    A moment tensor (:data:`MOMENT_POWERS`) shaped like the old parameter is mapped as the weight was,
+    ``gather(moment) * factor ** power``; a step count (a scalar) is copied; any other tensor is left
+    out, so the optimizer starts it afresh. A new parameter whose source has no state gets none.
+    Reads the optimizer only.
+
+    Example:
+        >>> from chainspec.revise.widen import Carry
+        >>> old = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([old])
+        >>> old.sum().backward(); opt.step()
+        >>> new = torch.nn.Parameter(torch.ones(4))
+        >>> halves = Carry(new, old, lambda t: t[torch.tensor([0, 1, 0, 1])], 0.5)
+        >>> [(p is new, (s["exp_avg_sq"] / opt.state[old]["exp_avg_sq"][0]).tolist())
+        ...  for p, s in carried_state(opt, [halves])]
+        [(True, [0.25, 0.25, 0.25, 0.25])]
+    """
+    out: list[tuple[Tensor, dict[str, Any]]] = []
+    for carry in carries:
+        state = optimizer.state.get(carry.old)
+        if not state:
+            continue
+        moved: dict[str, Any] = {}
+        for key, value in state.items():
+            if not isinstance(value, Tensor):
+                moved[key] = copy.deepcopy(value)
+            elif value.dim() == 0 or value.shape != carry.old.shape:
+                if value.numel() == 1:
+                    moved[key] = value.clone()  # a step count
+            elif key in MOMENT_POWERS:
+                moved[key] = carry.apply(value.detach(), MOMENT_POWERS[key]).to(value.dtype)
+        out.append((carry.new, moved))
+    return out
 
 
 def clear_state(optimizer: Optimizer, params: Iterable[Tensor]) -> None:

@@ -15,13 +15,24 @@ overlapping slice of every old tensor of the same name and rank.
   zeroed (a projection, or an affine norm's scale and shift), so that it adds
   nothing to its input, norm layers inside it included.
 
+* adding attention heads (``causal_self_attention`` with a fixed
+  ``head_dim``): the new heads copy randomly chosen old heads (their query,
+  key and value rows), and the output projection divides each copied head's
+  columns by its number of copies.
+
 The sweep over the new chain tracks a *layout*: for each channel flowing
 between nodes, which old channel it corresponds to (``-1`` for a new one).
+
+Optimizer moments follow the weights: every new parameter that the sweep
+fills from an old one is ``gather(old) * factor`` elementwise, and
+:func:`preserve` returns that map as a :class:`Carry`, so that the optimizer
+state can be carried the same way (first moments times ``factor``, second
+moments times ``factor ** 2``; see ``revise.optim.carried_state``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain as chained
 from typing import Literal
@@ -30,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ChainspecError
-from ..types.layers import EqualizedConv2d, EqualizedLinear, Residual, RMSNorm
+from ..types.layers import CausalSelfAttention, EqualizedConv2d, EqualizedLinear, Residual, RMSNorm
 
 #: Layers with a ``weight`` of shape ``(out, in, *kernel)`` (transposed convolutions: ``(in, out, *kernel)``).
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, EqualizedLinear, EqualizedConv2d)
@@ -223,6 +234,42 @@ def _tuple(value: object, n: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Carry:
+    """How a new parameter was made from an old one: ``new == gather(old) * factor``, elementwise.
+
+    The optimizer state of ``old`` is carried to ``new`` by the same map (see
+    ``revise.optim.carried_state``); a ``factor`` of 0 marks a brand-new unit.
+
+    Example:
+        >>> old = nn.Parameter(torch.tensor([2.0, 4.0]))
+        >>> carry = Carry(nn.Parameter(torch.tensor([1.0, 1.0, 2.0])), old,
+        ...               lambda t: t[torch.tensor([0, 0, 1])], torch.tensor([0.5, 0.5, 0.5]))
+        >>> carry.apply(old.detach())
+        tensor([1., 1., 2.])
+    """
+
+    new: Tensor
+    old: Tensor
+    gather: Callable[[Tensor], Tensor]
+    factor: Tensor | float = 1.0
+
+    def apply(self, tensor: Tensor, power: int = 1) -> Tensor:
+        """``gather(tensor) * factor ** power``: a tensor shaped like ``old`` mapped to ``new``'s shape."""
+        factor = self.factor if isinstance(self.factor, float) else self.factor.to(tensor.device, tensor.dtype)
+        return self.gather(tensor) * factor ** power
+
+
+def _carry(carries: list[Carry], new: Tensor, old: Tensor, gather: Callable[[Tensor], Tensor],
+           factor: Tensor | float = 1.0) -> None:
+    if isinstance(new, nn.Parameter) and isinstance(old, nn.Parameter):  # buffers have no optimizer state
+        carries.append(Carry(new, old, gather, factor))
+
+
+def _same(tensor: Tensor) -> Tensor:
+    return tensor.clone()
+
+
 def _scale(leaf: nn.Module) -> float:
     """The run-time weight multiplier (equalized learning rate layers), 1 for plain layers."""
     return float(leaf.scale) if isinstance(leaf, (EqualizedLinear, EqualizedConv2d)) else 1.0
@@ -230,30 +277,65 @@ def _scale(leaf: nn.Module) -> float:
 
 # -- preserve: the sweep -----------------------------------------------------------------------------
 
-def preserve(entries: Sequence[Entry]) -> None:
+def preserve(entries: Sequence[Entry]) -> list[Carry]:
     """Initialise every ``init: preserve`` node of a new chain so that the chain keeps its function.
 
-    ``entries`` is the whole new chain, head to tail. Runs in one pass.
+    ``entries`` is the whole new chain, head to tail. Runs in one pass. Returns how each new
+    parameter of a widened node was made from an old one, for its optimizer state.
 
     Raises:
         WidenError: a preserve node's change cannot keep the function; the message names the layer.
+
+    Example:
+        >>> old, new = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> carries = preserve([Entry("mlp", new, old, "replace", "preserve")])
+        >>> x = torch.randn(4, 2)
+        >>> torch.allclose(new(x), old(x)), len(carries)
+        (True, 4)
     """
     layout: Layout = None
+    carries: list[Carry] = []
     for entry in entries:
         if entry.kind == "replace" and entry.init == "preserve":
             assert entry.old is not None
-            layout = _preserve_node(entry, layout)
+            layout = _preserve_node(entry, layout, carries)
         elif entry.kind == "insert" and entry.init == "preserve":
             identity_init(entry.module, entry.node_id)  # identities keep the layout
         else:
             layout = _track(entry, layout)
+    return carries
+
+
+def _units(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The leaves of ``module`` in order, an attention layer standing for itself (it is widened as a whole).
+
+    Example:
+        >>> [p for p, _ in _units(nn.Sequential(nn.LayerNorm(8), CausalSelfAttention(8, 2)))]
+        ['0', '1']
+    """
+    inside: str | None = None  # the attention layer whose parts are being skipped
+    for name, sub in module.named_modules():
+        if inside is not None and name.startswith(f"{inside}."):
+            continue
+        inside = None
+        if isinstance(sub, CausalSelfAttention):
+            inside = name
+            yield name, sub
+        elif next(sub.children(), None) is None:
+            yield name, sub
 
 
 def _track(entry: Entry, layout: Layout) -> Layout:
     """The layout after a node this sweep does not initialise."""
-    old_leaves = dict(leaves(entry.old)) if entry.old is not None else {}
-    for path, leaf in leaves(entry.module):
-        if isinstance(leaf, WEIGHT_LAYERS):
+    old_leaves = dict(_units(entry.old)) if entry.old is not None else {}
+    for path, leaf in _units(entry.module):
+        if isinstance(leaf, CausalSelfAttention):  # it mixes its input's channels, and gives back dim of them
+            before = old_leaves.get(path)
+            if entry.kind == "same" or (isinstance(before, CausalSelfAttention) and before.dim == leaf.dim):
+                layout = None
+            else:
+                layout = Lost(f"the new layer {_where(entry, path, leaf)} changes the width")
+        elif isinstance(leaf, WEIGHT_LAYERS):
             out_new = _out_in(leaf)[0]
             before = old_leaves.get(path)
             if entry.kind == "same":
@@ -288,10 +370,10 @@ def _out_in(leaf: nn.Module) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _preserve_node(entry: Entry, layout: Layout) -> Layout:
+def _preserve_node(entry: Entry, layout: Layout, carries: list[Carry]) -> Layout:
     assert entry.old is not None
-    old_leaves = dict(leaves(entry.old))
-    new_leaves = list(leaves(entry.module))
+    old_leaves = dict(_units(entry.old))
+    new_leaves = list(_units(entry.module))
     if [p for p, _ in new_leaves] != list(old_leaves) or any(
             type(old_leaves[p]) is not type(m) for p, m in new_leaves):
         before = ", ".join(f"{p or '-'}: {type(m).__name__}" for p, m in old_leaves.items())
@@ -301,20 +383,23 @@ def _preserve_node(entry: Entry, layout: Layout) -> Layout:
     for path, leaf in new_leaves:
         old = old_leaves[path]
         where = _where(entry, path, leaf)
-        if isinstance(leaf, WEIGHT_LAYERS):
-            layout = _widen_weight(entry, where, leaf, old, layout)
+        if isinstance(leaf, CausalSelfAttention):
+            layout = _widen_attention(entry, where, leaf, old, layout, carries)
+        elif isinstance(leaf, WEIGHT_LAYERS):
+            layout = _widen_weight(entry, where, leaf, old, layout, carries)
         elif isinstance(leaf, PER_CHANNEL):
-            _widen_per_channel(entry, where, leaf, old, layout)
+            _widen_per_channel(entry, where, leaf, old, layout, carries)
         elif isinstance(leaf, CHANNELWISE):
             continue
         else:
-            _copy_same(entry, where, leaf, old)
+            _copy_same(entry, where, leaf, old, carries)
             if layout is not None and not isinstance(layout, Lost):
                 layout = Lost(f"{where} mixes or rearranges channels")
     return layout
 
 
-def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout) -> Layout:
+def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout,
+                  carries: list[Carry]) -> Layout:
     transposed = isinstance(leaf, nn.modules.conv._ConvTransposeNd)
     w_old: Tensor = old.weight.detach()
     w_old = w_old.transpose(0, 1) if transposed else w_old
@@ -329,33 +414,93 @@ def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, lay
         raise WidenError(entry.node_id, f"init: preserve cannot shrink {where} ({m_in}→{m_out} becomes "
                                         f"{n_in}→{n_out}): dropping units changes the function",
                          "use init: keep or fresh")
-    weight = w_old.to(dtype=w_new.dtype, device=w_new.device)
-    if n_in != m_in or isinstance(layout, Tensor):
-        if not isinstance(layout, Tensor) or len(layout) != n_in:
-            why = layout.reason if isinstance(layout, Lost) else "the chain's input changed"
-            raise WidenError(entry.node_id, f"init: preserve cannot keep the function of {where}: its input grows "
-                                            f"{m_in} → {n_in}, but {why}",
-                             "give the node that widens its input init: preserve (or keep)")
-        weight = _spread_inputs(weight, layout.to(weight.device), m_in)
-    rows = _replicas(m_out, n_out, weight.device)
-    weight = weight[rows] * (_scale(old) / _scale(leaf))
-    w_new.copy_(weight)
+    columns = _input_columns(entry, where, layout, m_in, n_in, w_new)
+    rows = _replicas(m_out, n_out, w_new.device)
+
+    def view(tensor: Tensor) -> Tensor:  # (out, in, *kernel), a view: transposed convolutions swap the two
+        return tensor.transpose(0, 1) if transposed else tensor
+
+    def gather(tensor: Tensor) -> Tensor:
+        tensor = view(tensor)[rows]
+        return view(tensor if columns is None else tensor[:, columns[0]])
+
+    inputs = torch.ones(n_in, device=w_new.device, dtype=w_new.dtype) if columns is None else columns[1]
+    factor = view((inputs * (_scale(old) / _scale(leaf))).reshape((1, -1) + (1,) * (w_new.dim() - 2)))
+    leaf.weight.copy_(gather(old.weight.detach().to(dtype=w_new.dtype, device=w_new.device)) * factor)
+    _carry(carries, leaf.weight, old.weight, gather, factor)
     bias_old, bias_new = getattr(old, "bias", None), getattr(leaf, "bias", None)
     if (bias_old is None) != (bias_new is None):
         raise WidenError(entry.node_id, f"init: preserve cannot add or drop the bias of {where}", "use init: keep")
     if bias_new is not None:
         bias_new.copy_(bias_old.detach()[rows])
+        _carry(carries, bias_new, bias_old, lambda tensor: tensor[rows])
     return rows.cpu() if n_out != m_out else None
 
 
-def _spread_inputs(weight: Tensor, layout: Tensor, m_in: int) -> Tensor:
-    """Incoming weights for replicated inputs: each copy gets the original's weight over its copy count."""
+def _input_columns(entry: Entry, where: str, layout: Layout, m_in: int, n_in: int,
+                   like: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(old input of each new input, its weight factor)`` for a layer whose inputs were widened or
+    rearranged, or None when they are the old ones.
+
+    Each copy of a replicated input gets the original's weight over its copy count; a brand-new
+    input starts with zero weight.
+    """
+    if n_in == m_in and not isinstance(layout, Tensor):
+        return None
+    if not isinstance(layout, Tensor) or len(layout) != n_in:
+        why = layout.reason if isinstance(layout, Lost) else "the chain's input changed"
+        raise WidenError(entry.node_id, f"init: preserve cannot keep the function of {where}: its input grows "
+                                        f"{m_in} → {n_in}, but {why}",
+                         "give the node that widens its input init: preserve (or keep)")
+    layout = layout.to(like.device)
     valid = layout >= 0
     source = layout.clamp(min=0)
-    counts = torch.bincount(layout[valid], minlength=m_in).clamp(min=1).to(weight.dtype)
-    shape = (1, -1) + (1,) * (weight.dim() - 2)
-    spread = weight[:, source] / counts[source].reshape(shape)
-    return spread * valid.to(weight.dtype).reshape(shape)  # brand-new inputs start with zero weight
+    counts = torch.bincount(layout[valid], minlength=m_in).clamp(min=1)
+    return source, valid.to(like.dtype) / counts[source].to(like.dtype)  # in the weights' precision
+
+
+@torch.no_grad()
+def _widen_attention(entry: Entry, where: str, leaf: CausalSelfAttention, old: nn.Module, layout: Layout,
+                     carries: list[Carry]) -> Layout:
+    """Add heads: each new head copies a random old head's query, key and value rows, and the output
+    projection divides each copied head's columns by its number of copies (duplicate heads attend
+    alike, so their outputs are equal)."""
+    assert isinstance(old, CausalSelfAttention)
+    if leaf.head_dim != old.head_dim:
+        raise WidenError(entry.node_id, f"init: preserve keeps each head's width, but {where} changes head_dim "
+                                        f"{old.head_dim} → {leaf.head_dim}",
+                         "add heads at a fixed head_dim (set head_dim in args)")
+    if leaf.heads < old.heads:
+        raise WidenError(entry.node_id, f"init: preserve cannot drop heads of {where} ({old.heads} → {leaf.heads})",
+                         "use init: keep or fresh")
+    if leaf.dim != old.dim:
+        raise WidenError(entry.node_id, f"init: preserve adds heads but cannot change the width of {where} "
+                                        f"({old.dim} → {leaf.dim})", "use init: keep or fresh")
+    device, d = leaf.c_attn.weight.device, leaf.head_dim
+    heads = _replicas(old.heads, leaf.heads, device)
+    unit = (heads[:, None] * d + torch.arange(d, device=device)).reshape(-1)  # old inner index of each new one
+    rows = torch.cat([part * old.heads * d + unit for part in range(3)])  # q, k and v
+    columns = _input_columns(entry, where, layout, old.dim, leaf.dim, leaf.c_attn.weight)
+    counts = torch.bincount(heads, minlength=old.heads)[heads].repeat_interleave(d)
+
+    def gather_attn(tensor: Tensor) -> Tensor:
+        return tensor[rows] if columns is None else tensor[rows][:, columns[0]]
+
+    attn_factor = 1.0 if columns is None else columns[1].reshape(1, -1)
+    proj_factor = (1 / counts.to(leaf.c_proj.weight.dtype)).reshape(1, -1)
+    pairs = ((leaf.c_attn, old.c_attn, gather_attn, attn_factor),
+             (leaf.c_proj, old.c_proj, lambda tensor: tensor[:, unit], proj_factor))
+    for new_layer, old_layer, gather, factor in pairs:
+        new_layer.weight.copy_(gather(old_layer.weight.detach()) * factor)
+        _carry(carries, new_layer.weight, old_layer.weight, gather, factor)
+    if (old.c_attn.bias is None) != (leaf.c_attn.bias is None):
+        raise WidenError(entry.node_id, f"init: preserve cannot add or drop the biases of {where}", "use init: keep")
+    if leaf.c_attn.bias is not None:
+        leaf.c_attn.bias.copy_(old.c_attn.bias.detach()[rows])
+        _carry(carries, leaf.c_attn.bias, old.c_attn.bias, lambda tensor: tensor[rows])
+        leaf.c_proj.bias.copy_(old.c_proj.bias.detach())
+        _carry(carries, leaf.c_proj.bias, old.c_proj.bias, _same)
+    return None
 
 
 def _replicas(m_out: int, n_out: int, device: torch.device) -> Tensor:
@@ -364,26 +509,32 @@ def _replicas(m_out: int, n_out: int, device: torch.device) -> Tensor:
     return torch.cat([torch.arange(m_out), extra]).to(device)
 
 
-def _widen_per_channel(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout) -> None:
+def _widen_per_channel(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout,
+                       carries: list[Carry]) -> None:
     source = dict(chained(old.named_parameters(), old.named_buffers()))
     for name, tensor in chained(leaf.named_parameters(), leaf.named_buffers()):
         previous = source.get(name)
         if previous is None:
             continue
+        before = previous
         previous = previous.detach().to(device=tensor.device, dtype=tensor.dtype)
         if tensor.dim() == 0 or tensor.shape == previous.shape:
             tensor.copy_(previous)
+            _carry(carries, tensor, before, _same)
         elif tensor.shape[0] < previous.shape[0]:
             raise WidenError(entry.node_id, f"init: preserve cannot shrink {where}", "use init: keep or fresh")
-        elif isinstance(layout, Tensor) and len(layout) == tensor.shape[0]:
-            index = layout.to(tensor.device)
+        else:
+            if isinstance(layout, Tensor) and len(layout) == tensor.shape[0]:
+                index = layout.to(tensor.device)
+            else:
+                index = _prefix(previous.shape[0], tensor.shape[0]).to(tensor.device)
             valid = index >= 0
             tensor[valid] = previous[index[valid]]
-        else:
-            tensor[: previous.shape[0]] = previous
+            mask = valid.to(tensor.dtype)
+            _carry(carries, tensor, before, lambda old_tensor, index=index: old_tensor[index.clamp(min=0)], mask)
 
 
-def _copy_same(entry: Entry, where: str, leaf: nn.Module, old: nn.Module) -> None:
+def _copy_same(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, carries: list[Carry]) -> None:
     source = dict(chained(old.named_parameters(), old.named_buffers()))
     for name, tensor in chained(leaf.named_parameters(), leaf.named_buffers()):
         previous = source.get(name)
@@ -391,3 +542,4 @@ def _copy_same(entry: Entry, where: str, leaf: nn.Module, old: nn.Module) -> Non
             raise WidenError(entry.node_id, f"init: preserve does not support changing the shape of "
                                             f"{where} ({name})", "use init: keep or fresh")
         tensor.copy_(previous.detach())
+        _carry(carries, tensor, previous, _same)

@@ -364,18 +364,21 @@ def position_embedding(max_len: Size, dim: Size) -> nn.Module:
 
 
 @builtin("causal_self_attention")
-def causal_self_attention(dim: Size, heads: Size, dropout: Probability = 0.0, bias: bool = True) -> nn.Module:
+def causal_self_attention(dim: Size, heads: Size, dropout: Probability = 0.0, bias: bool = True,
+                          head_dim: Size | None = None) -> nn.Module:
     """Causal multi-head self-attention on ``[T, dim]`` (``scaled_dot_product_attention``, nanoGPT's layout).
 
     Args:
-        dim: the model width; must be divisible by ``heads``.
+        dim: the model width; divisible by ``heads`` unless ``head_dim`` is given.
         heads: the number of attention heads.
         dropout: attention dropout and dropout after the output projection, in training.
         bias: biases in the query/key/value and output projections (``c_attn``, ``c_proj``).
+        head_dim: the width of each head (default ``dim // heads``); with it, the heads together
+            may be wider or narrower than ``dim``, and heads can be added at a fixed head width.
     """
     from .layers import CausalSelfAttention
 
-    return CausalSelfAttention(dim, heads, dropout, bias)
+    return CausalSelfAttention(dim, heads, dropout, bias, head_dim)
 
 
 @builtin("rmsnorm")

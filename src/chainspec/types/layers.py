@@ -215,7 +215,8 @@ class Residual(nn.Module):
         if y.shape != skip.shape:
             raise RuntimeError(f"the residual body makes shape {list(y.shape[1:])} but the shortcut "
                                f"{list(skip.shape[1:])}; they are added, so they must match")
-        total = y + skip  # y stays alive through ``after``, as in a hand-written block: see docs/branches.md
+        # y stays alive through ``after``, as in a hand-written block: fewer page faults (README, Branched models)
+        total = y + skip
         return total if self.after is None else self.after(total)
 
     def _get_name(self) -> str:
@@ -280,33 +281,44 @@ class PositionEmbedding(nn.Module):
 class CausalSelfAttention(nn.Module):
     """Causal multi-head self-attention on ``scaled_dot_product_attention``, laid out as nanoGPT's.
 
-    ``c_attn`` projects to queries, keys and values at once, ``c_proj`` projects back; attention
-    dropout (``dropout``, in training) and dropout after the projection.
+    ``c_attn`` projects to queries, keys and values at once (``heads * head_dim`` each), ``c_proj``
+    projects back to ``dim``; attention dropout (``dropout``, in training) and dropout after the
+    projection. ``head_dim`` defaults to ``dim // heads``; set it to grow heads at a fixed head
+    width (``init: preserve`` then copies heads, as it copies units of a widened layer).
 
     Example:
         >>> CausalSelfAttention(8, 2)(torch.zeros(2, 5, 8)).shape
         torch.Size([2, 5, 8])
+        >>> CausalSelfAttention(8, 3, head_dim=4).c_attn
+        Linear(in_features=8, out_features=36, bias=True)
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True,
+                 head_dim: int | None = None) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.dim, self.heads, self.dropout = dim, heads, dropout
-        self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)
-        self.c_proj = nn.Linear(dim, dim, bias=bias)
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"dim ({dim}) must be divisible by heads ({heads}), or head_dim given")
+            head_dim = dim // heads
+        self.dim, self.heads, self.head_dim, self.dropout = dim, heads, head_dim, dropout
+        self.explicit_head_dim = head_dim * heads != dim
+        inner = heads * head_dim
+        self.c_attn = nn.Linear(dim, 3 * inner, bias=bias)
+        self.c_proj = nn.Linear(inner, dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, T, dim) -> same
-        n, t, c = x.shape
-        q, k, v = self.c_attn(x).split(self.dim, dim=2)
-        q, k, v = (z.view(n, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        n, t, _ = x.shape
+        inner = self.heads * self.head_dim
+        q, k, v = self.c_attn(x).split(inner, dim=2)
+        q, k, v = (z.view(n, t, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(n, t, c)
+        y = y.transpose(1, 2).contiguous().view(n, t, inner)
         return self.resid_dropout(self.c_proj(y))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, dropout={self.dropout}"
+        head_dim = f", head_dim={self.head_dim}" if self.explicit_head_dim else ""
+        return f"dim={self.dim}, heads={self.heads}{head_dim}, dropout={self.dropout}"
 
 
 class RMSNorm(nn.Module):
