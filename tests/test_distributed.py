@@ -15,6 +15,9 @@ runs every scenario, so torch is imported twice, not per test:
   ``init: preserve`` (an identity), through :func:`chainspec.distributed.grow`, then every
   block's MLP widens with ``init: preserve`` (random copies on each rank; rank 0's weights and
   carried Adam moments win) through :func:`chainspec.distributed.apply_plan`;
+* ``fsdp``: the ``ops`` growth with every node sharded by FSDP2's ``fully_shard``
+  (``shard=fully_shard``), a removal, and a widening that is refused because it must read
+  sharded weights whole;
 * ``settle``: saves written in two ``write()`` calls are taken only once
   complete (rank 0 decides), and a node a half save removed comes back
   trained, on every rank.
@@ -227,6 +230,58 @@ def scenario_growth_ops(rank: int, world: int) -> dict[str, Any]:
         opt.step()
         out["snapshots"].append(_snapshot(chain))
         out["rank_diff"].append(_sync_check(chain))
+    return out
+
+
+def _full_snapshot(chain: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each sharded (FSDP2) tensor gathered whole."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in chain.state_dict().items()}
+
+
+def scenario_fsdp(rank: int, world: int) -> dict[str, Any]:
+    """The ops scenario's growth under FSDP2: every node with parameters sharded with ``fully_shard``.
+
+    Blocks join by copy (weights and Adam moments, read from the sharded source) and as identities,
+    each broadcast whole and then sharded by ``shard=fully_shard``; then a block is removed; then a
+    widening with ``init: preserve``, which must read sharded weights whole, is refused on every rank.
+    The reference (``world == 1``) trains the same chain unsharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(1000 + rank)
+    spec = chainspec.loads(GROWTH_OPS, source="ops.yaml")
+    chain = spec.build(stage=0)
+    shard = fully_shard if world > 1 else None
+    if shard is not None:
+        csd.broadcast_module(chain)  # the same weights on every rank before they are sharded
+        for node_id in chain.ids():
+            if any(True for _ in chain[node_id].module.parameters()):
+                shard(chain[node_id].module)
+    opt = torch.optim.Adam(chain.parameters(), lr=1e-2)
+    data = torch.Generator().manual_seed(11)
+    out: dict[str, Any] = {"snapshots": [], "ids": [], "sharded": [], "refused": ""}
+    for step in range(OPS_STEPS):
+        if step in OPS_GROW_AT:
+            spec = csd.grow(spec, chain, opt, shard=shard).spec
+        if step == OPS_WIDEN_AT:
+            removed = GROWTH_OPS.replace("      - {id: b1, type: res, stage: 1, init: {copy: b0}}\n", "")
+            spec = csd.apply_plan(spec, removed if rank == 0 else None, chain, opt, shard=shard).spec
+            if shard is not None:  # unsharded (the reference), the widening would apply
+                wider = removed.replace("hidden: 8", "hidden: 13")
+                before = _full_snapshot(chain)
+                try:
+                    csd.apply_plan(spec, wider if rank == 0 else None, chain, opt, shard=shard)
+                except chainspec.SpecError as exc:
+                    out["refused"] = str(exc)
+                out["untouched"] = all(torch.equal(v, before[k]) for k, v in _full_snapshot(chain).items())
+        x = torch.randn(GLOBAL_BATCH, 6, generator=data)
+        opt.zero_grad(set_to_none=True)
+        chain(_local(x, rank, world)).square().mean().backward()  # FSDP averages the ranks' gradients
+        opt.step()
+        out["snapshots"].append(_full_snapshot(chain))
+        out["ids"].append(chain.ids())
+        out["sharded"].append(sorted(n for n, p in chain.named_parameters() if hasattr(p, "full_tensor")))
     return out
 
 
@@ -494,7 +549,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
             watch.write_text(SPEC, encoding="utf-8")
         results = {"plan": scenario_plan(rank, world, watch), "grower": scenario_grower(rank, world),
                    "plain": scenario_plain(rank, world), "settle": scenario_settle(rank, world, base),
-                   "ops": scenario_growth_ops(rank, world)}
+                   "ops": scenario_growth_ops(rank, world), "fsdp": scenario_fsdp(rank, world)}
         dist.barrier()
         results["failures"] = scenario_failures(rank, world, base)
         torch.save(results, base / f"rank{rank}.pt")
@@ -548,7 +603,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         with torch.random.fork_rng(devices=[]):
             return {"plan": scenario_plan(0, 1, watch), "grower": scenario_grower(0, 1),
-                    "ops": scenario_growth_ops(0, 1)}
+                    "ops": scenario_growth_ops(0, 1), "fsdp": scenario_fsdp(0, 1)}
     finally:
         torch.set_num_threads(threads)
 
@@ -590,6 +645,25 @@ def test_growth_operators_in_lockstep(ranks: list[dict[str, Any]], reference: di
     for step, (got, want) in enumerate(zip(ranks[0]["ops"]["snapshots"], reference["ops"]["snapshots"],
                                            strict=True)):
         _assert_close(got, want, f"step {step}")
+
+
+def test_growth_under_fsdp2_matches_single_process(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> None:
+    """FSDP2 (fully_shard per node, gloo, 2 CPU processes): growth by copy and identity, a removal, and a
+    refused widening, each rank's gathered parameters equal to the other's and to a one-process run."""
+    got, want = ranks[0]["fsdp"], reference["fsdp"]
+    assert got["ids"] == want["ids"] == ranks[1]["fsdp"]["ids"]
+    assert got["ids"][OPS_GROW_AT[1]] == ["inp", "b0", "b1", "b2", "out"]
+    assert got["ids"][-1] == ["inp", "b0", "b2", "out"]
+    assert "b2.body.fc.weight" in got["sharded"][OPS_GROW_AT[1]]  # the inserted block is sharded too
+    assert not want["sharded"][0]
+    for r in ranks:
+        assert "init: preserve reads the old weights of node 'b0' whole, but they are sharded (FSDP2)" in \
+            r["fsdp"]["refused"] and r["fsdp"]["untouched"]
+    for step, (a, b, ref) in enumerate(zip(got["snapshots"], ranks[1]["fsdp"]["snapshots"], want["snapshots"],
+                                           strict=True)):
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"step {step}: {key} differs between the ranks"
+        _assert_close(a, ref, f"step {step}")
 
 
 def test_plan_grows_twice_and_takes_the_revision(ranks: list[dict[str, Any]]) -> None:

@@ -146,14 +146,17 @@ def _settle(statuses: list[tuple[str, str]], here: int, local: BaseException | N
 def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
               stages: Callable[[_Target], tuple[int | str, int | str]], policy: str, src: int, group: Any,
               timeout: Timeout, broadcast: Broadcast, source: str | None, where: str,
-              unchanged_keeps: bool = False, limits: Limits | None = None) -> LockstepResult:
+              unchanged_keeps: bool = False, limits: Limits | None = None,
+              shard: Callable[[nn.Module], Any] | None = None) -> LockstepResult:
     """Broadcast rank ``src``'s revision, agree on the plans, apply them, broadcast new tensors, re-wrap DDPs.
 
     With ``unchanged_keeps``, a revision that changes no chain (comments, layout) keeps the optimizer
     state even under ``policy="reset"``: a watched file's cosmetic save is no growth step. Revision
     text is loaded with ``limits`` (by default those of ``old``), rank ``src``'s on every rank.
     Each plan is marked with the inserts its chain restores (:meth:`Plan.restoring`) before the
-    ranks compare digests, so they also agree on which trained nodes come back.
+    ranks compare digests, so they also agree on which trained nodes come back. With ``shard``
+    (FSDP2's ``fully_shard``), each new module is broadcast whole from ``src`` and then sharded,
+    before the optimizer sees its parameters; sharded tensors are not broadcast again afterwards.
     """
     if broadcast not in ("new", "all", "none"):
         raise ValueError(f"broadcast must be 'new', 'all' or 'none', got {broadcast!r}")
@@ -205,15 +208,29 @@ def _lockstep(old: Spec, new: Spec | str | None, targets: dict[str, _Target], *,
             raise DistributedError(f"{where} failed on other ranks ({'; '.join(failed)}); every rank rolled back, "
                                    "so no rank changed its model")
 
+    prepared: list[tuple[str, nn.Module, list[str]]] = []  # (node id, module, names broadcast whole)
+
+    def prepare(node_id: str, module: nn.Module) -> nn.Module:  # only with shard: whole, then sharded
+        if broadcast != "none":
+            prepared.append((node_id, module, broadcast_module(module, src=src, group=group)))
+        assert shard is not None
+        sharded = shard(module)
+        return sharded if isinstance(sharded, nn.Module) else module
+
     try:
         apply_plans([(plans[name], t.chain, t.optimizer) for name, t in targets.items()], policy=policy,
-                    confirm=confirm)
+                    confirm=confirm, prepare=prepare if shard is not None else None)
     except BaseException as exc:  # rolled back here; tell the other ranks, unless they have been told
         if not confirmed and is_distributed():
             with contextlib.suppress(DistributedError):
                 confirm(("error", _short(exc)))
         raise
     models, sent = _sync_targets(targets, before, broadcast=broadcast, src=src, group=group)
+    for name in sent:  # and what prepare sent whole, under the names the chain gives it
+        chain = targets[name].chain
+        whole = [f"{node_id}.{key}" for node_id, module, keys in prepared
+                 if node_id in chain and chain[node_id].module is module for key in keys]
+        sent[name] = [*whole, *(key for key in sent[name] if key not in whole)]
     barrier(timeout=timeout, group=group, where=f"after {where}")
     return LockstepResult(plan=next(iter(plans.values())) if len(plans) == 1 else plans, spec=revised,
                           model=models if len(models) > 1 else next(iter(models.values())), broadcast=sent)
@@ -231,7 +248,8 @@ def _sync_targets(targets: Mapping[str, _Target], before: Mapping[str, list[tupl
         old_ids = {id(t) for _, t in before[name]}
         now = _named_tensors(target.chain)
         if broadcast != "none" and is_distributed():
-            names = None if broadcast == "all" else [n for n, t in now if id(t) not in old_ids]
+            names = [n for n, t in now if (broadcast == "all" or id(t) not in old_ids)
+                     and not callable(getattr(t, "full_tensor", None))]  # sharded ones were sent whole
             sent[name] = broadcast_module(target.chain, names=names, src=src, group=group)
             if target.optimizer is not None:  # moments carried to them follow the same values
                 chosen = set(sent[name])
@@ -247,7 +265,7 @@ def apply_plan(old: Spec, new: Spec | str | None, model: nn.Module | Mapping[str
                optimizer: Optimizer | Mapping[str, Optimizer | None] | None = None, *,
                stage: int | str | tuple[int | str, int | str] | None = None, policy: str = "keep", src: int = 0,
                group: Any = None, timeout: Timeout = None, broadcast: Broadcast = "new",
-               source: str | None = None) -> LockstepResult:
+               source: str | None = None, shard: Callable[[nn.Module], Any] | None = None) -> LockstepResult:
     """Move a model from revision ``old`` to rank ``src``'s revision ``new``, on every rank in lockstep.
 
     Every rank must call it at the same step. In order: a barrier; rank ``src`` broadcasts the text of
@@ -269,6 +287,9 @@ def apply_plan(old: Spec, new: Spec | str | None, model: nn.Module | Mapping[str
         timeout: the barriers' timeout (seconds or timedelta; None: the process group's).
         broadcast: ``"new"`` (the tensors the plan created), ``"all"`` or ``"none"``.
         source: the name of ``new`` in error messages when it is text.
+        shard: for a chain whose nodes are sharded with FSDP2, ``torch.distributed.fsdp.fully_shard``
+            (or a function of a module that shards it): each new module is broadcast whole from ``src``,
+            then sharded, before the optimizer sees its parameters (see docs/distributed.md).
 
     Returns:
         A :class:`LockstepResult`: the plan, the revision now in force, and the model to train from now on.
@@ -290,7 +311,7 @@ def apply_plan(old: Spec, new: Spec | str | None, model: nn.Module | Mapping[str
         return stage if isinstance(stage, tuple) else (stage, stage)
 
     return _lockstep(old, new, targets, stages=stages, policy=policy, src=src, group=group, timeout=timeout,
-                     broadcast=broadcast, source=source, where="applying a revision")
+                     broadcast=broadcast, source=source, where="applying a revision", shard=shard)
 
 
 def _recorded_stage(chain: Chain) -> int | str:
@@ -303,7 +324,7 @@ def _recorded_stage(chain: Chain) -> int | str:
 def grow(spec: Spec, model: nn.Module | Mapping[str, nn.Module],
          optimizer: Optimizer | Mapping[str, Optimizer | None] | None = None, *, stage: int | None = None,
          policy: str = "keep", src: int = 0, group: Any = None, timeout: Timeout = None,
-         broadcast: Broadcast = "new") -> LockstepResult:
+         broadcast: Broadcast = "new", shard: Callable[[nn.Module], Any] | None = None) -> LockstepResult:
     """Grow a model from stage ``k`` to ``k + 1`` of ``spec`` on every rank in lockstep (no fade-in).
 
     The growth plan is ``diff(spec, spec, stage=(k, k + 1))``, applied as :func:`apply_plan` applies a
@@ -315,7 +336,7 @@ def grow(spec: Spec, model: nn.Module | Mapping[str, nn.Module],
         model: a Chain or a DDP around one, or a dict of them by chain name.
         optimizer: its optimizer (a dict by chain name for several models).
         stage: ``k``, the stage the model is at; by default each chain's recorded ``stage``.
-        policy, src, group, timeout, broadcast: as for :func:`apply_plan`.
+        policy, src, group, timeout, broadcast, shard: as for :func:`apply_plan`.
 
     Example:
         >>> ddp = grow(spec, ddp, opt).model  # doctest: +SKIP
@@ -330,4 +351,4 @@ def grow(spec: Spec, model: nn.Module | Mapping[str, nn.Module],
         return k, k + 1
 
     return _lockstep(spec, spec, targets, stages=stages, policy=policy, src=src, group=group, timeout=timeout,
-                     broadcast=broadcast, source=None, where="growing")
+                     broadcast=broadcast, source=None, where="growing", shard=shard)

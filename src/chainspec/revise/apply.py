@@ -49,13 +49,21 @@ if TYPE_CHECKING:
 POLICIES = ("keep", "reset")
 
 
+#: Called on each new module (id, module) once its weights are set, before the optimizer sees it;
+#: returns the module to splice (the distributed lockstep broadcasts and shards it here).
+Prepare = Callable[[str, nn.Module], nn.Module]
+
+
 def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, policy: str = "keep",
-                confirm: Callable[[], None] | None = None) -> None:
+                confirm: Callable[[], None] | None = None, prepare: Prepare | None = None) -> None:
     """Apply several plans (for example a generator's and a discriminator's) as one all-or-nothing step.
 
     ``confirm``, if given, is called once everything is applied, before the snapshot is dropped; if it
     raises, the apply is rolled back as if it had failed. The distributed helpers use it to commit only
-    once every rank has applied its plans.
+    once every rank has applied its plans. ``prepare``, if given, is called on each new module (not one
+    brought back from the store of removed nodes) once its weights are set and before the optimizer
+    sees its parameters; FSDP2 (``fully_shard``) swaps the parameters there, and the optimizer state
+    an ``init`` carried follows them by name.
 
     Example:
         >>> import chainspec
@@ -78,7 +86,7 @@ def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, po
     # `with` block: an interrupt at a line of its __exit__, after the last change, would escape a finished apply.
     try:
         with gc_paused():  # a rollback starts the collector again (the transaction recorded its state)
-            jobs = [_Job(plan, chain, optimizer, policy) for plan, chain, optimizer in items]
+            jobs = [_Job(plan, chain, optimizer, policy, prepare) for plan, chain, optimizer in items]
             for job in jobs:
                 change.protect_chain(job.chain)
             for job in jobs:
@@ -99,10 +107,17 @@ def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, po
         raise
 
 
+def _full(tensor: Any) -> Any:
+    """The whole of a sharded tensor (a ``DTensor``'s ``full_tensor()``, a collective), or the tensor itself."""
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor
+
+
 class _Job:
     """One plan being applied to one chain: prepared in ``__init__``, committed by the other methods."""
 
-    def __init__(self, plan: Revising, chain: Chain, optimizer: Optimizer | None, policy: str) -> None:
+    def __init__(self, plan: Revising, chain: Chain, optimizer: Optimizer | None, policy: str,
+                 prepare: Prepare | None = None) -> None:
         self.plan, self.chain, self.optimizer, self.policy = plan, chain, optimizer, policy
         _check_chain(plan, chain)
         # A chain with no tensors left (every weighted node removed) still has the device and
@@ -117,6 +132,11 @@ class _Job:
         self.built: dict[str, nn.Module] = {}
         self.changed: dict[str, Op] = {}  # id -> its insert, replace or update op
         for op in plan.ops:
+            if op.kind == "replace" and op.init in ("keep", "preserve") and op.new is not None and any(
+                    callable(getattr(p, "full_tensor", None)) for p in chain[op.node_id].module.parameters()):
+                raise SpecError([plan.new_spec.problem(
+                    (*op.new.path, "init"), f"init: {op.init} reads the old weights of node {op.node_id!r} whole, "
+                                            "but they are sharded (FSDP2)", "use init: fresh for a sharded node")])
             if op.kind in ("insert", "replace") or (op.kind == "update" and op.rebuild):
                 self.changed[op.node_id] = op
                 kept = self.restored.get(op.node_id)
@@ -134,6 +154,8 @@ class _Job:
         if any(op.init == "preserve" and op.kind in ("insert", "replace") and op.node_id not in self.restored
                for op in self.changed.values()):
             self._preserve()
+        if prepare is not None:
+            self._prepare(prepare)
         # What the store keeps of each removed node (read now: the commit takes its state out of the optimizer).
         leaving = [_kept_node(op, chain[op.node_id].module, optimizer) for op in plan.ops if op.kind == "remove"]
         self.leaving = [kept for kept in leaving if kept is not None]
@@ -168,13 +190,24 @@ class _Job:
             keep_overlap(module, old)
         return module
 
+    def _prepare(self, prepare: Prepare) -> None:
+        """Hand each new module to ``prepare``; carried optimizer state follows its parameters by name."""
+        names = {id(p): (node_id, name) for node_id, module in self.built.items()
+                 for name, p in module.named_parameters()}
+        for node_id in list(self.built):
+            if node_id not in self.restored:
+                self.built[node_id] = prepare(node_id, self.built[node_id])
+        now = {(node_id, name): p for node_id, module in self.built.items() for name, p in module.named_parameters()}
+        self.copied_state = [(now[names[id(param)]] if id(param) in names else param, state)
+                             for param, state in self.copied_state]
+
     def _copy(self, op: Op, optimizer: Optimizer | None) -> None:
         """Start an inserted node as a copy of ``op.copy``: weights and buffers, and optimizer state if asked."""
         assert op.copy is not None
         source = self.chain[op.copy].module
         module = self.built[op.node_id]
-        with torch.no_grad():
-            module.load_state_dict(source.state_dict())
+        with torch.no_grad():  # a sharded (FSDP2) source gives its full tensors
+            module.load_state_dict({key: _full(value) for key, value in source.state_dict().items()})
         if optimizer is None or not op.copy_state:
             return
         theirs = dict(source.named_parameters())
