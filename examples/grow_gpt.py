@@ -13,13 +13,16 @@ tokens):
   blocks as a live revision: the new blocks start as copies of the ones below them, with their
   Adam moments (``init: {copy: ...}``, as G_stack stacks layers), or as identities
   (``--operator preserve``), checked by a growth certificate; the optimizer state of everything
-  else carries on.
+  else carries on. With ``--operator widen`` it grows in width instead: four blocks with half the
+  heads (2 of width 32) and half the MLP (256 units), widened to the final model's 4 heads and 512
+  units by ``init: preserve`` (new heads and units copy old ones; the Adam moments follow them).
 
-Training FLOPs are counted as ``6 N + 12 L T d`` per token (N non-embedding parameters, L blocks,
-T context, d width: the forward and backward of the weights and of attention, as in Kaplan et al.
-2020). The validation loss is measured every ``--eval-every`` steps on fixed batches. It prints
-the headline figure: the FLOPs the grown run needed to reach the scratch run's final validation
-loss, as a fraction of the scratch run's FLOPs; and writes ``loss_vs_flops.png`` (matplotlib:
+Training FLOPs are counted as ``6 N + 12 T sum(a)`` per token (N non-embedding parameters, T
+context, ``a`` each block's attention width, heads x head width: the forward and backward of the
+weights and of attention, as in Kaplan et al. 2020). The validation loss is measured every
+``--eval-every`` steps on fixed batches. It prints the headline figure: the FLOPs the grown run
+needed to reach the scratch run's final validation loss, as a fraction of the scratch run's FLOPs;
+and writes ``loss_vs_flops.png`` (matplotlib:
 ``pip install -e ".[examples]"``), with the growth step marked.
 
     python examples/grow_gpt.py                           # both runs, about 10 minutes on 2 cores
@@ -93,11 +96,12 @@ def batch(data: torch.Tensor, size: int, context: int, gen: torch.Generator) -> 
 # -- the model and its cost ---------------------------------------------------------------------------
 
 def flops_per_token(chain: chainspec.Chain, context: int) -> float:
-    """``6 N + 12 L T d``: N weights outside the embeddings, L blocks, T context, d width."""
+    """``6 N + 12 T sum(a)``: N weights outside the embeddings, T context, ``a`` each attention's width."""
+    from chainspec.types.layers import CausalSelfAttention
+
     n = sum(p.numel() for name, p in chain.named_parameters() if not name.startswith(("wte.", "wpe.")))
-    blocks = sum(1 for node in chain if node.type == "block")
-    width = chain.wte.weight.shape[1]
-    return 6 * n + 12 * blocks * context * width
+    attention = sum(m.heads * m.head_dim for m in chain.modules() if isinstance(m, CausalSelfAttention))
+    return 6 * n + 12 * context * attention
 
 
 def loss_of(chain: chainspec.Chain, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -124,14 +128,39 @@ def grown_spec(operator: str) -> chainspec.Spec:
     return chainspec.loads(text, source=f"gpt_tiny.yaml ({operator})")
 
 
+def width_spec(heads: int, hidden: int, init: str = "") -> chainspec.Spec:
+    """gpt_tiny.yaml with ``heads`` heads of width 32 and ``hidden`` MLP units, every block given ``init``."""
+    text = SPEC.read_text(encoding="utf-8")
+    text = text.replace("vars: {dim: 128, heads: 4,", f"vars: {{dim: 128, heads: {heads}, hidden: {hidden},")
+    text = text.replace('heads: "${heads}", dropout', 'heads: "${heads}", head_dim: 32, dropout')
+    text = text.replace('"${4 * dim}"', '"${hidden}"')
+    for block in ("h0", "h1", "h2", "h3"):
+        text = text.replace(f"{{id: {block}, type: block", f"{{id: {block}, {init}, type: block" if init
+                            else f"{{id: {block}, type: block")
+    return chainspec.loads(text, source=f"gpt_tiny.yaml ({heads} heads, {hidden} MLP units)")
+
+
+def growth(operator: str) -> tuple[chainspec.Spec, int | str, chainspec.Spec, int | str]:
+    """``(spec, stage)`` the grown run starts from and ``(spec, stage)`` it grows to (the scratch run's)."""
+    if operator == "widen":
+        return width_spec(2, 256), "final", width_spec(4, 512, "init: preserve"), "final"
+    spec = grown_spec(operator)
+    return spec, 0, spec, 1
+
+
+def describe(operator: str) -> str:
+    """The grown run, in words for the plot."""
+    return "widened 2 -> 4 heads, 256 -> 512 MLP" if operator == "widen" else f"grown 2 -> 4 blocks ({operator})"
+
+
 # -- one run --------------------------------------------------------------------------------------------
 
 def train(run: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     """Train one run (``scratch`` or ``grown``), resuming from its checkpoint if asked; return its history."""
-    spec = grown_spec(args.operator)
+    start, start_stage, end, end_stage = growth(args.operator)
     out = Path(args.out)
     checkpoint = out / f"{run}.pt"
-    context = spec.resolved("gpt").input_shape[0]
+    context = end.resolved("gpt").input_shape[0]
     grow_step = int(args.steps * args.grow_at) if run == "grown" else None
     if args.resume and checkpoint.exists():
         saved = chainspec.load_checkpoint(checkpoint, optimizer_factory=lambda params: torch.optim.AdamW(
@@ -140,9 +169,11 @@ def train(run: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str,
         state = saved.extra
         torch.set_rng_state(state["rng"])
         history, step, flops, gen_state = state["history"], state["step"], state["flops"], state["gen"]
+        grown = run == "scratch" or history["grew_at_flops"] is not None
     else:
         torch.manual_seed(args.seed)
-        chain = spec.build(stage=0 if run == "grown" else "final")
+        grown = run == "scratch"
+        chain = (end if grown else start).build(stage=end_stage if grown else start_stage)
         optimizer = torch.optim.AdamW(chain.parameters(), lr=args.lr)
         history = {"step": [], "flops": [], "val": [], "grew_at_flops": None, "certificate": None}
         step, flops, gen_state = 0, 0.0, torch.Generator().manual_seed(args.seed).get_state()
@@ -151,9 +182,10 @@ def train(run: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str,
     per_token = flops_per_token(chain, context)
     progress = _progress(args.steps, step, run)
     while step < args.steps:
-        if grow_step is not None and step == grow_step and chain.stage == 0:
+        if grow_step is not None and step == grow_step and not grown:
             probe, targets = data["valid_batches"][0]
-            found = chainspec.diff(spec, spec, stage=(0, 1)).apply(
+            grown = True
+            found = chainspec.diff(start, end, stage=(start_stage, end_stage)).apply(
                 chain, optimizer, probe=probe,
                 loss=lambda logits, y=targets: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)))
             history["grew_at_flops"], history["certificate"] = flops, found.output_change
@@ -173,8 +205,8 @@ def train(run: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str,
         progress.update(1)
         if (args.stop_at is not None and step >= args.stop_at) or step == args.steps:
             out.mkdir(parents=True, exist_ok=True)
-            chainspec.save_checkpoint(checkpoint, spec=spec, chains={"gpt": chain}, stage=chain.stage,
-                                      optimizers={"opt": optimizer},
+            chainspec.save_checkpoint(checkpoint, spec=end if grown else start, chains={"gpt": chain},
+                                      stage=chain.stage, optimizers={"opt": optimizer},
                                       extra={"history": history, "step": step, "flops": flops,
                                              "rng": torch.get_rng_state(), "gen": gen.get_state()})
             if args.stop_at is not None and step >= args.stop_at and step < args.steps:
@@ -242,7 +274,7 @@ def plot(scratch: dict[str, Any], grown: dict[str, Any], path: Path, operator: s
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(scratch["flops"], scratch["val"], label="from scratch (4 blocks)")
-    ax.plot(grown["flops"], grown["val"], label=f"grown 2 -> 4 blocks ({operator})")
+    ax.plot(grown["flops"], grown["val"], label=describe(operator))
     if grown["grew_at_flops"] is not None:
         ax.axvline(grown["grew_at_flops"], color="grey", linestyle="--", label="growth step")
     ax.set_xlabel("training FLOPs")
@@ -262,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=16, help="sequences per step (default 16)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--grow-at", type=float, default=0.4, help="fraction of the steps before growing")
-    parser.add_argument("--operator", choices=["copy", "preserve", "fresh"], default="copy")
+    parser.add_argument("--operator", choices=["copy", "preserve", "fresh", "widen"], default="copy")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--text-bytes", type=int, default=4_000_000)

@@ -248,8 +248,14 @@ def test_bad_policy() -> None:
 
 def test_shape_mismatch_is_refused_before_splicing() -> None:
     spec, net, opt = trained()
-    broken = MLP.replace("in_features: 16, out_features: 4", "in_features: 12, out_features: 4")
-    plan = chainspec.diff(spec, chainspec.loads(broken, source="broken.yaml"))
+    broken = chainspec.loads(MLP.replace("in_features: 16, out_features: 4", "in_features: 12, out_features: 4"),
+                             source="broken.yaml")
+    with pytest.raises(chainspec.SpecError, match=r"broken\.yaml:\d+:\d+: .*expects 12"):
+        chainspec.diff(spec, broken)  # the plan is a promise: diff refuses what apply would
+    # apply checks again on its own (a plan is data; this one skipped diff's rehearsal)
+    from chainspec.revise.diff import _plan
+
+    plan = _plan(spec, broken, chain=None, stage="final")
     with Unchanged(net, opt), pytest.raises(chainspec.SpecError, match=r"broken\.yaml:\d+:\d+: .*expects 12"):
         plan.apply(net, opt)
 
@@ -400,8 +406,10 @@ def test_two_chains_roll_back_together() -> None:
     spec_g, g, opt_g = trained()
     spec_d, d, opt_d = trained()
     good = chainspec.diff(spec_g, chainspec.loads(EVERYTHING))
-    broken = chainspec.diff(spec_d, chainspec.loads(MLP.replace("in_features: 16, out_features: 4",
-                                                                "in_features: 3, out_features: 4")))
+    from chainspec.revise.diff import _plan  # a plan diff would refuse: apply must refuse it on its own
+
+    broken = _plan(spec_d, chainspec.loads(MLP.replace("in_features: 16, out_features: 4",
+                                                       "in_features: 3, out_features: 4")), chain=None, stage="final")
     with Unchanged(g, opt_g), Unchanged(d, opt_d), pytest.raises(chainspec.SpecError):
         apply_plans([(good, g, opt_g), (broken, d, opt_d)])
     with pytest.raises(chainspec.PlanError, match="twice"):

@@ -40,7 +40,7 @@ from ..read.resolve import tree_key
 from ..read.spec import Spec
 from . import optim as _optim
 from .transaction import Transaction
-from .widen import Entry, WidenError, keep_overlap, preserve
+from .widen import keep_overlap, preserve_plan
 
 if TYPE_CHECKING:
     from .ops import Op, Revising
@@ -259,25 +259,11 @@ class _Job:
             holder._parameters[name] = param
 
     def _preserve(self) -> None:
-        entries = []
-        for node_id in self.plan.new_ids:
-            op = self.changed.get(node_id)
-            if op is not None and op.kind == "insert":
-                init = "restored" if node_id in self.restored else op.init  # trained weights: not an identity
-                entries.append(Entry(node_id, self.built[node_id], None, "insert", init))
-            elif op is not None and op.kind == "replace":
-                entries.append(Entry(node_id, self.built[node_id], self.chain[node_id].module, "replace", op.init))
-            else:
-                module = self.built.get(node_id) or self.chain[node_id].module
-                entries.append(Entry(node_id, module, None, "same"))
-        try:
-            carries = preserve(entries)
-        except WidenError as exc:
-            op = self.changed.get(exc.node_id)
-            path = (*op.new.path, "init") if op is not None and op.new is not None else ()
-            raise SpecError([self.plan.new_spec.problem(path, exc.message, exc.hint)]) from None
+        sweep = preserve_plan(self.plan, lambda node_id: self.built[node_id] if node_id in self.built
+                              else self.chain[node_id].module,
+                              lambda node_id: self.chain[node_id].module, restored=set(self.restored))
         if self.optimizer is not None:  # moments follow the weights they were made from
-            self.copied_state.extend(_optim.carried_state(self.optimizer, carries))
+            self.copied_state.extend(_optim.carried_state(self.optimizer, sweep.carries))
 
     def _plan_optimizer(self, optimizer: Optimizer) -> None:
         plan, chain = self.plan, self.chain

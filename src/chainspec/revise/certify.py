@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from .._errors import PlanError
+from ..read.resolve import Leaf
+from .widen import IDENTITY_IF_NON_NEGATIVE
 
 if TYPE_CHECKING:
     from .ops import Revising
@@ -86,10 +88,64 @@ class Certificate:
 
 def claims_identity(plan: Revising) -> bool:
     """Whether ``plan`` claims to keep the chain's function: it inserts or replaces something, every such op
-    says ``init: preserve``, nothing is removed or moved, and the input stays the same."""
+    says ``init: preserve``, nothing is removed or moved, and the input and the output units stay the same."""
     built = [op for op in plan.ops if op.kind in ("insert", "replace")]
-    return bool(built) and plan.same_input and all(op.init == "preserve" for op in built) and not any(
+    return bool(built) and plan.same_input and plan.same_output and all(
+        op.init == "preserve" for op in built) and not any(
         op.kind in ("remove", "move") or (op.kind == "update" and op.rebuild) for op in plan.ops)
+
+
+def function_note(plan: Revising) -> str | None:
+    """The plan's one line on the chain's function: claimed kept (:func:`claims_identity`), or why not.
+
+    None when no op says ``init: preserve`` (no claim was asked for).
+
+    Example:
+        >>> import chainspec
+        >>> old = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: ["
+        ...                       "{id: fc, type: linear, args: {in_features: 4, out_features: 4}}]}}")
+        >>> new = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: ["
+        ...                       "{id: fc, type: linear, args: {in_features: 4, out_features: 4}}, {id: fc2, "
+        ...                       "type: linear, args: {in_features: 4, out_features: 4}, init: preserve}]}}")
+        >>> function_note(chainspec.diff(old, new))
+        'Function: preserved (every insert and replace is init: preserve; apply with probe= to measure it).'
+    """
+    built = [op for op in plan.ops if op.kind in ("insert", "replace")]
+    if not any(op.init == "preserve" for op in built):
+        return None
+    if claims_identity(plan):
+        conditional = [f"{op.node_id} ({', '.join(kinds)})" for op in built if op.kind == "insert"
+                       and op.new is not None and (kinds := _identity_if_non_negative(op.new.tree))]
+        if conditional:
+            return (f"Function: preserved where the inputs of {', '.join(conditional)} are not negative "
+                    "(apply with probe= to measure it).")
+        return "Function: preserved (every insert and replace is init: preserve; apply with probe= to measure it)."
+    reasons = []
+    if not plan.same_input:
+        reasons.append("the chain's input changes")
+    if not plan.same_output:
+        reasons.append("the chain's output gains units")
+    for op in plan.ops:
+        if op.kind == "remove":
+            reasons.append(f"{op.node_id} is removed")
+        elif op.kind == "move":
+            reasons.append(f"{op.node_id} moves")
+        elif op.kind == "update" and op.rebuild:
+            reasons.append(f"{op.node_id} changes ({', '.join(c.field for c in op.changes)})")
+        elif op.kind in ("insert", "replace") and op.init != "preserve":
+            reasons.append(f"{op.node_id} starts " + ("as a copy" if op.init == "copy" else f"{op.init}"))
+    return "Function: changes: " + "; ".join(reasons) + "."
+
+
+def _identity_if_non_negative(tree: Any) -> list[str]:
+    """The layer types of an inserted node that start as the identity only on non-negative inputs (a relu
+    the node applies to its input, or after a residual sum; not one inside a residual body, which adds 0)."""
+    if isinstance(tree, Leaf):
+        return [tree.type] if tree.type in IDENTITY_IF_NON_NEGATIVE else []
+    parts = dict(tree.parts)
+    if tree.kind == "residual":
+        return _identity_if_non_negative(parts["after"]) if "after" in parts else []
+    return [kind for _, part in tree.parts for kind in _identity_if_non_negative(part)]
 
 
 def probe_output(chain: nn.Module, probe: Any) -> torch.Tensor:

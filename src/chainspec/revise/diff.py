@@ -25,6 +25,7 @@ from ..read.expr import Budget, ExpressionError, substitute
 from ..read.resolve import Leaf, ResolvedNode, Tree, leaf_types, tree_key
 from .ops import ABSENT, Change, Op, OpKind
 from .plan import Plan, PlanSet
+from .rehearse import rehearse
 
 if TYPE_CHECKING:
     from ..build.chain import Chain
@@ -108,6 +109,10 @@ def longest_increasing(items: Sequence[str], rank: dict[str, int]) -> list[str]:
 def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "final") -> Plan:
     """Compare one chain of two revisions and return the :class:`Plan` from ``old`` to ``new``.
 
+    The plan is a promise: ``diff`` makes the preparation ``plan.apply`` makes that needs no live
+    chain (the shape check of the new chain, and every ``init: preserve`` on stand-in modules; see
+    ``revise.rehearse``), so what apply would refuse for reasons in the specs, diff refuses first.
+
     Args:
         old: the revision the live chain was built from.
         new: the revision to move to.
@@ -117,7 +122,8 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
 
     Raises:
         ValueError: unknown chain, or a stage out of range.
-        SpecError: a changed node cannot be built (located at its line in the spec).
+        SpecError: a changed node cannot be built, the new chain does not shape-check, or an ``init``
+            cannot hold (located at its line in the spec).
         TypeError: ``old`` or ``new`` is not a :class:`Spec`.
 
     Example:
@@ -130,6 +136,13 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
         <BLANKLINE>
         Plan: 1 to insert; parameters +73,984.
     """
+    plan = _plan(old, new, chain=chain, stage=stage)
+    rehearse(plan)
+    return plan
+
+
+def _plan(old: Spec, new: Spec, *, chain: str | None, stage: StageArg) -> Plan:
+    """The plan, not yet rehearsed."""
     from ..read.spec import Spec
 
     for which, spec in (("old", old), ("new", new)):
@@ -384,6 +397,7 @@ def diff_all(old: Spec, new: Spec, *, chains: Iterable[str] | None = None,
     plans = PlanSet()
     for name in names:
         at = stage.get(name, "final") if isinstance(stage, Mapping) else stage
-        plan = diff(old, new, chain=name, stage=at)
-        plans[name] = plan.restoring(live[name]) if live is not None and name in live else plan
+        plan = _plan(old, new, chain=name, stage=at)
+        plans[name] = plan = plan.restoring(live[name]) if live is not None and name in live else plan
+        rehearse(plan)  # once its restored inserts are known: they come back trained, not as identities
     return plans

@@ -22,7 +22,7 @@ MARKERS: dict[str, str] = {"insert": "+", "remove": "-", "move": ">", "update": 
 
 #: How a replace starts its new weights, as the plan prints it.
 INIT_NOTES = {"fresh": "weights reinitialized", "keep": "overlapping weights kept",
-              "preserve": "function preserved"}
+              "preserve": "init: preserve, new units copy old ones"}
 
 class _Absent:
     """Stands for an argument or part that one side of a change does not have."""
@@ -152,6 +152,7 @@ class Revising(Protocol):
     old_ids: tuple[str, ...]
     new_ids: tuple[str, ...]
     same_input: bool
+    same_output: bool
 
     @property
     def is_empty(self) -> bool: ...

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PlanError
 from .apply import apply_plans, restorable
-from .certify import Certificate, certificate, probe_output
+from .certify import Certificate, certificate, claims_identity, function_note, probe_output
 from .ops import MARKERS, Op
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ class Plan:
         self.new_ids = tuple(n.id for n in self.new_nodes)
         #: False when the chain's input shape differs between the revisions.
         self.same_input = same_input
+        #: False when ``diff`` found that the chain's output units change (a preserve widening at the end).
+        self.same_output = True
 
     def __repr__(self) -> str:
         return f"<Plan chain={self.chain!r} stage {self.old_stage}→{self.new_stage}: {self.summary()}>"
@@ -126,6 +128,9 @@ class Plan:
         lines = [header, ""]
         lines += [f"{left:<{width}}   {right}".rstrip() for left, right in rows]
         lines += ["", f"Plan: {self.summary()}."]
+        note = function_note(self)
+        if note is not None:
+            lines.append(note)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +139,7 @@ class Plan:
                 "old": {"source": self.old_spec.source, "stage": self.old_stage},
                 "new": {"source": self.new_spec.source, "stage": self.new_stage},
                 "empty": self.is_empty, "counts": self.counts(), "param_delta": self.param_delta,
-                "ops": [op.to_dict() for op in self.ops]}
+                "function_preserved": claims_identity(self), "ops": [op.to_dict() for op in self.ops]}
 
     def restoring(self, chain: Chain) -> Plan:
         """This plan as it would apply to ``chain``: each insert whose module the chain still keeps is restored.

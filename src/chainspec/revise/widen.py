@@ -32,16 +32,19 @@ moments times ``factor ** 2``; see ``revise.optim.carried_state``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain as chained
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .._errors import ChainspecError
+from .._errors import ChainspecError, SpecError
 from ..types.layers import CausalSelfAttention, EqualizedConv2d, EqualizedLinear, Residual, RMSNorm
+
+if TYPE_CHECKING:
+    from .ops import Revising
 
 #: Layers with a ``weight`` of shape ``(out, in, *kernel)`` (transposed convolutions: ``(in, out, *kernel)``).
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, EqualizedLinear, EqualizedConv2d)
@@ -80,12 +83,13 @@ Layout = Tensor | Lost | None
 
 @dataclass
 class Entry:
-    """One node of the new chain for the preserve sweep."""
+    """One node of the new chain for the preserve sweep (or, ``kind="gap"``, where old nodes that fed the
+    next one were removed or moved: ``init`` then says which)."""
 
     node_id: str
-    module: nn.Module
+    module: nn.Module | None
     old: nn.Module | None
-    kind: Literal["insert", "replace", "same"]
+    kind: Literal["insert", "replace", "same", "gap"]
     init: str = "fresh"
 
 
@@ -144,10 +148,11 @@ def identity_init(module: nn.Module, node_id: str) -> None:
             _residual_identity(leaf, where, node_id)
         elif isinstance(leaf, WEIGHT_LAYERS):
             _identity_weight(leaf, where, node_id)
-        elif any(True for _ in chained(leaf.parameters(False), leaf.buffers(False))):
+        elif any(True for _ in chained(leaf.parameters(False), leaf.buffers(False))) or \
+                not isinstance(leaf, IDENTITY_LIKE):
             raise WidenError(node_id, f"init: preserve cannot make {where} an identity",
-                             "only linear and convolution layers and residual blocks get an identity "
-                             "initialisation; use init: fresh")
+                             "only linear and convolution layers, residual blocks, identity, dropout and "
+                             "(on non-negative inputs) relu start as an identity; use init: fresh")
 
 
 def _identity_parts(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -159,6 +164,11 @@ def _identity_parts(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, 
         yield from _identity_parts(sub, f"{prefix}.{name}" if prefix else name)
 
 
+#: Parameterless layers an inserted node may hold and still start as the identity: exactly (identity;
+#: dropout, in eval), or on non-negative inputs only (relu, leaky_relu: a growth certificate measures it).
+IDENTITY_LIKE: tuple[type[nn.Module], ...] = (nn.Identity, nn.modules.dropout._DropoutNd, nn.ReLU, nn.LeakyReLU)
+#: Of those, the ones that are the identity only on non-negative inputs.
+IDENTITY_IF_NON_NEGATIVE: tuple[str, ...] = ("relu", "leaky_relu")
 #: Layers that make zeros of zeros: after the zeroed layer of a residual body, they keep it zero.
 ZERO_KEEPING: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Hardtanh, nn.Identity,
@@ -277,48 +287,103 @@ def _scale(leaf: nn.Module) -> float:
 
 # -- preserve: the sweep -----------------------------------------------------------------------------
 
-def preserve(entries: Sequence[Entry]) -> list[Carry]:
+@dataclass(frozen=True)
+class Sweep:
+    """What a preserve sweep did: how each new parameter was made from an old one (for its optimizer
+    state), and whether the chain's output units are no longer the old ones (widened at the end)."""
+
+    carries: list[Carry]
+    output_changed: bool
+
+
+def preserve(entries: Sequence[Entry]) -> Sweep:
     """Initialise every ``init: preserve`` node of a new chain so that the chain keeps its function.
 
-    ``entries`` is the whole new chain, head to tail. Runs in one pass. Returns how each new
-    parameter of a widened node was made from an old one, for its optimizer state.
+    ``entries`` is the whole new chain, head to tail. Runs in one pass.
 
     Raises:
         WidenError: a preserve node's change cannot keep the function; the message names the layer.
 
     Example:
         >>> old, new = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
-        >>> carries = preserve([Entry("mlp", new, old, "replace", "preserve")])
+        >>> sweep = preserve([Entry("mlp", new, old, "replace", "preserve")])
         >>> x = torch.randn(4, 2)
-        >>> torch.allclose(new(x), old(x)), len(carries)
-        (True, 4)
+        >>> torch.allclose(new(x), old(x)), len(sweep.carries), sweep.output_changed
+        (True, 4, False)
     """
     layout: Layout = None
     carries: list[Carry] = []
     for entry in entries:
-        if entry.kind == "replace" and entry.init == "preserve":
+        if entry.kind == "gap":  # what feeds the next node is no longer what fed it
+            layout = Lost(entry.init)
+        elif entry.kind == "replace" and entry.init == "preserve":
             assert entry.old is not None
             layout = _preserve_node(entry, layout, carries)
         elif entry.kind == "insert" and entry.init == "preserve":
+            assert entry.module is not None
             identity_init(entry.module, entry.node_id)  # identities keep the layout
         else:
             layout = _track(entry, layout)
-    return carries
+    return Sweep(carries, layout is not None)
 
 
-def _units(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """The leaves of ``module`` in order, an attention layer standing for itself (it is widened as a whole).
+def preserve_plan(plan: Revising, new_module: Callable[[str], nn.Module], old_module: Callable[[str], nn.Module],
+                  restored: Collection[str] = ()) -> Sweep:
+    """Run :func:`preserve` over the new chain of ``plan``, errors located at the failing node's ``init``.
+
+    ``new_module(id)`` is the module a node of the new chain will have (built for inserted and
+    replaced nodes), ``old_module(id)`` the one a replaced node has now. Inserts in ``restored``
+    come back trained, not as identities. Where removed or moved nodes fed a node, the sweep
+    knows its input is not what it was. Apply runs this on the new modules; ``diff`` runs it on
+    stand-ins, so that it refuses what apply would.
+
+    Raises:
+        SpecError: a node's ``init: preserve`` cannot keep the function (at the node's ``init``).
+    """
+    changed = {op.node_id: op for op in plan.ops if op.kind in ("insert", "replace")}
+    removed = {op.node_id for op in plan.ops if op.kind == "remove"}
+    fed_by = dict(zip(plan.old_ids, (None, *plan.old_ids[:-1]), strict=True))  # old id -> its old predecessor
+    entries: list[Entry] = []
+    last_kept: str | None = None  # the last node so far that was in the old chain
+    for node_id in plan.new_ids:
+        op = changed.get(node_id)
+        if node_id in fed_by:
+            before = fed_by[node_id]
+            if before != last_kept:
+                why = (f"node {before!r} before it is removed" if before in removed
+                       else "the nodes before it were moved")
+                entries.append(Entry(node_id, None, None, "gap", why))
+            last_kept = node_id
+        if op is not None and op.kind == "insert":
+            init = "restored" if node_id in restored else op.init  # trained weights: not an identity
+            entries.append(Entry(node_id, new_module(node_id), None, "insert", init))
+        elif op is not None and op.kind == "replace":
+            entries.append(Entry(node_id, new_module(node_id), old_module(node_id), "replace", op.init))
+        else:
+            entries.append(Entry(node_id, new_module(node_id), None, "same"))
+    try:
+        return preserve(entries)
+    except WidenError as exc:
+        op = changed.get(exc.node_id)
+        path = (*op.new.path, "init") if op is not None and op.new is not None else ()
+        raise SpecError([plan.new_spec.problem(path, exc.message, exc.hint)]) from None
+
+
+def _units(module: nn.Module, whole: tuple[type[nn.Module], ...] = (CausalSelfAttention,)
+           ) -> Iterator[tuple[str, nn.Module]]:
+    """The leaves of ``module`` in order, a module of a ``whole`` type (an attention layer) standing for
+    itself, its parts not listed.
 
     Example:
         >>> [p for p, _ in _units(nn.Sequential(nn.LayerNorm(8), CausalSelfAttention(8, 2)))]
         ['0', '1']
     """
-    inside: str | None = None  # the attention layer whose parts are being skipped
+    inside: str | None = None  # the module whose parts are being skipped
     for name, sub in module.named_modules():
         if inside is not None and name.startswith(f"{inside}."):
             continue
         inside = None
-        if isinstance(sub, CausalSelfAttention):
+        if isinstance(sub, whole):
             inside = name
             yield name, sub
         elif next(sub.children(), None) is None:
@@ -327,6 +392,7 @@ def _units(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def _track(entry: Entry, layout: Layout) -> Layout:
     """The layout after a node this sweep does not initialise."""
+    assert entry.module is not None
     old_leaves = dict(_units(entry.old)) if entry.old is not None else {}
     for path, leaf in _units(entry.module):
         if isinstance(leaf, CausalSelfAttention):  # it mixes its input's channels, and gives back dim of them
@@ -371,9 +437,33 @@ def _out_in(leaf: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def _preserve_node(entry: Entry, layout: Layout, carries: list[Carry]) -> Layout:
-    assert entry.old is not None
-    old_leaves = dict(_units(entry.old))
-    new_leaves = list(_units(entry.module))
+    assert entry.old is not None and entry.module is not None
+    return _preserve_module(entry, entry.module, entry.old, layout, carries)
+
+
+def _preserve_module(entry: Entry, module: nn.Module, old_module: nn.Module, layout: Layout,
+                     carries: list[Carry], prefix: str = "") -> Layout:
+    """Widen ``module`` from ``old_module`` part by part; a residual block's body and shortcut both take
+    its input, and their outputs, added, must have the same layout."""
+    if isinstance(module, Residual) and isinstance(old_module, Residual):
+        where = f"{type(module).__name__} in node {entry.node_id!r}" + (f" ({prefix})" if prefix else "")
+        if (module.shortcut is None) != (old_module.shortcut is None) or \
+                (module.after is None) != (old_module.after is None):
+            raise WidenError(entry.node_id, f"init: preserve needs the same parts in {where} before and after",
+                             "use init: keep or fresh")
+        inner = f"{prefix}." if prefix else ""
+        body = _preserve_module(entry, module.body, old_module.body, layout, carries, f"{inner}body")
+        shortcut = layout if module.shortcut is None else _preserve_module(
+            entry, module.shortcut, old_module.shortcut, layout, carries, f"{inner}shortcut")
+        if not _same_layout(body, shortcut):
+            raise WidenError(entry.node_id, f"init: preserve cannot keep the sum of {where}: its body and its "
+                                            "shortcut would make different copies of the units they add",
+                             "widen a block with a projection shortcut with init: keep, or keep its width")
+        if module.after is None:
+            return body
+        return _preserve_module(entry, module.after, old_module.after, body, carries, f"{inner}after")
+    old_leaves = dict(_units(old_module, whole=(CausalSelfAttention, Residual)))
+    new_leaves = [(path, leaf) for path, leaf in _units(module, whole=(CausalSelfAttention, Residual))]
     if [p for p, _ in new_leaves] != list(old_leaves) or any(
             type(old_leaves[p]) is not type(m) for p, m in new_leaves):
         before = ", ".join(f"{p or '-'}: {type(m).__name__}" for p, m in old_leaves.items())
@@ -382,8 +472,11 @@ def _preserve_node(entry: Entry, layout: Layout, carries: list[Carry]) -> Layout
                                         f"(before: {before}; after: {after})", "use init: keep or fresh")
     for path, leaf in new_leaves:
         old = old_leaves[path]
-        where = _where(entry, path, leaf)
-        if isinstance(leaf, CausalSelfAttention):
+        full = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        where = f"{type(leaf).__name__} in node {entry.node_id!r}" + (f" ({full})" if full else "")
+        if isinstance(leaf, Residual):
+            layout = _preserve_module(entry, leaf, old, layout, carries, full)
+        elif isinstance(leaf, CausalSelfAttention):
             layout = _widen_attention(entry, where, leaf, old, layout, carries)
         elif isinstance(leaf, WEIGHT_LAYERS):
             layout = _widen_weight(entry, where, leaf, old, layout, carries)
@@ -396,6 +489,12 @@ def _preserve_node(entry: Entry, layout: Layout, carries: list[Carry]) -> Layout
             if layout is not None and not isinstance(layout, Lost):
                 layout = Lost(f"{where} mixes or rearranges channels")
     return layout
+
+
+def _same_layout(a: Layout, b: Layout) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and bool((a == b).all())
+    return (a is None and b is None) or (isinstance(a, Lost) and isinstance(b, Lost))
 
 
 def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout,

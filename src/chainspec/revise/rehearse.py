@@ -1,0 +1,76 @@
+"""What ``diff`` checks before it hands out a plan: the preparation ``apply`` would make, on stand-ins.
+
+A plan is a promise: whatever ``plan.apply`` would refuse for reasons found in the two specs,
+``diff`` refuses first, located at the node. Two of apply's preparation steps need no live chain:
+
+* the shape check of the whole new chain (``apply.shape_check``);
+* ``init: preserve``: the sweep apply runs (``widen.preserve_plan``), on modules built from the
+  specs (the nodes it initialises on the CPU, every other node on the meta device), with torch's
+  random number generator left as it was.
+
+What needs the live chain is checked when the plan is applied: the store of removed nodes (an
+insert it restores is not an identity), optimizer groups and ``optim`` overrides, and the memory
+free on the device.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..build.modules import build_module, on_meta
+from ..read.resolve import tree_key
+from .apply import shape_check
+from .widen import preserve_plan
+
+if TYPE_CHECKING:
+    from .ops import Revising
+
+
+def rehearse(plan: Revising) -> None:
+    """Refuse, as ``plan.apply`` would, a plan whose new chain does not shape-check or whose
+    ``init: preserve`` cannot keep the function; inserts marked restored are not identities.
+    Records on the plan whether the chain's output keeps its units (``plan.same_output``).
+
+    Raises:
+        SpecError: located at the node (its ``init`` for a preserve that cannot hold).
+
+    Example:
+        >>> import chainspec
+        >>> old = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: ["
+        ...                       "{id: fc, type: linear, args: {in_features: 4, out_features: 4}}]}}")
+        >>> new = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: [{id: fc, "
+        ...                       "type: linear, args: {in_features: 4, out_features: 2}, init: preserve}]}}")
+        >>> try:
+        ...     chainspec.diff(old, new)
+        ... except chainspec.SpecError as exc:
+        ...     print(str(exc).partition(".init: ")[2][:66])
+        init: preserve cannot shrink Linear in node 'fc' (4→4 becomes 4→2)
+    """
+    if plan.is_empty and plan.same_input:
+        return
+    shape_check(plan, None)
+    preserving = {op.node_id for op in plan.ops if op.init == "preserve" and op.kind in ("insert", "replace")
+                  and not op.restored}
+    if not preserving:
+        return
+    new_nodes = {node.id: node for node in plan.new_nodes}
+    old_nodes = {node.id: node for node in plan.old_nodes}
+    stand_ins: dict[object, nn.Module] = {}
+
+    def new_module(node_id: str) -> nn.Module:
+        tree = new_nodes[node_id].tree
+        if node_id in preserving:
+            return build_module(tree)
+        key = tree_key(tree)
+        if key not in stand_ins:  # only its shapes are read: one meta-device build per definition
+            with on_meta():
+                stand_ins[key] = build_module(tree)
+        return stand_ins[key]
+
+    with torch.random.fork_rng(devices=[]):  # replicas are drawn: the caller's random stream stays as it was
+        sweep = preserve_plan(plan, new_module, lambda node_id: build_module(old_nodes[node_id].tree),
+                              restored={op.node_id for op in plan.ops if op.restored})
+    plan.same_output = not sweep.output_changed  # new units at the end: the output is not the old one
