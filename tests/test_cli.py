@@ -14,17 +14,31 @@ import chainspec
 from chainspec.cli import main
 from chainspec.types.registry import builtin_type_names
 
-BLOG_STAGES = [
-    {"chains": {"net": {"stage": 0, "params": 928, "nodes": [
-        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928}]}}},
-    {"chains": {"net": {"stage": 1, "params": 19_488, "nodes": [
-        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928},
-        {"id": "b2", "type": "conv_block", "output_shape": [64, 32, 32], "params": 18_560}]}}},
-    {"chains": {"net": {"stage": 2, "params": 93_472, "nodes": [
-        {"id": "b1", "type": "conv_block", "output_shape": [32, 32, 32], "params": 928},
-        {"id": "b2", "type": "conv_block", "output_shape": [64, 32, 32], "params": 18_560},
-        {"id": "b3", "type": "conv_block", "output_shape": [128, 32, 32], "params": 73_984}]}}},
-]
+# specs/blog.yaml's conv_block: a 3x3 conv without bias, batch norm and ReLU, at 32x32. Worked out by hand:
+# mult-adds = out * in * 9 * 32 * 32; weights 4 bytes a parameter; buffers: running mean and var (4 bytes
+# a channel each) and the int64 batch count; activations: the output, 4 bytes an element.
+BLOCKS = [  # (id, in, out, params)
+    ("b1", 3, 32, 928), ("b2", 32, 64, 18_560), ("b3", 64, 128, 73_984)]
+
+
+def _blog_node(node_id: str, c_in: int, c_out: int, params: int) -> dict:
+    return {"id": node_id, "type": "conv_block", "output_shape": [c_out, 32, 32], "params": params,
+            "param_bytes": 4 * params, "buffer_bytes": 8 * c_out + 8, "multiply_adds": c_out * c_in * 9 * 1024,
+            "activation_bytes": 4 * c_out * 1024, "frozen_params": 0}
+
+
+def _blog_stage(stage: int) -> dict:
+    nodes = [_blog_node(*block) for block in BLOCKS[:stage + 1]]
+    params = sum(n["params"] for n in nodes)
+    return {"chains": {"net": {
+        "stage": stage, "params": params, "nodes": nodes, "param_bytes": 4 * params,
+        "buffer_bytes": sum(n["buffer_bytes"] for n in nodes), "trainable_params": params, "frozen_params": 0,
+        "multiply_adds": sum(n["multiply_adds"] for n in nodes),
+        "activation_bytes": sum(n["activation_bytes"] for n in nodes)}}}
+
+
+BLOG_STAGES = [_blog_stage(stage) for stage in range(3)]
+assert BLOG_STAGES[2]["chains"]["net"]["multiply_adds"] == 95_256_576
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -54,11 +68,13 @@ def test_build_table(capsys, blog_path: Path) -> None:
     assert code == 0
     assert out == (
         f"{blog_path}: chain 'net', stage 2 of 2, input [3, 32, 32]\n"
-        "  node   type        output shape   params\n"
-        "  b1     conv_block  [32, 32, 32]      928\n"
-        "  b2     conv_block  [64, 32, 32]   18,560\n"
-        "  b3     conv_block  [128, 32, 32]  73,984\n"
-        "  total              [128, 32, 32]  93,472\n")
+        "  node   type        output shape   params   weights  mult-adds  act mem\n"
+        "  b1     conv_block  [32, 32, 32]      928  3.62 KiB       885K  128 KiB\n"
+        "  b2     conv_block  [64, 32, 32]   18,560  72.5 KiB      18.9M  256 KiB\n"
+        "  b3     conv_block  [128, 32, 32]  73,984   289 KiB      75.5M  512 KiB\n"
+        "  total              [128, 32, 32]  93,472   365 KiB      95.3M  896 KiB\n"
+        "  trainable 93,472, frozen 0; weights 365 KiB, buffers 1.77 KiB\n"
+        "  (mult-adds and act mem: per sample)\n")
 
 
 def test_build_table_shows_every_stage_by_default_and_one_stage_on_request(capsys, blog_path: Path) -> None:
@@ -93,11 +109,21 @@ chains:
 def test_build_several_chains_and_one_chain(capsys, write_spec) -> None:
     path = write_spec(GAN, "gan.yaml")
     _, out, _ = run(capsys, "build", str(path), "--format", "json", "--stage", "final")
-    assert json.loads(out) == {"chains": {
+    shown = json.loads(out)
+
+    def core(chain: dict) -> dict:  # the shapes and counts; the costs are checked below
+        return {"stage": chain["stage"], "params": chain["params"],
+                "nodes": [{k: n[k] for k in ("id", "type", "output_shape", "params")} for n in chain["nodes"]]}
+
+    assert {name: core(chain) for name, chain in shown["chains"].items()} == {
         "gen": {"stage": 1, "params": 18, "nodes": [{"id": "fc", "type": "linear", "output_shape": [6], "params": 18}]},
         "disc": {"stage": 1, "params": 7, "nodes": [
             {"id": "fc", "type": "linear", "output_shape": [1], "params": 7},
-            {"id": "act", "type": "sigmoid", "output_shape": [1], "params": 0}]}}}
+            {"id": "act", "type": "sigmoid", "output_shape": [1], "params": 0}]}}
+    gen, disc = shown["chains"]["gen"], shown["chains"]["disc"]
+    assert (gen["multiply_adds"], disc["multiply_adds"]) == (2 * 6, 6 * 1)  # linear 2 -> 6 and 6 -> 1
+    assert (gen["activation_bytes"], disc["activation_bytes"]) == (4 * 6, 4 * 1 + 4 * 1)
+    assert [n["multiply_adds"] for n in disc["nodes"]] == [6, 0]
     _, out, _ = run(capsys, "build", str(path), "--format", "json", "--chain", "disc")
     assert [list(stage["chains"]) for stage in json.loads(out)["stages"]] == [["disc"], ["disc"]]
 
@@ -257,7 +283,8 @@ def test_build_table_escapes_the_file_name(capsys, blog_path: Path, tmp_path: Pa
     assert code == 0
     assert_inert(out + err)
     assert out.startswith(f"{tmp_path}/net\\x1b[2J\\u202e\\nPlan: ok.yaml: chain 'net', stage 0 of 2")
-    assert len(out.splitlines()) == 4  # the newline in the name did not add a line
+    assert len(out.splitlines()) == 6  # title, header, row, total, two summary lines: the newline in the name
+    # did not add one
 
 
 @pytest.mark.parametrize("argv", [

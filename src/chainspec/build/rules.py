@@ -406,6 +406,9 @@ def _rmsnorm(args: Mapping[str, Any], shape: Shape, dtype: torch.dtype) -> Outco
     return shape if shape[-1] == args["dim"] else None
 
 
+#: Told of each leaf the rules walk through: ``(type, arguments with defaults, input shape, output shape)``.
+Seen = Callable[[str, Mapping[str, Any], Shape, Shape], None]
+
 #: Built-in type name -> its shape rule. Every built-in type has one (``tests/test_shape_rules.py`` checks it).
 RULES: dict[str, Rule] = {
     "conv1d": _conv(1, "[C, L]"),
@@ -578,7 +581,8 @@ def infer_tree(tree: Tree, shape: Shape, dtype: torch.dtype, tick: Callable[[], 
 
 
 def infer_state(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtype,
-                tick: Callable[[], None] | None = None) -> tuple[Shape, torch.dtype] | Refusal | None:
+                tick: Callable[[], None] | None = None, seen: Seen | None = None
+                ) -> tuple[Shape, torch.dtype] | Refusal | None:
     """As :func:`infer_tree`, for an input of any ``dtype`` into modules of ``module_dtype``: the output's
     shape and dtype. Integer token ids become ``module_dtype`` vectors in a ``token_embedding``; any
     other built-in type refuses them.
@@ -593,11 +597,11 @@ def infer_state(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torc
         return None
     if dtype.is_complex or dtype == torch.bool:
         return None
-    return _walk(tree, tuple(shape), dtype, module_dtype, tick)
+    return _walk(tree, tuple(shape), dtype, module_dtype, tick, seen)
 
 
 def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtype,
-          tick: Callable[[], None] | None) -> tuple[Shape, torch.dtype] | Refusal | None:
+          tick: Callable[[], None] | None, seen: Seen | None = None) -> tuple[Shape, torch.dtype] | Refusal | None:
     if isinstance(tree, Leaf):
         if tick is not None:
             tick()
@@ -609,20 +613,23 @@ def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtyp
         if integer and rule is not _token_embedding:
             return Refusal(Misfit("floating-point input", f"{str(dtype).removeprefix('torch.')} values "
                                                           f"(shape {list(shape[1:])})"))
+        args = {**defaults, **tree.args}
         try:
-            out = rule({**defaults, **tree.args}, shape, dtype)
+            out = rule(args, shape, dtype)
         except Exception:  # arguments a spec could not give (a Leaf made by hand): the meta device decides
             return None
         if isinstance(out, Misfit):
             return Refusal(out)
         if out is None or out[0] != shape[0] or min(out) < 1 or math.prod(out) >= MAX_NUMEL:
             return None
+        if seen is not None:
+            seen(tree.type, args, shape, tuple(out))
         return tuple(out), module_dtype if integer else dtype
     if tree.kind == "residual":
-        return _residual(tree, shape, dtype, module_dtype, tick)
+        return _residual(tree, shape, dtype, module_dtype, tick, seen)
     previous: str | None = None
     for index, (part_id, sub) in enumerate(tree.parts):
-        result = _walk(sub, shape, dtype, module_dtype, tick)
+        result = _walk(sub, shape, dtype, module_dtype, tick, seen)
         if result is None:
             return None
         if isinstance(result, Refusal):
@@ -634,7 +641,8 @@ def _walk(tree: Tree, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtyp
 
 
 def _residual(tree: Group, shape: Shape, dtype: torch.dtype, module_dtype: torch.dtype,
-              tick: Callable[[], None] | None) -> tuple[Shape, torch.dtype] | Refusal | None:
+              tick: Callable[[], None] | None, seen: Seen | None = None
+              ) -> tuple[Shape, torch.dtype] | Refusal | None:
     """``after(body(x) + shortcut(x))``; None (the meta device words it) where the two sums differ in shape."""
     parts = dict(tree.parts)
     outs = []
@@ -642,7 +650,7 @@ def _residual(tree: Group, shape: Shape, dtype: torch.dtype, module_dtype: torch
         if key not in parts:
             outs.append((shape, dtype))
             continue
-        result = _walk(parts[key], shape, dtype, module_dtype, tick)
+        result = _walk(parts[key], shape, dtype, module_dtype, tick, seen)
         if result is None or isinstance(result, Refusal):
             return result
         outs.append(result)
@@ -650,7 +658,7 @@ def _residual(tree: Group, shape: Shape, dtype: torch.dtype, module_dtype: torch
         return None
     if "after" not in parts:
         return outs[0]
-    result = _walk(parts["after"], *outs[0], module_dtype, tick)
+    result = _walk(parts["after"], *outs[0], module_dtype, tick, seen)
     if isinstance(result, Refusal) and (result.where is None or result.where[2] is None):
         after = parts["after"]
         assert isinstance(after, Group)
