@@ -26,6 +26,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,62 @@ def save_grid(path: Path, images: torch.Tensor, cell: int = 64, pad: int = 2) ->
         top, left = pad + r * (cell + pad), pad + c * (cell + pad)
         grid[:, top:top + cell, left:left + cell] = big[i]
     write_png(path, ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous())
+
+
+# -- the growth timeline (matplotlib) ---------------------------------------------------------------------
+
+def stage_costs(spec: chainspec.Spec) -> list[tuple[int, int]]:
+    """``(parameters, multiply-adds per sample)`` of the generator and discriminator together, per stage,
+    by shape inference (``chainspec.build.costs``: nothing is built)."""
+    from chainspec.build.costs import CostCounter, chain_costs
+
+    counter, out = CostCounter(), []
+    for stage in range(spec.stages):
+        params = macs = 0
+        for name in spec.chain_names:
+            summary = spec.summary(name, stage=stage)
+            params += summary.params
+            macs += sum(c.multiply_adds or 0 for c in chain_costs(spec, name, summary, counter=counter))
+        out.append((params, macs))
+    return out
+
+
+def plot_timeline(path: Path, spec: chainspec.Spec, timeline: dict[str, Any]) -> bool:
+    """Parameters and multiply-adds per stage against images seen, the losses overlaid, the fades and
+    stabilise phases marked; False without matplotlib (``pip install -e ".[examples]"``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    costs = stage_costs(spec)
+    starts = [(0, 0)] + [(images, stage) for images, kind, stage in timeline["events"] if kind in ("fade", "grow")]
+    end = max([timeline["images"][-1] if timeline["images"] else 0, *(i for i, _ in starts)])
+    xs = [*[x for images, _ in starts for x in (images, images)][1:], end]  # a step line: one level a stage
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for axis, index, label, colour in ((top, 0, "parameters (G + D)", "tab:blue"),
+                                       (top.twinx(), 1, "multiply-adds per sample (G + D)", "tab:orange")):
+        ys = [y for _, stage in starts for y in (costs[stage][index], costs[stage][index])]
+        axis.plot(xs, ys, color=colour, label=label)
+        axis.set_ylabel(label, color=colour)
+        axis.set_yscale("log")
+    bottom.plot(timeline["images"], timeline["loss_d"], label="critic loss", linewidth=0.8)
+    bottom.plot(timeline["images"], timeline["loss_g"], label="generator loss", linewidth=0.8)
+    bottom.set_ylabel("loss")
+    bottom.set_xlabel("real images seen")
+    for images, kind, stage in timeline["events"]:
+        for axis in (top, bottom):
+            axis.axvline(images, color="grey", linestyle="--" if kind == "fade" else ":", linewidth=0.8)
+        top.annotate(f"{'fade' if kind == 'fade' else kind} {4 * 2**stage}px", (images, 1), xycoords=("data",
+                     "axes fraction"), rotation=90, fontsize=7, va="top")
+    bottom.legend(loc="upper right", fontsize=8)
+    top.set_title(f"{Path(spec.source).name}: growth timeline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 # -- progress (tqdm) -------------------------------------------------------------------------------------
@@ -247,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         ema = Ema(spec, grower.chains["generator"], schedule, args.ema_halflife, state=ckpt.extra["ema"])
         ckpt.restore_rng()
         fixed_z = ckpt.extra["fixed_z"].to(args.device)
+        timeline = ckpt.extra.get("timeline") or {"images": [], "loss_d": [], "loss_g": [], "events": []}
         print(f"resumed {ckpt_path} at {grower.images:,} images: stage {grower.stage} ({grower.phase.kind}), "
               f"alpha {grower.alpha:.4f}", file=sys.stderr)
     else:
@@ -258,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         ema = Ema(spec, chains["generator"], schedule, args.ema_halflife)
         fixed_z = torch.randn(16, latent, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
         save_grid(out / "reals.png", make_images(16, seed=-1))
+        timeline = {"images": [], "loss_d": [], "loss_g": [], "events": []}
     g, d = grower.chains["generator"], grower.chains["discriminator"]
     g_opt, d_opt = grower.optimizers["generator"], grower.optimizers["discriminator"]
     assert g_opt is not None and d_opt is not None
@@ -265,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(total)
 
     def save(note: str) -> None:
-        grower.save(ckpt_path, extra={"fixed_z": fixed_z.cpu(), "ema": ema.state_dict()})
+        grower.save(ckpt_path, extra={"fixed_z": fixed_z.cpu(), "ema": ema.state_dict(), "timeline": timeline})
         progress.message(f"checkpoint {ckpt_path} ({note}): stage {grower.stage} {grower.phase.kind}, "
                          f"alpha {grower.alpha:.4f}, {grower.images:,} images")
 
@@ -287,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             samples(grower.stage)  # the stage is complete: its samples, before the next one grows in
         events = grower.step(per_step)
         ema.step(per_step, events)
+        timeline["images"].append(grower.images)
+        timeline["loss_d"].append(loss_d)
+        timeline["loss_g"].append(loss_g)
+        for event in events:
+            timeline["events"].append((grower.images, event.kind, event.stage))
         for event in events:
             if event.kind in ("fade", "grow"):
                 plans = "; ".join(f"{n}: {grower.transition(n, event.stage).plan.summary()}" for n in grower.chains)
@@ -306,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if grower.done:
         samples(grower.stage)
     save("end of training" if grower.done else f"stopped at {grower.images:,} images")
+    if plot_timeline(out / "timeline.png", spec, timeline):
+        progress.message(f"growth timeline: {out}/timeline.png")
     return 0
 
 

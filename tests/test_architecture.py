@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chainspec"
-LAYERS = {"_errors": 0, "_limits": 0, "_gc": 0, "types": 1, "read": 2, "build": 3, "revise": 4, "grow": 5,
+LAYERS = {"_errors": 0, "_limits": 0, "_gc": 0, "types": 1, "read": 2, "build": 3, "revise": 4, "grow": 5, "draw": 5,
           "distributed": 6, "cli": 7, "__init__": 8, "__main__": 8}
 #: The facade's calls into building, by (importing module, imported module).
 FACADE = {("read.spec", "build.compile"), ("read.spec", "build.shapes"), ("read.spec", "build.memory"),

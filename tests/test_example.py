@@ -84,6 +84,28 @@ def test_a_sample_grid_per_stage(full_run: tuple[Path, str]) -> None:
     assert torch.equal(cell[::16, ::16].repeat_interleave(16, 0).repeat_interleave(16, 1), cell)
 
 
+def test_the_growth_timeline_is_drawn_and_survives_a_resume(full_run: tuple[Path, str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out, log = full_run
+    assert f"growth timeline: {out}/timeline.png" in log
+    from PIL import Image, ImageStat
+
+    with Image.open(out / "timeline.png") as image:
+        assert image.width >= 700 and image.height >= 500
+        assert max(ImageStat.Stat(image.convert("L")).stddev) > 5  # drawn on, not blank
+    timeline = chainspec.load_checkpoint(out / "checkpoint.pt").extra["timeline"]
+    assert timeline["images"][-1] == 112 and len(timeline["loss_d"]) == len(timeline["images"])
+    fades = [(images, stage) for images, kind, stage in timeline["events"] if kind == "fade"]
+    assert fades == [(16, 1), (48, 2), (80, 3)]  # each fade-in starts where the schedule says
+    costs = example_module().stage_costs(chainspec.load(ROOT / "specs" / "pggan_tiny.yaml"))
+    assert [params for params, _ in costs] == sorted(params for params, _ in costs)  # growing, stage by stage
+    assert costs[-1][1] > 4 * costs[0][1]  # and costing more multiply-adds a sample
+    run("--out", str(tmp_path), "--stop-at", "24")
+    run("--out", str(tmp_path), "--resume")
+    resumed = chainspec.load_checkpoint(tmp_path / "checkpoint.pt").extra["timeline"]
+    assert resumed["images"] == timeline["images"] and resumed["events"] == timeline["events"]
+
+
 def test_the_checkpoint_is_a_chainspec_checkpoint(full_run: tuple[Path, str]) -> None:
     out, _ = full_run
     ckpt = chainspec.load_checkpoint(out / "checkpoint.pt")

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from .._errors import ChainspecError
-from . import build, diff, schema, types, validate
+from . import build, diff, graph, schema, types, validate
 from ._io import begin, escaped_output
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = [build, types, validate, schema, diff]
+COMMANDS = [build, graph, types, validate, schema, diff]
 
 
 def main_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--chain", metavar="NAME", help="only this chain (default: every chain)")
     p.add_argument("--stage", default="final", metavar="N|final|A:B",
                    help="the stage to compare both at, or OLD_STAGE:NEW_STAGE for a growth step (default: final)")
-    p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
+    p.add_argument("--format", choices=["text", "json", "mermaid", "dot", "svg"], default="text",
+                   help="output format (default: text); mermaid, dot and svg draw the plan: inserted nodes green, "
+                        "removed red, replaced amber, moved ones with a dashed arrow (svg needs Graphviz's dot)")
     add_import_options(p)
     p.set_defaults(func=run, error_code=2)  # 1 means 'different' here, so any failure is 2
 
@@ -54,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.format == "json":
         print(json_text(plans.to_dict(), ensure_ascii=False))
+    elif args.format in ("mermaid", "dot", "svg"):
+        from ..draw import plan_graph, render
+
+        try:
+            drawn = [render(plan_graph(plan), args.format) for plan in plans.values()]
+        except ChainspecError as exc:  # no Graphviz for svg
+            print(str(exc), file=sys.stderr)
+            return 2
+        print("\n\n".join(drawn))
     else:
         print(escaped_plans(plans))
     return 0 if plans.is_empty else 1
