@@ -22,6 +22,11 @@ def add_parser(sub: Any) -> None:
                        help=f"exit 1 if the schema at PATH (default: {SCHEMA_PATH}) is not what this "
                             "chainspec generates")
     group.add_argument("-o", "--output", metavar="PATH", help="write the schema to PATH instead of stdout")
+    p.add_argument("--for", dest="for_spec", metavar="SPEC",
+                   help="the schema of one spec's project: the published one plus the spec's own composite "
+                        "types (after 'type:', with their params as args) and the types registered by its "
+                        "project ([tool.chainspec] imports); point the spec's modeline at the file it writes "
+                        "with -o")
     p.add_argument("--installed", action="store_true",
                    help="also list the node types of installed plugins, with their args (the published schema "
                         "lists chainspec's own types only), and those registered by the modules [tool.chainspec] in "
@@ -35,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
     _io.import_flagged(args)
     if args.installed:
         _io.use_project_here(args)
-    text = render_schema(build_schema(installed=True)) if args.installed else render_schema()
+    if args.for_spec:
+        spec = _io.load_spec(args.for_spec, project=True)  # its project's registered types are imported too
+        text = render_schema(build_schema(installed=True, composites=spec.model.types))
+    else:
+        text = render_schema(build_schema(installed=True)) if args.installed else render_schema()
     if args.check:
         return check(Path(args.check), text)
     if args.output:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ..types.registry import NodeType, describe_annotation, list_types
-from .model import FORMAT_VERSION, IDENT, SpecModel
+from .model import FORMAT_VERSION, IDENT, SpecModel, TypeDef
 
 #: The JSON Schema dialect of the published schema.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -61,8 +62,12 @@ _EXAMPLE = {
 }
 
 
-def build_schema(installed: bool = False) -> dict[str, Any]:
+def build_schema(installed: bool = False, composites: Mapping[str, TypeDef] | None = None) -> dict[str, Any]:
     """Generate the JSON Schema of the spec format (built-in node types only, unless ``installed``).
+
+    ``composites`` (a spec's ``types:``, by name) lists those types too, each with its description
+    and its params as ``args``: the per-project schema of ``chainspec schema --for SPEC``, which an
+    editor can offer after ``type:``.
 
     By default, types registered at run time or by plugins are not listed, so
     the result is the same on every machine; their names still validate through
@@ -75,7 +80,8 @@ def build_schema(installed: bool = False) -> dict[str, Any]:
         >>> schema = build_schema()
         >>> schema["$schema"]
         'https://json-schema.org/draft/2020-12/schema'
-        >>> "conv2d" in schema["$defs"]["NodeTypeName"]["anyOf"][0]["enum"]
+        >>> {"const": "conv2d", "description": "2-D convolution (``torch.nn.Conv2d``)."} in schema["$defs"][
+        ...     "NodeTypeName"]["anyOf"]
         True
     """
     schema = SpecModel.model_json_schema()
@@ -98,18 +104,23 @@ def build_schema(installed: bool = False) -> dict[str, Any]:
         "pattern": EXPRESSION_PATTERN,
         "examples": ["${base_ch * 2}", "${min(512, 8192 // 2**s)}"],
     }
-    defs["NodeTypeName"] = _type_name_schema(builtins)
+    own = dict(composites or {})
+    defs["NodeTypeName"] = _type_name_schema(builtins, {name: t.description for name, t in own.items()})
     defs["BuiltinArgs"] = {
         "description": "Checks args against the signature of the built-in type named by 'type'.",
-        "allOf": [{"if": {"properties": {"type": {"const": t.name}}, "required": ["type"]},
-                   "then": {"properties": {"args": {"$ref": f"#/$defs/args_{t.name}"}}}} for t in builtins],
+        "allOf": [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                   "then": {"properties": {"args": {"$ref": f"#/$defs/args_{name}"}}}}
+                  for name in [*(t.name for t in builtins), *own]],
     }
+    for name, typedef in own.items():
+        defs[f"args_{name}"] = _composite_args(name, typedef)
     for t in builtins:
         try:
             defs[f"args_{t.name}"] = args_schema(t)
         except ValueError:  # only a registered type can get here: its args stay free
             defs[f"args_{t.name}"] = {"title": f"{t.name} args", "type": "object",
                                       "description": t.description or f"Arguments of {t.name}."}
+    _required_apart(schema)
     return {
         "$schema": DIALECT,
         "$comment": "Generated from chainspec's models by 'chainspec schema'; do not edit by hand.",
@@ -163,21 +174,56 @@ def args_schema(node_type: NodeType) -> dict[str, Any]:
     return out
 
 
-def _type_name_schema(builtins: list[NodeType]) -> dict[str, Any]:
+def _type_name_schema(builtins: list[NodeType], composites: dict[str, str] | None = None) -> dict[str, Any]:
+    """One alternative per known type, each a ``const`` with its own description, so that an editor's
+    hover on a type name shows that type alone; any other name is checked by the pattern."""
+    known = [*(t.name for t in builtins), *(composites or {})]
     return {
         "title": "node type",
         "description": "A built-in type (listed), a composite defined under 'types:', a type registered in Python "
                        "or by a plugin, or a 'module:attr' import path the calling code allows.",
         "type": "string",
         "anyOf": [
-            {"description": "A built-in node type.", "enum": [t.name for t in builtins],
-             # Read by the YAML language server for hover text; other tools ignore it.
-             "enumDescriptions": [t.description for t in builtins]},
+            *({"const": t.name, "description": t.description or f"The {t.name} node type."} for t in builtins),
+            *({"const": name, "description": f"Composite type (this spec): {text}" if text
+               else "Composite type defined under 'types:' in this spec."}
+              for name, text in (composites or {}).items()),
             {"description": "A composite, registered or plugin type, or a 'module:attr' import path.",
-             "pattern": TYPE_NAME_PATTERN},
+             "pattern": TYPE_NAME_PATTERN, "not": {"enum": known}},
         ],
         "examples": ["conv2d", "conv_block", "mypkg.layers:Block"],
     }
+
+
+def _composite_args(name: str, typedef: TypeDef) -> dict[str, Any]:
+    """The ``args`` of a spec's own composite type: its params, any value or ``${...}``."""
+    required = [param for param, default in typedef.params.items() if default is None]
+    description = typedef.description or f"Parameters of the composite type {name!r}."
+    if required:
+        description += f" Required: {', '.join(required)}."
+    return {"title": f"{name} args", "description": description, "type": "object",
+            "properties": {param: {"description": "required" if default is None else f"default: {default!r}"}
+                           for param, default in typedef.params.items()},
+            "additionalProperties": False}
+
+
+def _required_apart(node: Any) -> None:
+    """Move each object's ``required`` list into an ``allOf`` entry, in place: the same constraint.
+
+    The YAML language server offers a skeleton of an object's required keys as an extra completion,
+    labelled with the object's title ("NodeSpec", "chainspec spec, format version 1"), beside the
+    keys themselves; with ``required`` beside ``properties`` moved apart, it offers the keys alone.
+    """
+    if isinstance(node, list):
+        for item in node:
+            _required_apart(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if "properties" in node and "required" in node:
+        node.setdefault("allOf", []).append({"required": node.pop("required")})
+    for child in node.values():
+        _required_apart(child)
 
 
 def _identifier_keys(node: Any) -> None:
