@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lsp_client import LanguageServer, server_command
 
 from chainspec.cli import main
+from lsp_client import LanguageServer, server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "schemas" / "chainspec.schema.json"
