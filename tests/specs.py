@@ -32,3 +32,14 @@ def without(text: str, *node_ids: str) -> str:
     """
     lines = text.splitlines(keepends=True)
     return "".join(line for line in lines if not any(f"{{id: {i}," in line for i in node_ids))
+
+
+def one_chain(*nodes: str, input_shape: str = "[8]", name: str = "net") -> str:
+    """A spec text of one chain ``name`` with the node lines ``nodes`` (each a flow mapping).
+
+    Example:
+        >>> "      - {id: a, type: relu}" in one_chain("{id: a, type: relu}")
+        True
+    """
+    lines = "\n".join(f"      - {node}" for node in nodes)
+    return f"chainspec: 1\nchains:\n  {name}:\n    input_shape: {input_shape}\n    nodes:\n{lines}\n"

@@ -21,19 +21,11 @@ from hypothesis import strategies as st
 import chainspec
 from chainspec import CertificateError, SpecError
 from chainspec.revise.diff import _plan  # the plan without diff's rehearsal: what apply alone refuses
-
-MLP = """\
-chainspec: 1
-chains:
-  net:
-    input_shape: [8]
-    nodes:
-{nodes}
-"""
+from specs import one_chain
 
 
 def mlp(*lines: str) -> chainspec.Spec:
-    return chainspec.loads(MLP.format(nodes="\n".join(f"      - {line}" for line in lines)), source="net.yaml")
+    return chainspec.loads(one_chain(*lines), source="net.yaml")
 
 
 def linear(node_id: str, fan_in: int, fan_out: int, init: str = "") -> str:

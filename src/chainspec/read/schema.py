@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..types.registry import NodeType, describe_annotation, list_types
@@ -207,41 +207,38 @@ def _composite_args(name: str, typedef: TypeDef) -> dict[str, Any]:
             "additionalProperties": False}
 
 
-def _required_apart(node: Any) -> None:
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in a JSON tree, each before its children (which are read after the caller's changes)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _objects(item)
+    elif isinstance(node, dict):
+        yield node
+        for child in list(node.values()):
+            yield from _objects(child)
+
+
+def _required_apart(schema: dict[str, Any]) -> None:
     """Move each object's ``required`` list into an ``allOf`` entry, in place: the same constraint.
 
     The YAML language server offers a skeleton of an object's required keys as an extra completion,
     labelled with the object's title ("NodeSpec", "chainspec spec, format version 1"), beside the
     keys themselves; with ``required`` beside ``properties`` moved apart, it offers the keys alone.
     """
-    if isinstance(node, list):
-        for item in node:
-            _required_apart(item)
-        return
-    if not isinstance(node, dict):
-        return
-    if "properties" in node and "required" in node:
-        node.setdefault("allOf", []).append({"required": node.pop("required")})
-    for child in node.values():
-        _required_apart(child)
+    for node in _objects(schema):
+        if "properties" in node and "required" in node:
+            node.setdefault("allOf", []).append({"required": node.pop("required")})
 
 
-def _identifier_keys(node: Any) -> None:
+def _identifier_keys(schema: dict[str, Any]) -> None:
     """Turn pydantic's ``patternProperties`` for identifier keys into ``propertyNames`` checks, in place."""
-    if isinstance(node, list):
-        for item in node:
-            _identifier_keys(item)
-        return
-    if not isinstance(node, dict):
-        return
-    patterns = node.get("patternProperties")
-    if isinstance(patterns, dict) and list(patterns) == [IDENT] and "properties" not in node:
-        value = patterns[IDENT]
-        node.pop("patternProperties")
-        node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": IDENT}
-        node["additionalProperties"] = value if value else True
-    for child in node.values():
-        _identifier_keys(child)
+    for node in _objects(schema):
+        patterns = node.get("patternProperties")
+        if isinstance(patterns, dict) and list(patterns) == [IDENT] and "properties" not in node:
+            value = patterns[IDENT]
+            node.pop("patternProperties")
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": IDENT}
+            node["additionalProperties"] = value if value else True
 
 
 def _accepts_any_string(schema: dict[str, Any]) -> bool:
