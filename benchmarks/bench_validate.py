@@ -13,7 +13,7 @@ Usage:
 Example:
     >>> rows = run(repeats=1)  # doctest: +SKIP
     >>> [r["name"] for r in rows]  # doctest: +SKIP
-    ['chainspec validate', 'check-jsonschema', 'chainspec validate --deep', 'python -c "import torch"']
+    ['chainspec validate', 'check-jsonschema', 'chainspec validate --deep', 'python -c "import torch"', ...]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ SCHEMA = ROOT / "schemas" / "chainspec.schema.json"
 BASELINE = "check-jsonschema"
 #: The command that imports torch and nothing else.
 TORCH = 'python -c "import torch"'
+#: The interpreter starting and doing nothing, and the same importing pydantic: what validating costs at least.
+PYTHON, PYDANTIC = 'python -c "pass"', 'python -c "import pydantic"'
 #: The spec timed unless others are named: the largest in ``specs/``.
 DEFAULT_FILES = ["specs/pggan.yaml"]
 
@@ -48,6 +50,9 @@ def commands(files: list[str]) -> dict[str, list[str]]:
         BASELINE: [checker, "--schemafile", str(SCHEMA), *files],
         "chainspec validate --deep": [chainspec, "validate", "-q", "--deep", *files],
         TORCH: [sys.executable, "-c", "import torch"],
+        # The floor under any pydantic-based validation: the interpreter's start, and pydantic's import.
+        PYTHON: [sys.executable, "-c", "pass"],
+        PYDANTIC: [sys.executable, "-c", "import pydantic"],
     }
 
 

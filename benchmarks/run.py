@@ -129,8 +129,9 @@ NOTES = {
 def _validate_rows(module: Any, quick: bool) -> list[Row]:
     """bench_validate reports its own dicts; turn them into table rows against check-jsonschema.
 
-    Plain ``chainspec validate`` must start faster than check-jsonschema (the
-    target), and it is also set against ``python -c "import torch"``.
+    Plain ``chainspec validate`` should start in at most 0.3 of check-jsonschema's time (the
+    target), and it is also set against ``python -c "import torch"``; the interpreter's bare start
+    and ``import pydantic`` show the floor under it.
     """
     raw = module.run(repeats=1 if quick else 7)
     baseline, torch_cmd = module.BASELINE, module.TORCH
@@ -140,10 +141,12 @@ def _validate_rows(module: Any, quick: bool) -> list[Row]:
         if r["name"] == baseline:
             continue
         note = f"{', '.join(module.DEFAULT_FILES)}, median of {r['repeats']}"
+        if r["name"] in (module.PYTHON, module.PYDANTIC):
+            note = f"the floor of a pydantic-based validate, median of {r['repeats']}"
         plain = r["name"] == "chainspec validate"
         rows.append(benchutil.row("validate", r["name"], baseline, base=medians[baseline], value=r["median_s"],
-                                  ratio=r["ratio"], note=note, target="< 1" if plain else None,
-                                  ok=r["ratio"] < 1 if plain else None))
+                                  ratio=r["ratio"], note=note, target="≤ 0.3" if plain else None,
+                                  ok=r["ratio"] <= 0.3 if plain else None))
         if plain:
             rows.append(benchutil.row("validate", r["name"], torch_cmd, base=medians[torch_cmd], value=r["median_s"],
                                       ratio=module.against_torch(raw), note=note))

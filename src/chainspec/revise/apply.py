@@ -194,8 +194,8 @@ class _Job:
         """Hand each new module to ``prepare``; carried optimizer state follows its parameters by name."""
         names = {id(p): (node_id, name) for node_id, module in self.built.items()
                  for name, p in module.named_parameters()}
-        for node_id in list(self.built):
-            if node_id not in self.restored:
+        for node_id in list(self.built):  # an update's module adopts the old (already prepared) parameters
+            if node_id not in self.restored and self.changed[node_id].kind in ("insert", "replace"):
                 self.built[node_id] = prepare(node_id, self.built[node_id])
         now = {(node_id, name): p for node_id, module in self.built.items() for name, p in module.named_parameters()}
         self.copied_state = [(now[names[id(param)]] if id(param) in names else param, state)
