@@ -122,6 +122,20 @@ def test_a_parameterless_layer_that_is_no_identity_is_refused_with_preserve(laye
         chainspec.diff(old, new)
 
 
+def test_given_the_optimizer_diff_refuses_an_override_it_cannot_take() -> None:
+    old = mlp(linear("fc1", 8, 4))
+    new = chainspec.loads(one_chain(linear("fc1", 8, 4), "{id: fc2, type: linear, args: {in_features: 4, "
+                                    "out_features: 4}, optim: {lrr: 0.1}}"), source="net.yaml")
+    net = old.build()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    chainspec.diff(old, new)  # without the optimizer, nothing says what it takes
+    with pytest.raises(SpecError, match=r"net\.yaml:\d+:\d+: chains\.net\.nodes\[1\]\.optim\.lrr: SGD has no "
+                                        r"hyperparameter 'lrr'; did you mean 'lr'\?"):
+        chainspec.diff(old, new, optimizer=opt)
+    with pytest.raises(SpecError, match="SGD has no hyperparameter 'lrr'"):  # as apply refuses it
+        _plan(old, new, chain=None, stage="final").apply(net, opt)
+
+
 def test_diff_leaves_the_random_stream_as_it_was() -> None:
     old = mlp(linear("fc1", 8, 8), linear("fc2", 8, 4))
     new = mlp(linear("fc1", 8, 13, "preserve"), linear("fc2", 13, 4, "preserve"))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .._errors import PlanError, SpecError
+from .._errors import PlanError, Problem, SpecError
 from .._gc import gc_paused
 from ..build.chain import Chain
 from ..build.memory import check_fits
@@ -105,6 +105,33 @@ def apply_plans(items: Sequence[tuple[Revising, Chain, Optimizer | None]], *, po
     except BaseException:
         change.rollback()
         raise
+
+
+def override_problems(plan: Revising, optimizer: Optimizer) -> list[Problem]:
+    """The ``optim`` overrides of ``plan``'s new or regrouped nodes that ``optimizer`` cannot take, located.
+
+    Apply refuses a plan with any (before changing anything); ``diff`` given the optimizer refuses it
+    first (``revise.rehearse``).
+
+    Example:
+        >>> import chainspec, torch
+        >>> old = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [2], nodes: [{id: a, type: relu}]}}")
+        >>> new = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [2], nodes: [{id: a, type: relu}, "
+        ...                       "{id: b, type: linear, args: {in_features: 2, out_features: 2}, "
+        ...                       "optim: {lrr: 0.1}}]}}")
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> [p.message.split(";")[0] for p in override_problems(chainspec.diff(old, new), opt)]
+        ["SGD has no hyperparameter 'lrr'"]
+    """
+    regrouping = {op.node_id for op in plan.ops if op.kind == "update"
+                  and any(c.field.startswith("optim.") for c in op.changes)}
+    fresh = {op.node_id for op in plan.ops if op.kind in ("insert", "replace")}
+    problems = []
+    for node in plan.new_nodes:
+        if (node.id in fresh or node.id in regrouping) and node.spec.optim:
+            for key, message, hint in _optim.check_override(optimizer, node.spec.optim):
+                problems.append(plan.new_spec.problem((*node.path, "optim", key), message, hint))
+    return problems
 
 
 def _full(tensor: Any) -> Any:
@@ -277,7 +304,9 @@ class _Job:
                                                                        for c in op.changes)}
         if not self.removed and not regrouping and not any(op.kind in ("insert", "replace") for op in plan.ops):
             return
-        problems = []
+        problems = override_problems(plan, optimizer)
+        if problems:
+            raise SpecError(problems)
         nodes: list[_optim.NodeParams] = []
         for node in plan.new_nodes:
             op = self.changed.get(node.id)
@@ -287,13 +316,8 @@ class _Job:
                       if name not in node.ties]  # a borrowed parameter is placed with its owner
             old_params = list(chain[node.id].module.parameters()) if fresh and op.kind == "replace" else []
             same = op is None or op.old is None or dict(op.old.spec.optim) == dict(node.spec.optim)
-            regroup = node.id in regrouping
-            if (fresh or regroup) and node.spec.optim:
-                for key, message, hint in _optim.check_override(optimizer, node.spec.optim):
-                    problems.append(plan.new_spec.problem((*node.path, "optim", key), message, hint))
-            nodes.append(_optim.NodeParams(node.id, params, fresh, old_params, node.spec.optim, same, regroup))
-        if problems:
-            raise SpecError(problems)
+            nodes.append(_optim.NodeParams(node.id, params, fresh, old_params, node.spec.optim, same,
+                                           node.id in regrouping))
         self.placements = _optim.place(optimizer, nodes)
 
     # -- commit ----------------------------------------------------------------------------------

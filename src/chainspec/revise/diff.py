@@ -28,6 +28,8 @@ from .plan import Plan, PlanSet
 from .rehearse import rehearse
 
 if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
     from ..build.chain import Chain
     from ..read.spec import Spec
 
@@ -106,7 +108,8 @@ def longest_increasing(items: Sequence[str], rank: dict[str, int]) -> list[str]:
 # -- diff -----------------------------------------------------------------------------------------
 
 @gc_paused()
-def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "final") -> Plan:
+def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "final",
+         optimizer: Optimizer | None = None) -> Plan:
     """Compare one chain of two revisions and return the :class:`Plan` from ``old`` to ``new``.
 
     The plan is a promise: ``diff`` makes the preparation ``plan.apply`` makes that needs no live
@@ -119,6 +122,8 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
         chain: the chain's name; may be omitted when both specs have exactly one, of the same name.
         stage: the stage to compare both specs at (a number or ``"final"``), or a pair
             ``(old_stage, new_stage)``: ``diff(spec, spec, stage=(k, k + 1))`` is a growth step.
+        optimizer: the optimizer the chain trains with, if known: ``optim`` overrides it cannot
+            take are refused now rather than at apply.
 
     Raises:
         ValueError: unknown chain, or a stage out of range.
@@ -137,7 +142,7 @@ def diff(old: Spec, new: Spec, *, chain: str | None = None, stage: StageArg = "f
         Plan: 1 to insert; parameters +73,984.
     """
     plan = _plan(old, new, chain=chain, stage=stage)
-    rehearse(plan)
+    rehearse(plan, optimizer)
     return plan
 
 

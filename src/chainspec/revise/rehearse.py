@@ -8,9 +8,10 @@ A plan is a promise: whatever ``plan.apply`` would refuse for reasons found in t
   specs (the nodes it initialises on the CPU, every other node on the meta device), with torch's
   random number generator left as it was.
 
-What needs the live chain is checked when the plan is applied: the store of removed nodes (an
-insert it restores is not an identity), optimizer groups and ``optim`` overrides, and the memory
-free on the device.
+Given the optimizer (``diff(..., optimizer=opt)``), it also checks the ``optim`` overrides of the
+new nodes against it, as apply does. What needs the live chain is checked when the plan is
+applied: the store of removed nodes (an insert it restores is not an identity), the optimizer's
+groups, and the memory free on the device.
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .._errors import SpecError
 from ..build.modules import build_module, on_meta
 from ..read.resolve import tree_key
-from .apply import shape_check
+from .apply import override_problems, shape_check
 from .widen import preserve_plan
 
 if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
     from .ops import Revising
 
 
-def rehearse(plan: Revising) -> None:
+def rehearse(plan: Revising, optimizer: Optimizer | None = None) -> None:
     """Refuse, as ``plan.apply`` would, a plan whose new chain does not shape-check or whose
-    ``init: preserve`` cannot keep the function; inserts marked restored are not identities.
+    ``init: preserve`` cannot keep the function; inserts marked restored are not identities. Given
+    the ``optimizer`` the chain trains with, refuse ``optim`` overrides it cannot take, too.
     Records on the plan whether the chain's output keeps its units (``plan.same_output``).
 
     Raises:
@@ -52,6 +57,10 @@ def rehearse(plan: Revising) -> None:
     if plan.is_empty and plan.same_input:
         return
     shape_check(plan, None)
+    if optimizer is not None:
+        problems = override_problems(plan, optimizer)
+        if problems:
+            raise SpecError(problems)
     preserving = {op.node_id for op in plan.ops if op.init == "preserve" and op.kind in ("insert", "replace")
                   and not op.restored}
     if not preserving:
