@@ -122,10 +122,11 @@ def test_validate_area_sets_validate_against_check_jsonschema_and_torch() -> Non
 
     raw = [{"name": n, "median_s": s, "ratio": s / 0.4, "files": 1, "repeats": 7}
            for n, s in [("chainspec validate", 0.2), ("check-jsonschema", 0.4), ("chainspec validate --deep", 3.0),
-                        (bench_validate.TORCH, 1.6)]]
+                        (bench_validate.TORCH, 1.6), (bench_validate.PYTHON, 0.04), (bench_validate.PYDANTIC, 0.1)]]
 
     class Fake:
         BASELINE, TORCH, DEFAULT_FILES = bench_validate.BASELINE, bench_validate.TORCH, bench_validate.DEFAULT_FILES
+        PYTHON, PYDANTIC = bench_validate.PYTHON, bench_validate.PYDANTIC
         against_torch = staticmethod(bench_validate.against_torch)
 
         @staticmethod
@@ -135,7 +136,9 @@ def test_validate_area_sets_validate_against_check_jsonschema_and_torch() -> Non
     rows = run._validate_rows(Fake, quick=True)
     plain = [r for r in rows if r["case"] == "chainspec validate"]
     assert [(r["baseline"], r["ratio"]) for r in plain] == [("check-jsonschema", 0.5), (bench_validate.TORCH, 0.125)]
-    assert plain[0]["target"] == "< 1" and plain[0]["ok"] is True
+    assert plain[0]["target"] == "≤ 0.3" and plain[0]["ok"] is False  # the target: 0.5 misses it
+    floor = {r["case"]: round(r["ratio"], 6) for r in rows if "floor" in r["note"]}
+    assert floor == {bench_validate.PYTHON: 0.1, bench_validate.PYDANTIC: 0.25}
     assert bench_validate.DEFAULT_FILES == ["specs/pggan.yaml"]
 
 
