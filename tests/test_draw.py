@@ -44,7 +44,7 @@ def test_a_chain_is_drawn_with_shapes_params_and_skip_edges(capsys: pytest.Captu
     path.write_text(SKIPS)
     assert main(["graph", str(path)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("---\ntitle: ") and "flowchart TD" in text
+    assert text.startswith('---\ntitle: "') and "flowchart TD" in text
     assert 'n_enc1["enc1 (conv2d)<br/>[8, 8, 8]<br/>296 params"]' in text
     assert "n_enc1 -. concat .-> n_dec" in text and "n_mid --> n_dec" in text  # prev: the spine
     assert "n_enc2 --> n_mid" in text

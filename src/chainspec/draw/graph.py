@@ -132,7 +132,7 @@ def plan_graph(plan: Plan) -> Graph:
                                "remove"))
     for node_id in moves:
         edges.append(Edge(before[node_id], node_id, "moved", "was after"))
-    title = f"{plan.chain!r}: {plan.summary()}"
+    title = f"chain {plan.chain!r}: {plan.summary()}"
     return Graph(title, tuple(nodes), tuple(edges))
 
 

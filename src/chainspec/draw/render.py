@@ -44,7 +44,7 @@ def to_mermaid(graph: Graph) -> str:
         >>> print(to_mermaid(Graph("t", (GraphNode("a", ("a (relu)",)), GraphNode("b", ("b",), "insert")),
         ...                        (Edge("a", "b"),))))
         ---
-        title: t
+        title: "t"
         ---
         flowchart TD
           n_a["a (relu)"]
@@ -53,7 +53,8 @@ def to_mermaid(graph: Graph) -> str:
           classDef insert fill:#c8f7c5,stroke:#2e7d32
           class n_b insert
     """
-    lines = ["---", f"title: {_text(graph.title)}", "---", "flowchart TD"]
+    title = _text(graph.title).replace("\\", "\\\\")
+    lines = ["---", f'title: "{title}"', "---", "flowchart TD"]  # quoted (and escaped): front matter is YAML
     for node in graph.nodes:
         label = "<br/>".join(_text(line) for line in node.lines)
         lines.append(f'  {_key(node.id)}["{label}"]')
