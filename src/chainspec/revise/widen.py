@@ -290,7 +290,12 @@ def _scale(leaf: nn.Module) -> float:
 @dataclass(frozen=True)
 class Sweep:
     """What a preserve sweep did: how each new parameter was made from an old one (for its optimizer
-    state), and whether the chain's output units are no longer the old ones (widened at the end)."""
+    state), and whether the chain's output units are no longer the old ones (widened at the end).
+
+    Example:
+        >>> Sweep([], False).output_changed
+        False
+    """
 
     carries: list[Carry]
     output_changed: bool
@@ -339,6 +344,17 @@ def preserve_plan(plan: Revising, new_module: Callable[[str], nn.Module], old_mo
 
     Raises:
         SpecError: a node's ``init: preserve`` cannot keep the function (at the node's ``init``).
+
+    Example:
+        >>> import chainspec
+        >>> old = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: [{id: fc, type: linear, "
+        ...                       "args: {in_features: 4, out_features: 4}}]}}")
+        >>> new = chainspec.loads("chainspec: 1\\nchains: {n: {input_shape: [4], nodes: [{id: fc, type: linear, "
+        ...                       "args: {in_features: 4, out_features: 6}, init: preserve}]}}")
+        >>> net, wide = old.build(), new.build()
+        >>> sweep = preserve_plan(chainspec.diff(old, new), lambda i: wide[i].module, lambda i: net[i].module)
+        >>> len(sweep.carries), sweep.output_changed  # weight and bias; the chain's output gained units
+        (2, True)
     """
     changed = {op.node_id: op for op in plan.ops if op.kind in ("insert", "replace")}
     removed = {op.node_id for op in plan.ops if op.kind == "remove"}
