@@ -133,7 +133,8 @@ def function_note(plan: Revising) -> str | None:
         elif op.kind == "update" and op.rebuild:
             reasons.append(f"{op.node_id} changes ({', '.join(c.field for c in op.changes)})")
         elif op.kind in ("insert", "replace") and op.init != "preserve":
-            reasons.append(f"{op.node_id} starts " + ("as a copy" if op.init == "copy" else f"{op.init}"))
+            starts = {"copy": "starts as a copy", "keep": "keeps only its overlapping weights"}
+            reasons.append(f"{op.node_id} {starts.get(op.init, 'starts fresh')}")
     return "Function: changes: " + "; ".join(reasons) + "."
 
 
