@@ -99,7 +99,7 @@ def test_an_identity_insert_next_to_a_changed_activation_does_not_claim_the_func
     plan = chainspec.diff(old, new)
     text = str(plan)
     assert "+ extra (linear) after act (identity init)" in text
-    assert "Function: changes: act changes (approximate)." in text and "Function: preserved" not in text
+    assert "Function: not claimed: act changes (approximate)." in text and "Function: preserved" not in text
     assert plan.to_dict()["function_preserved"] is False
 
 

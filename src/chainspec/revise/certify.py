@@ -96,7 +96,8 @@ def claims_identity(plan: Revising) -> bool:
 
 
 def function_note(plan: Revising) -> str | None:
-    """The plan's one line on the chain's function: claimed kept (:func:`claims_identity`), or why not.
+    """The plan's one line on the chain's function: claimed kept (:func:`claims_identity`), or why no claim
+    is made (which may still keep it: ``keep`` on a widened layer with ``preserve`` on its consumer does).
 
     None when no op says ``init: preserve`` (no claim was asked for).
 
@@ -135,7 +136,7 @@ def function_note(plan: Revising) -> str | None:
         elif op.kind in ("insert", "replace") and op.init != "preserve":
             starts = {"copy": "starts as a copy", "keep": "keeps only its overlapping weights"}
             reasons.append(f"{op.node_id} {starts.get(op.init, 'starts fresh')}")
-    return "Function: changes: " + "; ".join(reasons) + "."
+    return "Function: not claimed: " + "; ".join(reasons) + "."
 
 
 def _identity_if_non_negative(tree: Any) -> list[str]:
