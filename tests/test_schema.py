@@ -323,3 +323,32 @@ def test_schema_command_installed_flag(capfdbinary: pytest.CaptureFixture[bytes]
     schema = json.loads(capfdbinary.readouterr().out.decode("utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(builtin_type_names()) <= set(known_types(schema))
+
+
+def test_a_project_schema_lists_the_specs_composites_even_half_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "net.yaml"
+    valid = ("chainspec: 1\ntypes:\n  block:\n    description: conv and relu.\n    params: {width: null}\n"
+             "    nodes:\n      - {id: c, type: conv2d, args: {in_channels: 3, out_channels: '${width}'}}\n"
+             "chains:\n  net:\n    input_shape: [3, 8, 8]\n    nodes:\n"
+             "      - {id: b, type: block, args: {width: 4}}\n")
+    spec.write_text(valid, encoding="utf-8")
+    out = tmp_path / "project.schema.json"
+    assert main(["schema", "--for", str(spec), "-o", str(out)]) == 0
+    assert capsys.readouterr().err == ""  # a valid spec: nothing to say
+    project = json.loads(out.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(project)
+    assert "block" in known_types(project)
+    assert project["$defs"]["args_block"]["properties"] == {"width": {"description": "required"}}
+    validator = jsonschema.Draft202012Validator(project)
+    assert not schema_errors(validator, valid)
+    assert schema_errors(validator, valid.replace("width: 4", "depth: 4"))  # the composite's params are its args
+    # Being edited: a broken composite and a node without a type. The valid composite is still listed.
+    spec.write_text(valid.replace("chains:", "  broken:\n    nodes: 7\nchains:") + "      - {id: half}\n",
+                    encoding="utf-8")
+    assert main(["schema", "--for", str(spec), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "problem(s) ('chainspec validate' lists them)" in err and "1 composite type(s)" in err
+    assert "(1 left out)" in err
+    project = json.loads(out.read_text(encoding="utf-8"))
+    assert "block" in known_types(project) and "broken" not in known_types(project)

@@ -25,8 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--for", dest="for_spec", metavar="SPEC",
                    help="the schema of one spec's project: the published one plus the spec's own composite "
                         "types (after 'type:', with their params as args) and the types registered by its "
-                        "project ([tool.chainspec] imports); point the spec's modeline at the file it writes "
-                        "with -o")
+                        "project ([tool.chainspec] imports), even while SPEC is half written; point the spec's "
+                        "modeline at the file it writes with -o")
     p.add_argument("--installed", action="store_true",
                    help="also list the node types of installed plugins, with their args (the published schema "
                         "lists chainspec's own types only), and those registered by the modules [tool.chainspec] in "
@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.installed:
         _io.use_project_here(args)
     if args.for_spec:
-        spec = _io.load_spec(args.for_spec, project=True)  # its project's registered types are imported too
-        text = render_schema(build_schema(installed=True, composites=spec.model.types))
+        text = render_schema(build_schema(installed=True, composites=composites_of(args.for_spec)))
     else:
         text = render_schema(build_schema(installed=True)) if args.installed else render_schema()
     if args.check:
@@ -53,6 +52,37 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(text.encode("utf-8"))  # bytes: the same file on every platform and locale
     sys.stdout.flush()
     return 0
+
+
+def composites_of(name: str) -> dict[str, Any]:
+    """The composite types of the spec ``name`` (its project's registered types imported on the way).
+
+    A spec being edited is often half written: when it does not load, the composites whose own
+    definitions are valid are still taken, and stderr says how many were left out and why.
+    """
+    from pydantic import ValidationError
+
+    from .._errors import SpecError
+    from ..read.document import parse_yaml
+    from ..read.model import TypeDef
+
+    try:
+        return dict(_io.load_spec(name, project=True).model.types)
+    except SpecError as exc:
+        problems = len(exc.problems)
+    doc = parse_yaml(_io._read(name), _io.source_name(name), _io.LIMITS)
+    raw = doc.data.get("types") if isinstance(doc.data, dict) else None
+    found: dict[str, Any] = {}
+    for type_name, definition in (raw or {}).items():
+        try:
+            found[str(type_name)] = TypeDef.model_validate(definition)
+        except ValidationError:
+            continue
+    left = len(raw or {}) - len(found)
+    print(f"chainspec schema: {_io.source_name(name)} has {problems} problem(s) ('chainspec validate' lists them); "
+          f"the schema lists the {len(found)} composite type(s) whose definitions are valid"
+          + (f" ({left} left out)" if left else ""), file=sys.stderr)
+    return found
 
 
 def check(path: Path, expected: str) -> int:
