@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from ..read.resolve import ResolvedNode
     from ..read.spec import Spec
     from ..revise.plan import Plan
 
@@ -84,12 +85,7 @@ def chain_graph(spec: Spec, chain: str, stage: int | str | None = "final") -> Gr
         if stage is None:
             lines = (*lines, f"joins at stage {node.stage}" if node.stage else "from stage 0")
         nodes.append(GraphNode(node.id, lines, stage=node.stage if stage is None else None))
-        if node.sources:
-            for source in node.sources:
-                origin = previous if source == "prev" else source
-                edges.append(Edge(origin, node.id, "spine" if source == "prev" else "skip", node.merge or ""))
-        else:
-            edges.append(Edge(previous, node.id))
+        edges += _inputs(node, previous)
         previous = node.id
     where = "every stage" if stage is None else f"stage {index} of {last}"
     return Graph(f"{spec.source}: chain {chain!r}, {where}", tuple(nodes), tuple(edges))
@@ -107,24 +103,19 @@ def plan_graph(plan: Plan) -> Graph:
         >>> [(n.id, n.state) for n in plan_graph(chainspec.diff(old, new)).nodes]
         [('input', 'same'), ('a', 'same'), ('b', 'insert')]
     """
-    ops = {op.node_id: op for op in plan.ops if op.kind != "remove"}
+    states: dict[str, State] = {}
+    for op in plan.ops:  # a node's update or replace follows its move in the plan, and wins over it
+        if op.kind != "remove":
+            states[op.node_id] = op.kind
     moves = {op.node_id for op in plan.ops if op.kind == "move"}
     removed = {op.node_id: op for op in plan.ops if op.kind == "remove"}
     nodes = [GraphNode("input", ("input",))]
     edges: list[Edge] = []
     previous = "input"
     for node in plan.new_nodes:
-        op = ops.get(node.id)
-        state: State = "same" if op is None else op.kind  # an update or replace wins over a move
-        if op is not None and op.kind == "move":
-            changed = [o for o in plan.ops if o.node_id == node.id and o.kind in ("update", "replace")]
-            state = changed[0].kind if changed else "move"
         lines = (f"{node.id} ({node.type})", *_op_lines(plan, node.id))
-        nodes.append(GraphNode(node.id, lines, state))
-        sources = node.sources or ("prev",)
-        for source in sources:
-            origin = previous if source == "prev" else source
-            edges.append(Edge(origin, node.id, "spine" if source == "prev" else "skip", node.merge or ""))
+        nodes.append(GraphNode(node.id, lines, states.get(node.id, "same")))
+        edges += _inputs(node, previous)
         previous = node.id
     before = dict(zip(plan.old_ids, ("input", *plan.old_ids[:-1]), strict=True))
     for node_id, op in removed.items():
@@ -134,6 +125,12 @@ def plan_graph(plan: Plan) -> Graph:
         edges.append(Edge(before[node_id], node_id, "moved", "was after"))
     title = f"chain {plan.chain!r}: {plan.summary()}"
     return Graph(title, tuple(nodes), tuple(edges))
+
+
+def _inputs(node: ResolvedNode, previous: str) -> list[Edge]:
+    """The arrows into ``node``: from the node before (the spine), and from each source it names by id."""
+    return [Edge(previous if source == "prev" else source, node.id, "spine" if source == "prev" else "skip",
+                 node.merge or "") for source in node.sources or ("prev",)]
 
 
 def _op_lines(plan: Plan, node_id: str) -> tuple[str, ...]:
