@@ -39,8 +39,9 @@ from ..build.ties import TieError, planned_tie
 from ..read.resolve import tree_key
 from ..read.spec import Spec
 from . import optim as _optim
+from .preserve import preserve_plan
 from .transaction import Transaction
-from .widen import keep_overlap, preserve_plan
+from .widen import keep_overlap
 
 if TYPE_CHECKING:
     from .ops import Op, Revising

@@ -4,7 +4,7 @@ A plan is a promise: whatever ``plan.apply`` would refuse for reasons found in t
 ``diff`` refuses first, located at the node. Two of apply's preparation steps need no live chain:
 
 * the shape check of the whole new chain (``apply.shape_check``);
-* ``init: preserve``: the sweep apply runs (``widen.preserve_plan``), on modules built from the
+* ``init: preserve``: the sweep apply runs (``preserve.preserve_plan``), on modules built from the
   specs (the nodes it initialises on the CPU, every other node on the meta device), with torch's
   random number generator left as it was.
 
@@ -16,6 +16,7 @@ groups, and the memory free on the device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,9 +24,10 @@ from torch import nn
 
 from .._errors import SpecError
 from ..build.modules import build_module, on_meta
-from ..read.resolve import tree_key
+from ..build.ties import TieError, planned_tie
+from ..read.resolve import Leaf, tree_key
 from .apply import override_problems, shape_check
-from .widen import preserve_plan
+from .preserve import preserve_plan
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -68,11 +70,15 @@ def rehearse(plan: Revising, optimizer: Optimizer | None = None) -> None:
     new_nodes = {node.id: node for node in plan.new_nodes}
     old_nodes = {node.id: node for node in plan.old_nodes}
     stand_ins: dict[object, nn.Module] = {}
+    built: dict[str, nn.Module] = {}
 
     def new_module(node_id: str) -> nn.Module:
         tree = new_nodes[node_id].tree
         if node_id in preserving:
-            return build_module(tree)
+            if node_id not in built:
+                built[node_id] = build_module(tree)
+                _tie_stand_in(built[node_id], new_nodes[node_id], preserving, new_module)
+            return built[node_id]
         key = tree_key(tree)
         if key not in stand_ins:  # only its shapes are read: one meta-device build per definition
             with on_meta():
@@ -83,3 +89,16 @@ def rehearse(plan: Revising, optimizer: Optimizer | None = None) -> None:
         sweep = preserve_plan(plan, new_module, lambda node_id: build_module(old_nodes[node_id].tree),
                               restored={op.node_id for op in plan.ops if op.restored})
     plan.same_output = not sweep.output_changed  # new units at the end: the output is not the old one
+
+
+def _tie_stand_in(module: nn.Module, node: Leaf, preserving: set[str], new_module: Callable[[str], nn.Module]) -> None:
+    """Tie a stand-in's parameters to those of the preserve nodes it borrows from, as apply ties the
+    new modules before its sweep: the sweep checks that a tied parameter is widened one way."""
+    for path, ref in node.ties.items():
+        owner_id = ref.partition(".")[0]
+        if owner_id in preserving:
+            try:
+                holder, name, param = planned_tie(module, path, ref, new_module, node.id)
+            except TieError:
+                continue  # apply reports it, at the tie
+            setattr(holder, name, param)
