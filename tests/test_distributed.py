@@ -14,7 +14,8 @@ runs every scenario, so torch is imported twice, not per test:
 * ``ops``: residual blocks join by ``init: {copy: b0}`` (weights and Adam state) and by
   ``init: preserve`` (an identity), through :func:`chainspec.distributed.grow`, then every
   block's MLP widens with ``init: preserve`` (random copies on each rank; rank 0's weights and
-  carried Adam moments win) through :func:`chainspec.distributed.apply_plan`;
+  carried Adam moments win) and the model width (the residual stream) doubles, through
+  :func:`chainspec.distributed.apply_plan`;
 * ``fsdp``: the ``ops`` growth with every node sharded by FSDP2's ``fully_shard``
   (``shard=fully_shard``), a removal, and a widening that is refused because it must read
   sharded weights whole;
@@ -96,26 +97,27 @@ BROKEN = REVISION.replace("type: linear, args: {in_features: 12, out_features: 1
 #: block that starts as the identity (its body's last weighted layer zeroed, a norm layer inside).
 GROWTH_OPS = textwrap.dedent("""\
     chainspec: 1
-    vars: {hidden: 8}
+    vars: {hidden: 8, dim: 12}
     types:
       res:
         residual: true
         nodes:
-          - {id: norm, type: layernorm, args: {normalized_shape: 12}}
-          - {id: fc, type: linear, args: {in_features: 12, out_features: "${hidden}"}}
+          - {id: norm, type: layernorm, args: {normalized_shape: "${dim}"}}
+          - {id: fc, type: linear, args: {in_features: "${dim}", out_features: "${hidden}"}}
           - {id: act, type: gelu}
-          - {id: proj, type: linear, args: {in_features: "${hidden}", out_features: 12}}
+          - {id: proj, type: linear, args: {in_features: "${hidden}", out_features: "${dim}"}}
     chains:
       net:
         input_shape: [6]
         nodes:
-          - {id: inp, type: linear, args: {in_features: 6, out_features: 12}}
+          - {id: inp, type: linear, args: {in_features: 6, out_features: "${dim}"}}
           - {id: b0, type: res, init: preserve}
           - {id: b1, type: res, stage: 1, init: {copy: b0}}
           - {id: b2, type: res, stage: 2, init: preserve}
-          - {id: out, type: linear, args: {in_features: 12, out_features: 3}}
+          - {id: out, type: linear, args: {in_features: "${dim}", out_features: 3}}
     """)
-#: Steps of the ops scenario; the two growth steps; the step that widens every block's MLP 8 -> 13.
+#: Steps of the ops scenario; the two growth steps; the step that widens every block's MLP 8 -> 13
+#: and the stream 12 -> 24.
 OPS_STEPS, OPS_GROW_AT, OPS_WIDEN_AT = 8, (2, 4), 6
 PLAN_STEPS, GROW_AT, BROKEN_AT, REVISE_AT = 16, (4, 8), 10, 12
 GROWER_STEPS = 9  # 16-image phases at 8 images a step: fade 1, stabilize 1, fade 2, stabilize 2
@@ -193,6 +195,16 @@ def scenario_plan(rank: int, world: int, watch_path: Path) -> dict[str, Any]:
     return out
 
 
+def _wider_ops() -> str:
+    """GROWTH_OPS with every block's MLP 8 -> 13 and the stream 12 -> 24, every node ``init: preserve``
+    (copy is for joining nodes: b1 now widens as the others do)."""
+    inp = 'in_features: 6, out_features: "${dim}"}'
+    return (GROWTH_OPS.replace("hidden: 8, dim: 12", "hidden: 13, dim: 24")
+            .replace("init: {copy: b0}", "init: preserve")
+            .replace(inp + "}", inp + ", init: preserve}")
+            .replace("out_features: 3}}", "out_features: 3}, init: preserve}"))
+
+
 def scenario_growth_ops(rank: int, world: int) -> dict[str, Any]:
     """Residual blocks joining by copy (weights and Adam state) and as identities, in lockstep."""
     torch.manual_seed(1000 + rank)
@@ -203,15 +215,15 @@ def scenario_growth_ops(rank: int, world: int) -> dict[str, Any]:
     data = torch.Generator().manual_seed(11)
     out: dict[str, Any] = {"snapshots": [], "rank_diff": [], "copied": [], "identity": [], "widened": []}
     for step in range(OPS_STEPS):
-        if step == OPS_WIDEN_AT:  # widened with init: preserve: new units copy random ones, moments follow
+        if step == OPS_WIDEN_AT:  # widened with init: preserve: new units copy random ones, moments follow;
+            # the stream (every block's input and output) doubles: the old channels tiled, norms split
             probe = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
             before = chain(probe).detach()
-            wider = GROWTH_OPS.replace("hidden: 8", "hidden: 13").replace("init: {copy: b0}", "init: preserve") \
-                if rank == 0 else None  # (copy is for joining nodes: b1 now widens as the others do)
+            wider = _wider_ops() if rank == 0 else None
             result = csd.apply_plan(spec, wider, model, opt)
             spec, model = result.spec, result.model
             out["widened"] = [float((chain(probe).detach() - before).abs().max()), chain.b0.body.fc.out_features,
-                              bool(opt.state[chain.b1.body.proj.weight])]
+                              chain.inp.out_features, bool(opt.state[chain.b1.body.proj.weight])]
         if step in OPS_GROW_AT:
             probe = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
             before = chain(probe).detach()
@@ -640,8 +652,8 @@ def test_growth_operators_in_lockstep(ranks: list[dict[str, Any]], reference: di
         assert r["ops"]["rank_diff"] == [0.0] * OPS_STEPS
         assert r["ops"]["copied"] and all(r["ops"]["copied"])  # a copy: equal weights and moments, new tensors
         assert r["ops"]["identity"] <= 1e-5
-        change, width, has_moments = r["ops"]["widened"]
-        assert change <= 1e-5 and width == 13 and has_moments  # preserved, with moments carried and broadcast
+        change, width, stream, has_moments = r["ops"]["widened"]
+        assert change <= 1e-5 and width == 13 and stream == 24 and has_moments  # preserved, moments broadcast
     for step, (got, want) in enumerate(zip(ranks[0]["ops"]["snapshots"], reference["ops"]["snapshots"],
                                            strict=True)):
         _assert_close(got, want, f"step {step}")
