@@ -1,15 +1,17 @@
 """What growing a transformer saves: ``examples/grow_gpt.py``'s two runs, as rows of the ``growth`` area.
 
 gpt_tiny is trained on the standard library's sources twice with the same seed and token budget:
-from scratch at its final size (four blocks), and grown from two blocks to four after 40% of the
-steps, the new blocks copies of their neighbours with their Adam moments. Rows: the FLOPs the
+from scratch at its final size, and grown to it after 40% of the steps, for each operator: from
+two blocks to four, the new blocks copies of their neighbours with their Adam moments (``copy``);
+from half the heads and MLP units (``widen``); from half the model width, heads and MLP units
+(``widen-model``), widened with ``init: preserve``. Rows, per operator: the FLOPs the
 grown run needed to reach the scratch run's final validation loss, as a fraction of the scratch
 run's FLOPs (target <= 0.70; published anchors: 0.45 for G_stack at 7B, about 0.45 for MSG, 0.78
 for staged training), and the scratch run's validation loss at the grown run's total FLOPs
 against the grown run's. A fraction that is not reached is reported as such.
 
 Usage:
-    python benchmarks/bench_grow_gpt.py [--quick]
+    python benchmarks/bench_grow_gpt.py [--quick] [--operator copy|widen|widen-model]
 
 Example:
     >>> rows = run()  # doctest: +SKIP
@@ -37,14 +39,26 @@ def _example() -> Any:
     return module
 
 
-def run(operator: str = "copy") -> list[Row]:
-    """Both runs of the example (its default budget; a few steps when quick); two rows."""
+#: The operators measured: depth by copies (G_stack), width by heads and MLP units, the whole model width.
+OPERATORS = ("copy", "widen", "widen-model")
+
+
+def run(operators: tuple[str, ...] = OPERATORS) -> list[Row]:
+    """Both runs of the example per operator (its default budget; a few steps when quick); two rows each."""
+    rows: list[Row] = []
+    for operator in operators:
+        rows += _operator_rows(operator)
+    return rows
+
+
+def _operator_rows(operator: str) -> list[Row]:
     quick = ["--steps", "20", "--batch", "2", "--eval-every", "10", "--eval-batches", "1", "--text-bytes", "200000"]
     args = ["--operator", operator, *pick([], quick)]
+    example = _example()
     with tempfile.TemporaryDirectory() as out:
-        result = _example().main([*args, "--out", out])
+        result = example.main([*args, "--out", out])
     s = result["summary"]
-    case = f"gpt_tiny grown 2 -> 4 blocks ({operator}) vs from scratch, same tokens"
+    case = f"gpt_tiny {example.describe(operator)} vs from scratch, same tokens"
     fraction = s["fraction"]
     rows = [row(AREA, f"FLOPs to reach scratch's final validation loss, {case}", "from scratch (its FLOPs)",
                 base=s["scratch_flops"], value=s["grown_flops_to_scratch_loss"], ratio=fraction, target=0.70,
@@ -54,7 +68,8 @@ def run(operator: str = "copy") -> list[Row]:
     rows.append(row(AREA, f"validation loss at the grown run's total FLOPs, {case}", "from scratch",
                     base=scratch_loss, value=s["grown_final_val"],
                     ratio=s["grown_final_val"] / scratch_loss if scratch_loss else None, unit="count",
-                    note=f"nats per character; grown run's FLOPs {s['grown_flops']:.3g}"))
+                    note=f"nats per character; grown run's FLOPs {s['grown_flops']:.3g}; "
+                         f"certificate: logits moved by {s['certificate']:.2g}"))
     return rows
 
 
@@ -62,5 +77,5 @@ if __name__ == "__main__":
     import benchutil
 
     benchutil.set_quick("--quick" in sys.argv)
-    for r in run(sys.argv[sys.argv.index("--operator") + 1] if "--operator" in sys.argv else "copy"):
+    for r in run((sys.argv[sys.argv.index("--operator") + 1],) if "--operator" in sys.argv else OPERATORS):
         print(r)

@@ -16,6 +16,9 @@ tokens):
   else carries on. With ``--operator widen`` it grows in width instead: four blocks with half the
   heads (2 of width 32) and half the MLP (256 units), widened to the final model's 4 heads and 512
   units by ``init: preserve`` (new heads and units copy old ones; the Adam moments follow them).
+  ``--operator widen-model`` also starts at half the model width (64) and widens the residual
+  stream to 128: the embeddings tile their columns, each norm splits its output among the copies,
+  and the LM head stays tied to the token embedding.
 
 Training FLOPs are counted as ``6 N + 12 T sum(a)`` per token (N non-embedding parameters, T
 context, ``a`` each block's attention width, heads x head width: the forward and backward of the
@@ -128,29 +131,39 @@ def grown_spec(operator: str) -> chainspec.Spec:
     return chainspec.loads(text, source=f"gpt_tiny.yaml ({operator})")
 
 
-def width_spec(heads: int, hidden: int, init: str = "") -> chainspec.Spec:
-    """gpt_tiny.yaml with ``heads`` heads of width 32 and ``hidden`` MLP units, every block given ``init``."""
+def width_spec(heads: int, hidden: int, init: str = "", dim: int = 128) -> chainspec.Spec:
+    """gpt_tiny.yaml at model width ``dim``, with ``heads`` heads of width 32 and ``hidden`` MLP units,
+    every block given ``init`` (and, when ``dim`` is not 128, every node with weights: the whole
+    residual stream widens)."""
     text = SPEC.read_text(encoding="utf-8")
-    text = text.replace("vars: {dim: 128, heads: 4,", f"vars: {{dim: 128, heads: {heads}, hidden: {hidden},")
+    text = text.replace("vars: {dim: 128, heads: 4,", f"vars: {{dim: {dim}, heads: {heads}, hidden: {hidden},")
     text = text.replace('heads: "${heads}", dropout', 'heads: "${heads}", head_dim: 32, dropout')
     text = text.replace('"${4 * dim}"', '"${hidden}"')
-    for block in ("h0", "h1", "h2", "h3"):
-        text = text.replace(f"{{id: {block}, type: block", f"{{id: {block}, {init}, type: block" if init
-                            else f"{{id: {block}, type: block")
-    return chainspec.loads(text, source=f"gpt_tiny.yaml ({heads} heads, {hidden} MLP units)")
+    nodes = ["h0", "h1", "h2", "h3"] + (["wte", "wpe", "ln_f", "lm_head"] if dim != 128 or "preserve" in init else [])
+    for node in nodes:
+        for kind in ("block", "token_embedding", "position_embedding", "layernorm", "linear"):
+            text = text.replace(f"{{id: {node}, type: {kind}", f"{{id: {node}, {init}, type: {kind}" if init
+                                else f"{{id: {node}, type: {kind}")
+    return chainspec.loads(text, source=f"gpt_tiny.yaml (width {dim}, {heads} heads, {hidden} MLP units)")
 
 
 def growth(operator: str) -> tuple[chainspec.Spec, int | str, chainspec.Spec, int | str]:
     """``(spec, stage)`` the grown run starts from and ``(spec, stage)`` it grows to (the scratch run's)."""
     if operator == "widen":
         return width_spec(2, 256), "final", width_spec(4, 512, "init: preserve"), "final"
+    if operator == "widen-model":
+        return width_spec(2, 256, dim=64), "final", width_spec(4, 512, "init: preserve"), "final"
     spec = grown_spec(operator)
     return spec, 0, spec, 1
 
 
 def describe(operator: str) -> str:
     """The grown run, in words for the plot."""
-    return "widened 2 -> 4 heads, 256 -> 512 MLP" if operator == "widen" else f"grown 2 -> 4 blocks ({operator})"
+    if operator == "widen":
+        return "widened 2 -> 4 heads, 256 -> 512 MLP"
+    if operator == "widen-model":
+        return "widened 64 -> 128 wide, 2 -> 4 heads, 256 -> 512 MLP"
+    return f"grown 2 -> 4 blocks ({operator})"
 
 
 # -- one run --------------------------------------------------------------------------------------------
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=16, help="sequences per step (default 16)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--grow-at", type=float, default=0.4, help="fraction of the steps before growing")
-    parser.add_argument("--operator", choices=["copy", "preserve", "fresh", "widen"], default="copy")
+    parser.add_argument("--operator", choices=["copy", "preserve", "fresh", "widen", "widen-model"], default="copy")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--text-bytes", type=int, default=4_000_000)

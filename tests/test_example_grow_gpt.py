@@ -25,7 +25,7 @@ def load_example():
 SHORT = ["--steps", "40", "--batch", "4", "--eval-every", "10", "--eval-batches", "2", "--text-bytes", "300000"]
 
 
-@pytest.mark.parametrize("operator", ["copy", "preserve", "widen"])
+@pytest.mark.parametrize("operator", ["copy", "preserve", "widen", "widen-model"])
 def test_the_example_finishes_resumes_and_plots(tmp_path: Path, operator: str) -> None:
     grow_gpt = load_example()
     out = str(tmp_path / "run")
@@ -37,7 +37,7 @@ def test_the_example_finishes_resumes_and_plots(tmp_path: Path, operator: str) -
     assert all(h["done"] for h in resumed["histories"].values())
     assert resumed["histories"]["scratch"]["step"] == [10, 20, 30, 40] == grown["step"]
     assert grown["grew_at_flops"] is not None  # grown at step 16 of 40
-    if operator in ("preserve", "widen"):
+    if operator in ("preserve", "widen", "widen-model"):
         assert grown["certificate"] <= 1e-4  # identities and function-preserving widening: the logits stayed
     pytest.importorskip("matplotlib")
     assert resumed["plot"] and (tmp_path / "run" / "loss_vs_flops.png").stat().st_size > 10_000
