@@ -7,7 +7,8 @@ code under test:
 - the revised chain computes the same function (max |Δ output| ≤ 1e-5 in float32, measured by
   the growth certificate and again here);
 - each new unit copies an old one (found by matching rows), the consumer's weights of a copied unit
-  are divided by its number of copies, and every new tensor is a new Parameter;
+  are shared among its copies (they add up to the old weight, unevenly, so that the copies learn
+  apart), and every new tensor is a new Parameter;
 - the Adam moments follow the weights by the documented rule (first moment times the weight's
   factor, second moment times its square), so that the first optimizer step after growth equals
   the step of a model built at the new size and given the transformed state by hand.
@@ -120,7 +121,7 @@ def test_more_heads_and_a_wider_mlp_keep_the_function(bias: bool) -> None:
         assert all(param.data_ptr() != old.data_ptr() for old in olds.values()), name
 
 
-def test_new_heads_copy_old_heads_and_the_projection_splits_their_columns() -> None:
+def test_new_heads_copy_old_heads_and_the_projection_shares_their_columns() -> None:
     *_, net, _, _, _, olds, _ = grow(heads=3, hidden=64)
     attn, d = net.h1.attn.body.attn, 8
     old_qkv = olds["h1.attn.body.attn.c_attn.weight"].detach()
@@ -129,36 +130,43 @@ def test_new_heads_copy_old_heads_and_the_projection_splits_their_columns() -> N
         return weight.reshape(3, count, d, -1).permute(1, 0, 2, 3).reshape(count, -1)
     source = copies_of(heads_of(attn.c_attn.weight.detach(), 3), heads_of(old_qkv, 2))
     assert source[:2].tolist() == [0, 1]  # the old heads keep their places
-    counts = torch.bincount(source, minlength=2)
-    old_proj = olds["h1.attn.body.attn.c_proj.weight"].detach()
-    for head, old_head in enumerate(source.tolist()):
-        torch.testing.assert_close(attn.c_proj.weight[:, head * d:(head + 1) * d],
-                                   old_proj[:, old_head * d:(old_head + 1) * d] / counts[old_head])
+    old_proj, proj = olds["h1.attn.body.attn.c_proj.weight"].detach(), attn.c_proj.weight.detach()
+    for old_head in range(2):  # the copies' columns add up to the old head's, split unevenly per row
+        mine = [head for head, source_head in enumerate(source.tolist()) if source_head == old_head]
+        columns = torch.stack([proj[:, head * d:(head + 1) * d] for head in mine])
+        torch.testing.assert_close(columns.sum(0), old_proj[:, old_head * d:(old_head + 1) * d])
+        if len(mine) > 1:
+            shares = columns / old_proj[:, old_head * d:(old_head + 1) * d]
+            assert (shares - 1 / len(mine)).abs().max() > 0.01
 
 
 def test_adam_moments_follow_the_weights_and_the_first_step_matches_a_model_built_at_the_new_size() -> None:
     _, new_spec, net, opt, _, _, olds, old_state = grow(heads=3, hidden=88)
     # The transformed state, by hand: rows that copy an old unit take its moments; the consumer's
-    # columns of a unit with k copies take its first moment / k and second moment / k**2.
+    # column of a copied unit, its old weight times a share t (the copies' shares add up to one),
+    # takes its first moment times t and second moment times t**2 (Staged training's / 2 and / 4
+    # when two copies share evenly).
     expected: dict[str, dict[str, torch.Tensor]] = {}
     d = 8
+
+    def shared(name: str, columns: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = net.get_parameter(name).detach() / olds[name].detach()[:, columns]
+        return {"exp_avg": old_state[name]["exp_avg"][:, columns] * t,
+                "exp_avg_sq": old_state[name]["exp_avg_sq"][:, columns] * t ** 2}
+
     for block in ("h0", "h1"):
         fc, proj = f"{block}.mlp.body.c_fc.weight", f"{block}.mlp.body.c_proj.weight"
         units = copies_of(net.get_parameter(fc).detach(), olds[fc].detach())
-        k = torch.bincount(units, minlength=64)[units].float()
         expected[fc] = {m: old_state[fc][m][units] for m in ("exp_avg", "exp_avg_sq")}
-        expected[proj] = {"exp_avg": old_state[proj]["exp_avg"][:, units] / k,
-                          "exp_avg_sq": old_state[proj]["exp_avg_sq"][:, units] / k ** 2}
+        expected[proj] = shared(proj, units)
         qkv, out = f"{block}.attn.body.attn.c_attn.weight", f"{block}.attn.body.attn.c_proj.weight"
         new_heads = net.get_parameter(qkv).detach().reshape(3, 3, d, -1).permute(1, 0, 2, 3).reshape(3, -1)
         old_heads = olds[qkv].detach().reshape(3, 2, d, -1).permute(1, 0, 2, 3).reshape(2, -1)
         heads = copies_of(new_heads, old_heads)
         rows = torch.cat([part * 2 * d + (heads[:, None] * d + torch.arange(d)).reshape(-1) for part in range(3)])
         columns = (heads[:, None] * d + torch.arange(d)).reshape(-1)
-        k = torch.bincount(heads, minlength=2)[heads].repeat_interleave(d).float()
         expected[qkv] = {m: old_state[qkv][m][rows] for m in ("exp_avg", "exp_avg_sq")}
-        expected[out] = {"exp_avg": old_state[out]["exp_avg"][:, columns] / k,
-                         "exp_avg_sq": old_state[out]["exp_avg_sq"][:, columns] / k ** 2}
+        expected[out] = shared(out, columns)
     params = dict(net.named_parameters())
     for name, moments in expected.items():
         state = opt.state[params[name]]

@@ -102,17 +102,24 @@ def test_widening_an_mlp_preserves_its_function(act: str) -> None:
     assert net["fc2"].module.weight.shape == (40, 16)
 
 
-def test_widened_units_copy_old_ones_and_split_their_outgoing_weights() -> None:
+def test_widened_units_copy_old_ones_and_share_their_outgoing_weights_unevenly() -> None:
     spec, net = trained(mlp())
     old2, old3 = net["fc2"].module, net["fc3"].module
     chainspec.diff(spec, chainspec.loads(mlp(20, init="preserve"))).apply(net)
     new2, new3 = net["fc2"].module, net["fc3"].module
     assert torch.equal(new2.weight[:16], old2.weight)
     copies = [next(i for i in range(16) if torch.equal(new2.weight[j], old2.weight[i])) for j in range(16, 20)]
-    for j, i in zip(range(16, 20), copies, strict=True):
-        count = 1 + copies.count(i)
-        torch.testing.assert_close(new3.weight[:, j], old3.weight[:, i] / count)
-        torch.testing.assert_close(new3.weight[:, i], old3.weight[:, i] / count)
+    for i in range(16):
+        mine = [i] + [j for j, source in zip(range(16, 20), copies, strict=True) if source == i]
+        if len(mine) == 1:  # not copied: its weights as they were
+            assert torch.equal(new3.weight[:, i], old3.weight[:, i])
+            continue
+        # The copies' columns add up to the old column, each row splitting it by its own uneven shares.
+        torch.testing.assert_close(new3.weight[:, mine].sum(1), old3.weight[:, i])
+        shares = new3.weight[:, mine] / old3.weight[:, i:i + 1]
+        assert bool((shares > 0.5 / (0.5 + 1.5 * (len(mine) - 1)) - 1e-6).all())
+        assert (shares - 1 / len(mine)).abs().max() > 0.01  # not the even split
+        assert not torch.allclose(shares[0], shares[1])  # each row draws its own
 
 
 def test_replicas_come_from_torch_rng() -> None:

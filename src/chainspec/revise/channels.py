@@ -119,30 +119,45 @@ class Channels:
         shape[dim] = -1
         return self.scale.to(device=like.device, dtype=like.dtype).reshape(shape)
 
-    def consumer(self, old: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def consumer(self, old: int, like: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """How a layer reading these channels weights them, to compute what it computed on the
         ``old`` channels: ``(old input of each new input, its weight factor, free)``.
 
-        A copy of an old channel gets the original's weight over its copy count and its scale, or
-        whole when the copies add up to the original (``whole``); :data:`MEAN` and :data:`NEW`
-        channels get zero weight; :data:`ZERO` channels are ``free``:
-        what they are weighted by does not matter, and the consumer keeps its own initial weights
-        there, so that the new channels learn.
+        The copies of an old channel share the original's weight: their factors, times their
+        scales, add up to one. With ``rows`` (the consumer's rows), each row draws its own uneven
+        shares (from [0.5, 1.5] before normalising; torch's global RNG), a ``(rows, inputs)``
+        factor: the function is the same, and the copies get different gradients, so that they
+        learn apart (equal shares would keep them copies for good). Without, the shares are even:
+        over its copy count (and scale), or 1 each when the copies add up to the original
+        (``whole``). :data:`MEAN` and :data:`NEW` channels get zero weight; :data:`ZERO` channels
+        are ``free``: what they are weighted by does not matter, and the consumer keeps its own
+        initial weights there, so that the new channels learn.
 
         Example:
             >>> source, factor, free = Channels(torch.tensor([0, 0, ZERO])).consumer(1, torch.ones(1))
             >>> factor.tolist(), free.tolist()
             ([0.5, 0.5, 0.0], [False, False, True])
+            >>> _, uneven, _ = Channels(torch.tensor([0, 0])).consumer(1, torch.ones(1), rows=3)
+            >>> torch.allclose(uneven.sum(1), torch.ones(3)), bool((uneven[:, 0] != 0.5).all())
+            (True, True)
         """
         source = self.source.to(like.device)
         valid = source >= 0
         picked = source.clamp(min=0)
-        if self.whole:
+        if self.whole and rows is None:
             return picked, valid.to(like.dtype), source == ZERO
-        counts = self.counts(old).to(like.device).clamp(min=1)[picked].to(like.dtype)
-        scale = torch.ones_like(counts) if self.scale is None else self.scale.to(like.device, like.dtype)
-        factor = torch.where(valid, 1 / (counts * scale), torch.zeros_like(counts))
-        return picked, factor, source == ZERO
+        scale = torch.ones(len(source), device=like.device, dtype=like.dtype) if self.scale is None \
+            else self.scale.to(like.device, like.dtype)
+        if rows is None:
+            draws = torch.ones(1, len(source), device=like.device, dtype=like.dtype)
+        else:
+            draws = (torch.rand(rows, len(source)) + 0.5).to(like.device, like.dtype)
+        weighted = torch.where(valid, draws * scale, torch.zeros_like(draws))
+        totals = torch.zeros(draws.shape[0], old, device=like.device, dtype=like.dtype)
+        totals.index_add_(1, picked, weighted)
+        share = draws / totals[:, picked].where(valid, torch.ones_like(draws))
+        factor = torch.where(valid, share, torch.zeros_like(share))
+        return picked, factor if rows is not None else factor[0], source == ZERO
 
 
 Layout = Channels | Lost | None

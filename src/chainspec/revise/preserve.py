@@ -6,10 +6,11 @@ it carries in terms of the old channels. A replaced ``preserve`` node is widened
 
 * weight layers (Net2WiderNet, Chen et al. 2016): new output units copy old ones (the old units
   tiled, when the new width is a multiple; else randomly chosen ones), and the layer that consumes
-  them divides each copied unit's incoming weights by its number of copies; per-channel layers
-  between them (batch norm, activations, pooling) follow the copies;
+  them shares each copied unit's incoming weights among its copies, by uneven shares that add up
+  to the old weight in every row (``Channels.consumer``), so that the copies learn apart;
+  per-channel layers between them (batch norm, activations, pooling) follow the copies;
 * attention heads (``causal_self_attention`` at a fixed ``head_dim``): new heads copy old heads'
-  query, key and value rows, and the output projection divides each copied head's columns;
+  query, key and value rows, and the output projection shares each copied head's columns;
 * the model width of a transformer (the residual stream): a widened token embedding chooses the
   stream's layout (``channels.stream_channels``: tiles for a multiple, else mean channels under
   LayerNorm, zero channels under RMSNorm), the position embedding and every block's last
@@ -383,9 +384,10 @@ def _same_layout(a: Layout, b: Layout) -> bool:
 
 
 def _input_columns(entry: Entry, where: str, layout: Layout, m_in: int, n_in: int,
-                   like: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+                   like: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
     """``(old input of each new input, its weight factor, free)`` for a layer whose inputs were widened
-    or rearranged (``Channels.consumer``), or None when they are the old ones."""
+    or rearranged (``Channels.consumer``; uneven shares per row when ``rows`` is given), or None when
+    they are the old ones."""
     if n_in == m_in and not isinstance(layout, Channels):
         return None
     if not isinstance(layout, Channels) or len(layout) != n_in:
@@ -393,7 +395,7 @@ def _input_columns(entry: Entry, where: str, layout: Layout, m_in: int, n_in: in
         raise WidenError(entry.node_id, f"init: preserve cannot keep the function of {where}: its input grows "
                                         f"{m_in} → {n_in}, but {why}",
                          "give the node that widens its input init: preserve (or keep)")
-    return layout.to(like.device).consumer(m_in, like)
+    return layout.to(like.device).consumer(m_in, like, rows)
 
 
 def _write(sweeping: _Sweeping, entry: Entry, where: str, new: Tensor, old: Tensor,
@@ -449,7 +451,8 @@ def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, lay
         raise WidenError(entry.node_id, f"init: preserve cannot shrink {where} ({m_in}→{m_out} becomes "
                                         f"{n_in}→{n_out}): dropping units changes the function",
                          "use init: keep or fresh")
-    columns = _input_columns(entry, where, layout, m_in, n_in, w_new)
+    tied = id(leaf.weight) in sweeping.written  # met again: its owner's rule, which has even shares
+    columns = _input_columns(entry, where, layout, m_in, n_in, w_new, None if tied else n_out)
     if target is not None and len(target) == n_out and n_out != m_out:
         rows = target.to(w_new.device)
     elif n_out % m_out == 0:  # each unit copied alike: a norm reading them keeps its function
@@ -465,7 +468,8 @@ def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, lay
         return view(tensor if columns is None else tensor[:, columns[0]])
 
     inputs = torch.ones(n_in, device=w_new.device, dtype=w_new.dtype) if columns is None else columns[1]
-    factor = view((inputs * (scale_of(old) / scale_of(leaf))).reshape((1, -1) + (1,) * (w_new.dim() - 2))
+    inputs = inputs.reshape(-1, n_in)  # one row of factors for every row, or one for each
+    factor = view((inputs * (scale_of(old) / scale_of(leaf))).reshape(inputs.shape + (1,) * (w_new.dim() - 2))
                   * rows.scale_along(0, w_new.dim(), w_new))
     free = None if columns is None else columns[2]
     _write(sweeping, entry, where, leaf.weight, old.weight, gather, factor, free, 0 if transposed else 1)
@@ -482,9 +486,9 @@ def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, lay
 def _widen_attention(entry: Entry, where: str, leaf: CausalSelfAttention, old: nn.Module, layout: Layout,
                      sweeping: _Sweeping, target: Channels | None = None) -> Layout:
     """Add heads: each new head copies a random old head's query, key and value rows, and the output
-    projection divides each copied head's columns by its number of copies (duplicate heads attend
-    alike, so their outputs are equal). A wider model (``dim``) reads its input by the layout it
-    comes in and writes its output as ``target``."""
+    projection shares each copied head's columns among its copies (duplicate heads attend alike, so
+    their outputs are equal, and their shares add up to the old columns). A wider model (``dim``)
+    reads its input by the layout it comes in and writes its output as ``target``."""
     assert isinstance(old, CausalSelfAttention)
     if leaf.head_dim != old.head_dim:
         raise WidenError(entry.node_id, f"init: preserve keeps each head's width, but {where} changes head_dim "
@@ -508,8 +512,8 @@ def _widen_attention(entry: Entry, where: str, leaf: CausalSelfAttention, old: n
     heads = replicas(old.heads, leaf.heads, device)
     unit = (heads[:, None] * d + torch.arange(d, device=device)).reshape(-1)  # old inner index of each new one
     rows = torch.cat([part * old.heads * d + unit for part in range(3)])  # q, k and v
-    columns = _input_columns(entry, where, layout, old.dim, leaf.dim, leaf.c_attn.weight)
-    counts = torch.bincount(heads, minlength=old.heads)[heads].repeat_interleave(d)
+    columns = _input_columns(entry, where, layout, old.dim, leaf.dim, leaf.c_attn.weight, len(rows))
+    inner = Channels(unit).consumer(old.heads * d, leaf.c_proj.weight, leaf.dim)[1]  # copied heads share columns
 
     def gather_attn(tensor: Tensor) -> Tensor:
         return tensor[rows] if columns is None else tensor[rows][:, columns[0]]
@@ -517,8 +521,8 @@ def _widen_attention(entry: Entry, where: str, leaf: CausalSelfAttention, old: n
     def gather_proj(tensor: Tensor) -> Tensor:
         return tensor[:, unit] if out is None else out.pick(tensor[:, unit], 0)
 
-    attn_factor = 1.0 if columns is None else columns[1].reshape(1, -1)
-    proj_factor = (1 / counts.to(leaf.c_proj.weight.dtype)).reshape(1, -1)
+    attn_factor = 1.0 if columns is None else columns[1]
+    proj_factor = inner
     if out is not None:
         proj_factor = proj_factor * out.scale_along(0, 2, leaf.c_proj.weight)
     _write(sweeping, entry, where, leaf.c_attn.weight, old.c_attn.weight, gather_attn, attn_factor,
