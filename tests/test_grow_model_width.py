@@ -335,3 +335,24 @@ def test_the_copies_of_a_tiled_channel_learn_apart() -> None:
         opt.step()
     first, second = stream(net)["h1"].split(32, -1)
     assert (first - second).abs().max() > 1e-3 * first.abs().max()
+
+
+def test_norms_without_a_learned_scale_keep_the_function_over_tiles() -> None:
+    _, net, _, before, _, certificate, _, _ = widen(64, affine=False, tied=False)
+    # ln_f has no parameters: its change is an update (rebuilt), about which a plan claims nothing;
+    # the certificate measures the function kept all the same.
+    assert certificate is not None and not certificate.claimed and certificate.holds
+    with torch.no_grad():
+        assert (net(X) - before).abs().max() <= 1e-5
+
+
+def test_a_norm_without_a_learned_scale_cannot_take_mean_channels() -> None:
+    refused(gpt(32, affine=False, tied=False), gpt(48, init="preserve", affine=False, tied=False),
+            "LayerNorm in node 'ln_f' has no learned scale to make up for channels that are not tiles of the old "
+            "ones (widen by a multiple)")
+
+
+def test_a_norm_whose_eps_changes_over_tiles_is_refused() -> None:
+    refused(gpt(32), gpt(64, init="preserve", eps=5e-6),
+            "init: preserve keeps the function of LayerNorm in node 'h0' (attn.body.ln) over tiles of its old "
+            "channels only with its old eps 1e-05, not 5e-06")

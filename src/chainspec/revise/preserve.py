@@ -242,8 +242,10 @@ def _track(entry: Entry, layout: Layout) -> Layout:
             layout = _past_per_channel(layout)
         elif isinstance(leaf, CHANNELWISE):
             layout = _past_channelwise(leaf, layout, where)
-        elif isinstance(leaf, NORMS) and _tiled(layout) and not any(True for _ in leaf.parameters()):
-            continue  # a norm without scale or shift gives tiles of its output over tiles of its input
+        elif isinstance(leaf, NORMS) and isinstance(layout, Channels) and not any(True for _ in leaf.parameters()):
+            if not _tiled(layout):  # a norm without scale or shift gives tiles of its output over tiles
+                layout = Lost(f"{where} has no learned scale to make up for channels that are not tiles of "
+                              "the old ones (widen by a multiple)")
         elif layout is not None and not isinstance(layout, Lost) and not (
                 entry.kind == "same" and isinstance(leaf, PositionEmbedding)):
             layout = Lost(f"{where} mixes or rearranges channels")
@@ -605,10 +607,11 @@ def _widen_norm(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layou
                 sweeping: _Sweeping) -> Layout:
     """A LayerNorm or RMSNorm over a widened stream. Over tiles of the old channels, it gives its old
     output split among the copies: its scale and shift are copied, times uneven shares that sum to
-    one over each channel's copies (``_shares``), so that the next layer copies its columns whole. Over the old
-    channels plus mean (LayerNorm) or zero (RMSNorm) channels, its scale is multiplied by
-    ``sqrt(old / new)`` on the old channels, which gives the old output exactly when its ``eps``
-    is the old one times ``old / new``; its output on the new channels is zero."""
+    one over each channel's copies (``_shares``), so that a layer reading it may read each copy
+    whole (a tied LM head does). Over the old channels plus mean (LayerNorm) or zero (RMSNorm)
+    channels, its scale is multiplied by ``sqrt(old / new)`` on the old channels (a norm without
+    one says its output is scaled by ``sqrt(new / old)`` there), which gives the old output exactly
+    when its ``eps`` is the old one times ``old / new``; its output on the new channels is zero."""
     m_shape, n_shape = _norm_width(old), _norm_width(leaf)
     if m_shape == n_shape and not isinstance(layout, Channels):
         _copy_same(entry, where, leaf, old, sweeping)
@@ -631,6 +634,10 @@ def _widen_norm(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layou
                          "use init: keep")
     unscaled = channels.scale is None or bool((channels.scale == 1).all())
     if _tiled(channels) and bool((counts == counts[0]).all()):
+        if leaf.eps != old.eps:
+            raise WidenError(entry.node_id, f"init: preserve keeps the function of {where} over tiles of its old "
+                                            f"channels only with its old eps {old.eps!r}, not {leaf.eps!r}",
+                             "keep eps as it was when widening by a multiple")
         if not params:
             return Channels(source.cpu())
         shares = _shares(source, m).to(device=params[0][1].device, dtype=params[0][1].dtype)
@@ -661,7 +668,10 @@ def _widen_norm(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layou
                kept * (ratio if name == "weight" else 1.0))
         if name == "weight":  # the new channels read ~0: a typical scale, so that they learn like the rest
             new_param[source < 0] = old_param.detach().mean().to(new_param.dtype) * ratio
-    return Channels(torch.where(source >= 0, source, torch.full_like(source, ZERO)).cpu())
+    out = torch.where(source >= 0, source, torch.full_like(source, ZERO)).cpu()
+    if any(name == "weight" for name, _, _ in params):
+        return Channels(out)
+    return Channels(out, torch.where(out >= 0, 1 / ratio, 1.0))  # no scale to rescale: its readers do
 
 
 def _shares(source: Tensor, old: int) -> Tensor:
