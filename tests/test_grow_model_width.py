@@ -74,8 +74,9 @@ EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}
 
 
 def gpt(dim: int = 32, *, norm: str = "layernorm", tied: bool = True, init: str = "", eps: float | None = None,
-        affine: bool = True) -> chainspec.Spec:
-    """The GPT at width ``dim``; a width that is not a multiple of 32 gets the norms' eps scaled by 32/dim."""
+        affine: bool = True, final_affine: bool | None = None) -> chainspec.Spec:
+    """The GPT at width ``dim``; a width that is not a multiple of 32 gets the norms' eps scaled by 32/dim.
+    ``affine``: the norms' learned scale and shift (``final_affine``: ln_f's, if it differs)."""
     if eps is None and dim % 32:
         eps = EPS[norm] * 32 / dim
     extra = (f", eps: {eps!r}" if eps is not None else "") + ("" if affine else ", elementwise_affine: false")
@@ -83,6 +84,9 @@ def gpt(dim: int = 32, *, norm: str = "layernorm", tied: bool = True, init: str 
                      else f'rmsnorm: {{dim: "${{dim}}"{extra}}}')
     text = GPT.format(dim=dim, norm=norm, norm_defaults=norm_defaults, init=f", init: {init}" if init else "",
                       tie=", tie: {weight: wte.weight}" if tied else "")
+    if final_affine is not None:
+        text = text.replace(f"{{id: ln_f, type: {norm}", f"{{id: ln_f, type: {norm}, args: {{elementwise_affine: "
+                                                          f"{str(final_affine).lower()}}}")
     return chainspec.loads(text, source=f"gpt_{dim}.yaml")
 
 
@@ -356,3 +360,13 @@ def test_a_norm_whose_eps_changes_over_tiles_is_refused() -> None:
     refused(gpt(32), gpt(64, init="preserve", eps=5e-6),
             "init: preserve keeps the function of LayerNorm in node 'h0' (attn.body.ln) over tiles of its old "
             "channels only with its old eps 1e-05, not 5e-06")
+
+
+def test_a_norm_without_a_learned_scale_inside_a_block_is_read_scaled_over_mean_channels() -> None:
+    """The blocks' norms have no scale: over mean channels their output on the old channels grows by
+    sqrt(48 / 32), which the attention and MLP reading them take up."""
+    _, net, _, before, _, certificate, _, _ = widen(48, affine=False, final_affine=True, tied=False)
+    assert net.h0.attn.body.ln.weight is None and net.ln_f.weight is not None
+    assert certificate is not None and certificate.claimed and certificate.holds
+    with torch.no_grad():
+        assert (net(X) - before).abs().max() <= 1e-5
