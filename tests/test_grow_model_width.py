@@ -31,6 +31,7 @@ import torch
 import chainspec
 from chainspec import SpecError
 from chainspec.revise.diff import _plan  # the plan as apply gets it, before diff's rehearsal
+from weights import adamw_steps, copies_of
 
 GPT = """\
 chainspec: 1
@@ -97,12 +98,7 @@ def trained(spec: chainspec.Spec) -> tuple[chainspec.Chain, torch.optim.Optimize
     with torch.no_grad():
         net.wte.weight.normal_(std=0.02)
         net.wpe.weight.normal_(std=0.02)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        net(X).square().mean().backward()
-        opt.step()
-    return net, opt
+    return net, adamw_steps(net, X)
 
 
 def stream(net: chainspec.Chain) -> dict[str, torch.Tensor]:
@@ -185,7 +181,7 @@ def test_a_width_that_is_not_a_multiple_adds_mean_or_zero_channels(norm: str, fi
     # The attention's last projection writes the stream: its new rows are the mean of the old rows (or
     # zero), each copied head's columns sharing the old head's. Folded back onto the old heads:
     proj, new_proj = olds["h1.attn.body.attn.c_proj.weight"].detach(), net.h1.attn.body.attn.c_proj.weight.detach()
-    heads = head_copies(net, olds, "h1", 32, 48)
+    heads = head_copies_of(net, olds, "h1", 32, 48)
     folded = torch.zeros(48, 32).index_add_(1, (heads[:, None] * 8 + torch.arange(8)).reshape(-1), new_proj)
     torch.testing.assert_close(folded[:32], proj)
     want = proj.mean(0, keepdim=True).expand(16, -1) if fill == "mean" else torch.zeros(16, 32)
@@ -218,13 +214,13 @@ def test_adam_moments_follow_the_tiled_weights_and_the_first_step_matches_a_mode
 
     for block in ("h0", "h1"):
         qkv, out = f"{block}.attn.body.attn.c_attn.weight", f"{block}.attn.body.attn.c_proj.weight"
-        heads = head_copies(net, olds, block, 32, 64)
+        heads = head_copies_of(net, olds, block, 32, 64)
         rows = torch.cat([part * 32 + (heads[:, None] * 8 + torch.arange(8)).reshape(-1) for part in range(3)])
         columns = (heads[:, None] * 8 + torch.arange(8)).reshape(-1)
         follow(qkv, lambda tensor, rows=rows: tiled(tensor[rows], 1))  # rows: the heads; columns: the stream
         follow(out, lambda tensor, columns=columns: tiled(tensor[:, columns], 0))
         fc, proj = f"{block}.mlp.body.c_fc.weight", f"{block}.mlp.body.c_proj.weight"
-        units = copies(fold(net, olds, f"{block}.mlp.body.ln", params[fc].detach()), olds[fc].detach())
+        units = copies_of(fold(net, olds, f"{block}.mlp.body.ln", params[fc].detach()), olds[fc].detach(), exact=False)
         follow(fc, lambda tensor, units=units: tiled(tensor[units], 1))
         follow(proj, lambda tensor, units=units: tiled(tensor[:, units], 0))
     assert sorted(expected) == sorted(params)  # every parameter widened; the tied head has none of its own
@@ -247,14 +243,6 @@ def test_adam_moments_follow_the_tiled_weights_and_the_first_step_matches_a_mode
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=key)
 
 
-def copies(new_rows: torch.Tensor, old_rows: torch.Tensor) -> torch.Tensor:
-    """For each row of ``new_rows``, the index of the row of ``old_rows`` it equals, up to rounding
-    (each must have exactly one)."""
-    equal = torch.isclose(new_rows[:, None, :], old_rows[None, :, :], rtol=1e-5, atol=1e-7).all(-1)
-    assert bool((equal.sum(1) == 1).all()), "every new row copies exactly one old row"
-    return equal.float().argmax(1)
-
-
 def fold(net: chainspec.Chain, olds: dict[str, torch.Tensor], norm: str, weight: torch.Tensor) -> torch.Tensor:
     """A layer's weight over a norm's output tiled twice (32 -> 64), folded back onto the 32 old channels:
     each copy's column times the norm's share of that copy (what the layer computes on the old output)."""
@@ -263,7 +251,7 @@ def fold(net: chainspec.Chain, olds: dict[str, torch.Tensor], norm: str, weight:
     return weighted[:, :32] + weighted[:, 32:]
 
 
-def head_copies(net: chainspec.Chain, olds: dict[str, torch.Tensor], block: str, old: int, new: int) -> torch.Tensor:
+def head_copies_of(net: chainspec.Chain, olds: dict[str, torch.Tensor], block: str, old: int, new: int) -> torch.Tensor:
     """The old head each head of ``block``'s widened attention copies, by its query, key and value rows."""
     name = f"{block}.attn.body.attn.c_attn.weight"
     weight = net.get_parameter(name).detach()
@@ -271,7 +259,7 @@ def head_copies(net: chainspec.Chain, olds: dict[str, torch.Tensor], block: str,
     weight = fold(net, olds, f"{block}.attn.body.ln", weight) if new % old == 0 else weight[:, :old]
     new_heads = weight.reshape(3, new // 8, 8, old).permute(1, 0, 2, 3).reshape(new // 8, -1)
     old_heads = olds[name].detach().reshape(3, old // 8, 8, old).permute(1, 0, 2, 3).reshape(old // 8, -1)
-    return copies(new_heads, old_heads)
+    return copies_of(new_heads, old_heads, exact=False)
 
 
 def refused(old_spec: chainspec.Spec, new_spec: chainspec.Spec, message: str) -> None:

@@ -24,6 +24,7 @@ import torch
 
 import chainspec
 from chainspec import SpecError
+from weights import adamw_steps, copies_of
 
 GPT = """\
 chainspec: 1
@@ -75,19 +76,7 @@ def gpt(heads: int = 2, hidden: int = 64, init: str = "", bias: bool = False) ->
 def trained(spec: chainspec.Spec, x: torch.Tensor) -> tuple[chainspec.Chain, torch.optim.Optimizer]:
     torch.manual_seed(0)
     net = spec.build()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        net(x).square().mean().backward()
-        opt.step()
-    return net, opt
-
-
-def copies_of(new_rows: torch.Tensor, old_rows: torch.Tensor) -> torch.Tensor:
-    """For each row of ``new_rows``, the index of the equal row of ``old_rows`` (each must have one)."""
-    equal = (new_rows[:, None, :] == old_rows[None, :, :]).all(-1)
-    assert bool((equal.sum(1) == 1).all()), "every new row copies exactly one old row"
-    return equal.float().argmax(1)
+    return net, adamw_steps(net, x)
 
 
 X = torch.randint(0, 17, (3, 16))
