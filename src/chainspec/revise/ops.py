@@ -22,7 +22,7 @@ MARKERS: dict[str, str] = {"insert": "+", "remove": "-", "move": ">", "update": 
 
 #: How a replace starts its new weights, as the plan prints it.
 INIT_NOTES = {"fresh": "weights reinitialized", "keep": "overlapping weights kept",
-              "preserve": "init: preserve, new units copy old ones"}
+              "preserve": "init: preserve, new units made from old ones"}
 
 class _Absent:
     """Stands for an argument or part that one side of a change does not have."""
