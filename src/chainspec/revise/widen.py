@@ -241,5 +241,10 @@ class Carry:
 
 
 def scale_of(leaf: nn.Module) -> float:
-    """The run-time weight multiplier (equalized learning rate layers), 1 for plain layers."""
+    """The run-time weight multiplier (equalized learning rate layers), 1 for plain layers.
+
+    Example:
+        >>> scale_of(nn.Linear(4, 4)), round(scale_of(EqualizedLinear(2, 2, gain=1.0)), 4)
+        (1.0, 0.7071)
+    """
     return float(leaf.scale) if isinstance(leaf, (EqualizedLinear, EqualizedConv2d)) else 1.0
