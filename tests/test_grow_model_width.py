@@ -348,3 +348,10 @@ def test_a_norm_without_a_learned_scale_inside_a_block_is_read_scaled_over_mean_
     assert certificate is not None and certificate.claimed and certificate.holds
     with torch.no_grad():
         assert (net(X) - before).abs().max() <= 1e-5
+
+
+def test_the_plan_says_the_tied_head_widens_with_the_embedding() -> None:
+    text = str(chainspec.diff(gpt(32), gpt(64, init="preserve")))
+    assert "lm_head (linear): in_features 32 → 64 (init: preserve, new units made from old ones; weight tied to " \
+           "wte.weight)" in text
+    assert "Function: preserved" in text

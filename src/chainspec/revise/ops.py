@@ -123,8 +123,10 @@ class Op:
         if self.kind == "move":
             return f"{head} moved {where}"
         text = f"{head}: " + ", ".join(c.format() for c in self.changes)
-        if self.kind == "replace" and (self.params_before or self.params_after):
-            text += f" ({INIT_NOTES.get(self.init, self.init)})"
+        ties = dict(self.new.ties) if self.new is not None else {}
+        if self.kind == "replace" and (self.params_before or self.params_after or ties):
+            tied = "; " + ", ".join(f"{path} tied to {ref}" for path, ref in ties.items()) if ties else ""
+            text += f" ({INIT_NOTES.get(self.init, self.init)}{tied})"
         return text
 
     def to_dict(self) -> dict[str, Any]:
