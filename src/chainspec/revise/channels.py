@@ -174,6 +174,16 @@ def replicas(old: int, new: int, device: torch.device | str = "cpu") -> Tensor:
     return torch.cat([torch.arange(old), extra]).to(device)
 
 
+def tiles(old: int, new: int, device: torch.device | str = "cpu") -> Channels:
+    """The old channels tiled to a width that is a multiple: each copied alike, ``[x, x, ...]``.
+
+    Example:
+        >>> tiles(2, 6).source.tolist()
+        [0, 1, 0, 1, 0, 1]
+    """
+    return Channels(torch.arange(new, device=device) % old)
+
+
 def prefix(old: int, new: int) -> Channels:
     """Layout of a ``keep``/``fresh`` width change: the first channels are the old ones, the rest new.
 
@@ -206,7 +216,7 @@ def stream_channels(old: int, new: int, norms: set[str]) -> Channels:
         [0, 1, -3]
     """
     if new % old == 0:
-        return Channels(torch.arange(new) % old)
+        return tiles(old, new)
     if norms == {"layer", "rms"}:
         raise ValueError(f"a width {old} → {new} that is not a multiple keeps LayerNorm's function with mean "
                          "channels and RMSNorm's with zero channels, and this chain has both")

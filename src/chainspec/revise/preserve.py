@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .._errors import SpecError
 from ..types.layers import CausalSelfAttention, PositionEmbedding, Residual, RMSNorm
-from .channels import MEAN, NEW, ZERO, Channels, Layout, Lost, prefix, replicas, stream_channels
+from .channels import MEAN, NEW, ZERO, Channels, Layout, Lost, prefix, replicas, stream_channels, tiles
 from .widen import (
     CHANNELWISE,
     PER_CHANNEL,
@@ -458,7 +458,7 @@ def _widen_weight(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, lay
     if target is not None and len(target) == n_out and n_out != m_out:
         rows = target.to(w_new.device)
     elif n_out % m_out == 0:  # each unit copied alike: a norm reading them keeps its function
-        rows = Channels(torch.arange(n_out, device=w_new.device) % m_out)
+        rows = tiles(m_out, n_out, w_new.device)
     else:
         rows = Channels(replicas(m_out, n_out, w_new.device))
 
@@ -605,13 +605,15 @@ def _norm_width(norm: nn.Module) -> tuple[int, ...]:
 
 def _widen_norm(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout,
                 sweeping: _Sweeping) -> Layout:
-    """A LayerNorm or RMSNorm over a widened stream. Over tiles of the old channels, it gives its old
-    output split among the copies: its scale and shift are copied, times uneven shares that sum to
-    one over each channel's copies (``_shares``), so that a layer reading it may read each copy
-    whole (a tied LM head does). Over the old channels plus mean (LayerNorm) or zero (RMSNorm)
-    channels, its scale is multiplied by ``sqrt(old / new)`` on the old channels (a norm without
-    one says its output is scaled by ``sqrt(new / old)`` there), which gives the old output exactly
-    when its ``eps`` is the old one times ``old / new``; its output on the new channels is zero."""
+    """A LayerNorm or RMSNorm over a widened stream.
+
+    Over tiles of the old channels, it gives its old output split among the copies: its scale and
+    shift are copied, times uneven shares that sum to one over each channel's copies (drawn as
+    ``Channels.consumer`` draws them), so that a layer reading it may read each copy whole (a tied
+    LM head does). Over the old channels plus mean (LayerNorm) or zero (RMSNorm) channels, its
+    scale is multiplied by ``sqrt(old / new)`` on the old channels (a norm without one says its
+    output is scaled by ``sqrt(new / old)`` there), which gives the old output exactly when its
+    ``eps`` is the old one times ``old / new``; its output on the new channels is zero."""
     m_shape, n_shape = _norm_width(old), _norm_width(leaf)
     if m_shape == n_shape and not isinstance(layout, Channels):
         _copy_same(entry, where, leaf, old, sweeping)
@@ -640,7 +642,8 @@ def _widen_norm(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layou
                              "keep eps as it was when widening by a multiple")
         if not params:
             return Channels(source.cpu())
-        shares = _shares(source, m).to(device=params[0][1].device, dtype=params[0][1].dtype)
+        # uneven shares of each channel among its copies, adding up to one (the draws a consumer makes per row)
+        shares = Channels(source).consumer(m, params[0][1], rows=1)[1][0]
         for _, new_param, old_param in params:
             _write(sweeping, entry, where, new_param, old_param, lambda tensor: tensor[source], shares)
         return Channels(source.cpu(), shares.cpu(), whole=True)
@@ -672,21 +675,6 @@ def _widen_norm(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layou
     if any(name == "weight" for name, _, _ in params):
         return Channels(out)
     return Channels(out, torch.where(out >= 0, 1 / ratio, 1.0))  # no scale to rescale: its readers do
-
-
-def _shares(source: Tensor, old: int) -> Tensor:
-    """Uneven shares of each old channel among its copies, summing to 1 per old channel (each copy's
-    share drawn from [0.5, 1.5] before normalising; torch's global RNG): a norm's output split so is
-    still the old output once its consumer adds the copies up, and the copies learn apart.
-
-    Example:
-        >>> shares = _shares(torch.tensor([0, 1, 0, 1]), 2)
-        >>> torch.allclose(shares[:2] + shares[2:], torch.ones(2))
-        True
-    """
-    draws = torch.rand(len(source)) + 0.5
-    totals = torch.zeros(old).index_add_(0, source.cpu(), draws)
-    return draws / totals[source.cpu()]
 
 
 def _widen_per_channel(entry: Entry, where: str, leaf: nn.Module, old: nn.Module, layout: Layout,
