@@ -133,17 +133,14 @@ def grown_spec(operator: str) -> chainspec.Spec:
 
 def width_spec(heads: int, hidden: int, init: str = "", dim: int = 128) -> chainspec.Spec:
     """gpt_tiny.yaml at model width ``dim``, with ``heads`` heads of width 32 and ``hidden`` MLP units,
-    every block given ``init`` (and, when ``dim`` is not 128, every node with weights: the whole
-    residual stream widens)."""
+    every node with weights given ``init`` (a change of ``dim`` widens all of them: the residual
+    stream runs through every one)."""
     text = SPEC.read_text(encoding="utf-8")
     text = text.replace("vars: {dim: 128, heads: 4,", f"vars: {{dim: {dim}, heads: {heads}, hidden: {hidden},")
     text = text.replace('heads: "${heads}", dropout', 'heads: "${heads}", head_dim: 32, dropout')
     text = text.replace('"${4 * dim}"', '"${hidden}"')
-    nodes = ["h0", "h1", "h2", "h3"] + (["wte", "wpe", "ln_f", "lm_head"] if dim != 128 or "preserve" in init else [])
-    for node in nodes:
-        for kind in ("block", "token_embedding", "position_embedding", "layernorm", "linear"):
-            text = text.replace(f"{{id: {node}, type: {kind}", f"{{id: {node}, {init}, type: {kind}" if init
-                                else f"{{id: {node}, type: {kind}")
+    for node in ("wte", "wpe", "h0", "h1", "h2", "h3", "ln_f", "lm_head") if init else ():
+        text = text.replace(f"{{id: {node}, type:", f"{{id: {node}, {init}, type:")
     return chainspec.loads(text, source=f"gpt_tiny.yaml (width {dim}, {heads} heads, {hidden} MLP units)")
 
 
