@@ -145,7 +145,7 @@ class Grower:
         self.spec = spec
         self.chains: dict[str, Chain] = dict(chains)
         self.optimizers: dict[str, Optimizer | None] = {name: (optimizers or {}).get(name) for name in chains}
-        self.schedule = schedule or Schedule.from_model(spec.model.growth, spec.stages)
+        self.schedule = schedule or Schedule.from_model(spec.data.growth, spec.stages)
         if self.schedule.stages != spec.stages:
             raise ValueError(f"the schedule has {self.schedule.stages} stages but {spec.source} has {spec.stages}")
         self.policy = policy or self.schedule.policy

@@ -3,7 +3,11 @@
 The JSON Schema in ``schemas/`` and the reference in ``docs/spec-format.md``
 are generated from, or checked against, these models. They describe structure
 only; what needs the registry (type names, argument names and types) or the
-whole document (ids, stages, cycles) is checked in ``_resolve``.
+whole document (ids, stages, cycles) is checked in :mod:`chainspec.read.resolve`.
+
+Reading a spec does not build these models: it validates with the validator
+pydantic makes of them, written out as plain data by :mod:`chainspec.read.codegen`
+into :mod:`chainspec.read.records`, whose read-only records have the same fields.
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._limits import FLOAT32_MAX, MAX_DIM  # noqa: F401 - the format's bounds, here with the format
+from .format import (  # noqa: F401 - the format's constants, here with the format
+    FORMAT_VERSION,
+    IDENT,
+    INPUT_DTYPES,
+    MAX_STAGES,
+    MERGES,
+    PARAM_REF,
+    SOURCE_WORDS,
+)
 
-#: The format version this release writes and reads natively.
-FORMAT_VERSION = 1
-#: Most growth stages a spec may have. Real schedules have about ten (PG-GAN:
-#: nine); the bound keeps every per-stage loop (gap checks, stage-dependent
-#: input shapes, schedules, shape-checking all stages) fast for any input.
-MAX_STAGES = 1000
-
-IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Identifier = Annotated[str, Field(pattern=IDENT, max_length=100)]
 #: A whole-value ``${...}`` expression, evaluated per stage with ``stage`` in scope.
 StageExpr = Annotated[str, Field(pattern=r"^\s*\$\{[^{}]+\}\s*$", max_length=500)]
@@ -42,17 +47,6 @@ class PartSpec(_Strict):
     args: dict[str, ArgValue] = Field(default_factory=dict,
                                       description="Arguments of the type; strings may hold ${...} expressions.",
                                       examples=[{"in_channels": "${in_ch}", "out_channels": "${out_ch}"}])
-
-
-#: What a node's ``from`` may name besides earlier node ids: the previous node's output, the chain's input.
-SOURCE_WORDS = ("prev", "input")
-#: How a node merges the outputs it takes ``from`` several nodes: summed, or concatenated on the channel
-#: dimension (the first dimension of a sample).
-MERGES = ("add", "concat")
-#: The dtypes a chain's input may declare: floating point, or integer token ids.
-INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
-#: ``node_id.dotted.parameter.path``: a parameter of another node of the chain, for ``tie``.
-PARAM_REF = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$"
 
 
 class CopyInit(_Strict):

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .._errors import Problem
-from .._limits import DEFAULT_LIMITS, Limits, limit_hint, limits_or_default, too_many_problems
+from .._limits import DEFAULT_LIMITS, MAX_DIM, Limits, limit_hint, limits_or_default, too_many_problems
 from ..types.registry import _listed, close_match, get_type, import_allowed, is_import_path, is_registered, list_types
 from .document import Document, Path, format_path
 from .expr import Budget, ExpressionError, LimitError, substitute
-from .model import MAX_DIM, SOURCE_WORDS, NodeSpec, PartSpec, SpecModel, TypeDef
+from .format import SOURCE_WORDS
+from .records import NodeData, PartData, SpecData, TypeData
 from .reserved import id_problem
 from .schedule import growth_problems
 
@@ -98,7 +99,7 @@ class ResolvedNode:
     until: int | None
     tree: Tree
     path: Path
-    spec: NodeSpec
+    spec: NodeData
 
     def active(self, stage: int) -> bool:
         """True when the node is part of the chain at ``stage``."""
@@ -151,7 +152,7 @@ class ResolvedChain:
         return self.input_shapes[stage] if self.input_shapes else self.input_shape
 
 
-def resolve(model: SpecModel, doc: Document, allow_imports: Iterable[str] = (), limits: Limits | None = None) -> tuple[
+def resolve(model: SpecData, doc: Document, allow_imports: Iterable[str] = (), limits: Limits | None = None) -> tuple[
         dict[str, ResolvedChain], int, list[Problem]]:
     """Expand every chain of ``model`` within ``limits``; return the chains, the stage count and all problems."""
     resolver = _Resolver(model, doc, tuple(allow_imports), limits_or_default(limits))
@@ -192,7 +193,7 @@ class _Stop(Exception):
 
 
 class _Resolver:
-    def __init__(self, model: SpecModel, doc: Document, allow_imports: tuple[str, ...], limits: Limits) -> None:
+    def __init__(self, model: SpecData, doc: Document, allow_imports: tuple[str, ...], limits: Limits) -> None:
         self.model = model
         self.doc = doc
         self.allow_imports = allow_imports
@@ -301,7 +302,7 @@ class _Resolver:
         self.too_deep = {n: depth for n, (depth, _) in self.nesting.items()
                          if depth > self.limits.max_composite_depth}
 
-    def check_part_ids(self, parts: list[PartSpec], path: Path) -> None:
+    def check_part_ids(self, parts: list[PartData], path: Path) -> None:
         seen: dict[str, int] = {}
         for i, part in enumerate(parts):
             why = id_problem(part.id)
@@ -390,7 +391,7 @@ class _Resolver:
         return ResolvedChain(name, shapes[0], tuple(nodes), shapes if len(set(shapes)) > 1 else (),
                              spec.input_dtype)
 
-    def check_references(self, name: str, nodes: list[NodeSpec], stages: int) -> None:
+    def check_references(self, name: str, nodes: list[NodeData], stages: int) -> None:
         """Check each node's ``from``, ``merge`` and ``tie``: the nodes they name exist, come before it (for
         ``from``), and are in the chain at every stage the node is."""
         index = {node.id: i for i, node in reversed(list(enumerate(nodes)))}
@@ -424,7 +425,7 @@ class _Resolver:
                 self.check_reference(name, nodes, index, i, owner, where, "ties a parameter to", label,
                                      earlier=False, stages=stages)
 
-    def check_reference(self, name: str, nodes: list[NodeSpec], index: dict[str, int], i: int, ref: str,
+    def check_reference(self, name: str, nodes: list[NodeData], index: dict[str, int], i: int, ref: str,
                         where: Path, verb: str, label: str, *, earlier: bool, stages: int) -> None:
         """One reference from node ``i`` to node ``ref``: it exists, (``earlier``) comes before, and is active
         at every stage node ``i`` is."""
@@ -534,7 +535,7 @@ class _Resolver:
             return self.expand_type(type_name, typedef, values, not failed, path, label, stack)
         return self.expand_leaf(type_name, args, values, failed, written, path, label)
 
-    def expand_type(self, type_name: str, typedef: TypeDef, values: dict[str, Any], ok: bool, path: Path,
+    def expand_type(self, type_name: str, typedef: TypeData, values: dict[str, Any], ok: bool, path: Path,
                     label: Label, stack: tuple[str, ...]) -> Group | None:
         """A composite, expanded once per distinct set of values and shared after that."""
         if type_name in self.cyclic:
@@ -589,7 +590,7 @@ class _Resolver:
             self.leaf_memo[key] = leaf
         return leaf
 
-    def takes(self, name: str, typedef: TypeDef) -> str:
+    def takes(self, name: str, typedef: TypeData) -> str:
         """The parameters of a composite, listed for a hint (once per type: thousands may be reported)."""
         if name not in self._takes:
             self._takes[name] = _listed(list(typedef.params), "no parameters")
@@ -604,7 +605,7 @@ class _Resolver:
             current = self.nesting[current][1]
         return chain
 
-    def expand_composite(self, name: str, typedef: TypeDef, values: dict[str, Any], path: Path, label: Label,
+    def expand_composite(self, name: str, typedef: TypeData, values: dict[str, Any], path: Path, label: Label,
                          stack: tuple[str, ...]) -> Tree | None:
         params = dict(typedef.params)
         bad = False
@@ -657,7 +658,7 @@ class _Resolver:
         return Group(name, tuple((named[key], group) for key, group in groups.items()), kind="residual")
 
 
-def _empty_stages(nodes: Iterable[NodeSpec], stages: int) -> list[tuple[int, int]]:
+def _empty_stages(nodes: Iterable[NodeData], stages: int) -> list[tuple[int, int]]:
     """The runs ``(first, last)`` of stages in ``0..stages-1`` where no node is active, in O(stages + nodes).
 
     Example:

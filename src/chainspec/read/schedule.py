@@ -15,11 +15,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import Problem, printable
 from .document import Document
-from .model import GrowthSpec, SpecModel
+from .records import GrowthData, SpecData
+
+if TYPE_CHECKING:
+    from .model import GrowthSpec
 
 PhaseKind = Literal["stabilize", "fade", "done"]
 
@@ -107,9 +110,15 @@ class Schedule:
         return cls(tuple(phases), unit, policy)
 
     @classmethod
-    def from_model(cls, growth: GrowthSpec | None, stages: int) -> Schedule:
-        """The schedule a spec's ``growth`` section describes (the paper's 800k + 800k images if absent)."""
-        growth = growth or GrowthSpec()
+    def from_model(cls, growth: GrowthData | GrowthSpec | None, stages: int) -> Schedule:
+        """The schedule a spec's ``growth`` section describes (the paper's 800k + 800k images if absent).
+
+        ``growth`` is the section as a loaded spec holds it (``spec.data.growth``) or as its pydantic model.
+        """
+        if growth is None:
+            from .model import GrowthSpec  # its defaults: the models are built only for a spec without the section
+
+            growth = GrowthSpec()
         stab = [growth.stabilize] * stages
         fades = [growth.fade] * stages
         batches: list[int | None] = [growth.minibatch] * stages
@@ -268,13 +277,14 @@ def _check_sequence(phases: tuple[Phase, ...]) -> None:
                              f"phase of stage {prev.stage}")
 
 
-def growth_problems(model: SpecModel, doc: Document, stages: int) -> list[Problem]:
+def growth_problems(model: SpecData, doc: Document, stages: int) -> list[Problem]:
     """The whole-document checks of a spec's ``growth`` section: stages in range, no duplicates, no fade into 0.
 
     Example:
         >>> from chainspec.read.document import parse_yaml
         >>> text = "chainspec: 1\\ngrowth: {per_stage: [{stage: 0, fade: 10}]}\\nchains: {}"
         >>> doc = parse_yaml(text, "g.yaml")
+        >>> from chainspec.read.model import GrowthSpec, SpecModel
         >>> model = SpecModel.model_construct(growth=GrowthSpec.model_validate(doc.data["growth"]))
         >>> growth_problems(model, doc, 2)[0].format()
         'g.yaml:2:33: growth.per_stage[0].fade: nothing fades into stage 0; remove fade here (stage 0 only stabilizes)'

@@ -28,12 +28,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..types.registry import NodeType, describe_annotation, list_types
+from .format import SCHEMA_PATH  # noqa: F401 - where the published schema lives, with it
 from .model import FORMAT_VERSION, IDENT, SpecModel, TypeDef
 
 #: The JSON Schema dialect of the published schema.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-#: Where the published schema lives in the repository.
-SCHEMA_PATH = "schemas/chainspec.schema.json"
 #: A string holding at least one ``${...}`` expression (searched, not anchored).
 EXPRESSION_PATTERN = r"\$\{[^{}]*\}"
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"

@@ -1,28 +1,32 @@
 """``Spec``: a loaded, validated spec, and the ``load``/``loads`` entry points.
 
 Loading runs three passes and reports every problem of all of them that can be
-found at once: safe YAML parsing with positions, the pydantic models of the
-format, then the whole-document checks of :mod:`chainspec.read.resolve`. Shape
+found at once: safe YAML parsing with positions, the structure of the format
+(the validator of its pydantic models, run from :mod:`chainspec.read.records`
+without building them), then the whole-document checks of :mod:`chainspec.read.resolve`. Shape
 inference (which needs torch) runs on ``Spec.check()`` and before any build.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import operator
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+import pydantic_core
+from pydantic_core import SchemaValidator, ValidationError
 
 from .._errors import Problem, SpecError, require_torch
 from .._gc import gc_paused
 from .._limits import Limits, is_too_many_problems, limits_or_default, too_many_problems
+from . import records
 from .document import Document, Path, format_path, parse_yaml, read_head, too_big
 from .migrate import migrate
-from .model import SpecModel
 from .project import find_project
+from .records import SpecData
 from .resolve import ResolvedChain, resolve
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
     from ..build.chain import Chain
     from ..build.summary import ChainSummary
+    from .model import SpecModel
 
 
 class Spec:
@@ -53,9 +58,10 @@ class Spec:
         ['fc', 'act']
     """
 
-    def __init__(self, model: SpecModel, doc: Document, text: str, chains: dict[str, ResolvedChain], stages: int,
+    def __init__(self, data: SpecData, doc: Document, text: str, chains: dict[str, ResolvedChain], stages: int,
                  allow_imports: tuple[str, ...], limits: Limits | None = None) -> None:
-        self.model = model
+        #: The validated document as read-only records, one attribute per key (``data.chains["g"].nodes``).
+        self.data = data
         self.source = doc.source
         self.text = text
         self.stages = stages
@@ -67,6 +73,23 @@ class Spec:
 
     def __repr__(self) -> str:
         return f"Spec({self.source!r}, chains={self.chain_names}, stages={self.stages})"
+
+    @functools.cached_property
+    def model(self) -> SpecModel:
+        """The validated document as the format's pydantic models, built on first use.
+
+        :attr:`data` holds the same values as read-only records and costs nothing;
+        the models add pydantic's methods (``model_dump``, ``model_json_schema``).
+
+        Example:
+            >>> spec = loads("chainspec: 1\nchains: {n: {input_shape: [2], nodes: [{id: a, type: relu}]}}")
+            >>> spec.model.model_dump()["chains"]["n"]["nodes"][0]["init"]
+            'fresh'
+        """
+        from .model import SpecModel  # pydantic's model layer: not needed to read a spec
+
+        data, _error = migrate(self._doc.data)
+        return SpecModel.model_validate(data)
 
     @property
     def chain_names(self) -> list[str]:
@@ -335,8 +358,8 @@ def loads(text: str | bytes | bytearray | memoryview, *, source: str = "<string>
         text = bytes(text)
     if not isinstance(text, (str, bytes)):
         raise TypeError(f"spec text must be str or bytes, got {type(text).__name__}")
-    model, doc, problems = validate_structure(text, source, limits)
-    if model is None:
+    data, doc, problems = validate_structure(text, source, limits)
+    if data is None:
         # Report the whole-document problems too, where the structure allows it.
         lenient = _without_bad_keys(doc, problems)
         if lenient is not None:
@@ -345,11 +368,11 @@ def loads(text: str | bytes | bytearray | memoryview, *, source: str = "<string>
             problems += [p for p in resolve(lenient, doc, allow_imports, limits)[2]
                          if p not in known and not refused.covers(p)]
         raise SpecError(_capped(_in_file_order(problems), limits))
-    chains, stages, problems = resolve(model, doc, allow_imports, limits)
+    chains, stages, problems = resolve(data, doc, allow_imports, limits)
     if problems:
         raise SpecError(_capped(_in_file_order(problems), limits))
     plain = text.decode("utf-8") if isinstance(text, bytes) else text
-    return Spec(model, doc, plain, chains, stages, tuple(allow_imports), limits)
+    return Spec(data, doc, plain, chains, stages, tuple(allow_imports), limits)
 
 
 class _Refused:
@@ -371,9 +394,30 @@ class _Refused:
         return any(where[:i] in self.paths for i, char in enumerate(where) if char in ".[")
 
 
+@functools.cache
+def structure_validator() -> SchemaValidator:
+    """The validator of the format's structure, filling in :mod:`.records`.
+
+    It is the one pydantic makes of :class:`~chainspec.read.model.SpecModel`, as
+    :mod:`.codegen` wrote it into ``records.SPEC_SCHEMA``. Under a pydantic-core
+    other than the one that wrote it, it is made from the models now instead (the
+    same checks, a slower start).
+
+    Example:
+        >>> doc = {"chainspec": 1, "chains": {"n": {"input_shape": [2], "nodes": [{"id": "a", "type": "relu"}]}}}
+        >>> structure_validator().validate_python(doc).chains["n"].nodes[0].stage
+        0
+    """
+    if pydantic_core.__version__ == records.PYDANTIC_CORE_VERSION:
+        return SchemaValidator(records.SPEC_SCHEMA)
+    from .codegen import spec_core_schema  # builds the models: only under another pydantic-core
+
+    return SchemaValidator(spec_core_schema())
+
+
 def validate_structure(text: str | bytes, source: str,
-                       limits: Limits | None = None) -> tuple[SpecModel | None, Document, list[Problem]]:
-    """Parse and check the structure only (YAML and the pydantic models); never imports torch."""
+                       limits: Limits | None = None) -> tuple[SpecData | None, Document, list[Problem]]:
+    """Parse and check the structure only (YAML and the format's validator); never imports torch."""
     doc = parse_yaml(text, source, limits)
     if doc.problems:
         return None, doc, doc.problems
@@ -384,7 +428,7 @@ def validate_structure(text: str | bytes, source: str,
     if error:
         return None, doc, [doc.problem(("chainspec",), error)]
     try:
-        return SpecModel.model_validate(data), doc, []
+        return structure_validator().validate_python(data), doc, []
     except ValidationError as exc:
         return None, doc, pydantic_problems(exc, doc, data)
 
@@ -394,7 +438,7 @@ def validate_structure(text: str | bytes, source: str,
 _ESSENTIAL = {"chainspec", "chains", "id", "type", "input_shape", "nodes"}
 
 
-def _without_bad_keys(doc: Document, problems: list[Problem]) -> SpecModel | None:
+def _without_bad_keys(doc: Document, problems: list[Problem]) -> SpecData | None:
     """The model of the document with each offending optional key dropped, or None if that is not enough."""
     import copy
 
@@ -403,7 +447,7 @@ def _without_bad_keys(doc: Document, problems: list[Problem]) -> SpecModel | Non
     data = copy.deepcopy(doc.data)
     for _ in range(3):
         try:
-            return SpecModel.model_validate(data)
+            return structure_validator().validate_python(data)
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 path, _rest = _data_path(err["loc"], data)
@@ -502,21 +546,19 @@ def _describe(value: Any) -> str:
 
 
 def _fields_at(path: Path, data: Any) -> list[str]:
-    """The keys allowed in the mapping at ``path``, for 'did you mean' hints."""
-    from .model import ChainSpec, GrowthSpec, NodeSpec, StagePhases, TypeDef
-
+    """The keys allowed in the mapping at ``path``, as a spec writes them, for 'did you mean' hints."""
     if path == ():
-        return list(SpecModel.model_fields)
+        return list(records.SpecData.KEYS)
     if len(path) == 2 and path[0] == "chains":
-        return list(ChainSpec.model_fields)
+        return list(records.ChainData.KEYS)
     if len(path) == 4 and path[0] == "chains" and path[2] == "nodes":
-        return list(NodeSpec.model_fields)
+        return list(records.NodeData.KEYS)
     if len(path) == 2 and path[0] == "types":
-        return list(TypeDef.model_fields)
+        return list(records.TypeData.KEYS)
     if len(path) == 4 and path[0] == "types" and path[2] == "nodes":
-        return ["id", "type", "args"]
+        return list(records.PartData.KEYS)
     if path == ("growth",):
-        return list(GrowthSpec.model_fields)
+        return list(records.GrowthData.KEYS)
     if len(path) == 3 and path[:2] == ("growth", "per_stage"):
-        return list(StagePhases.model_fields)
+        return list(records.StagePhasesData.KEYS)
     return []

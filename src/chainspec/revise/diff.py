@@ -302,7 +302,7 @@ def _node_args(spec: Spec, node: ResolvedNode) -> dict[str, Any]:
     """The node's own arguments with defaults and ``${...}`` applied, as the spec author sees them."""
     if isinstance(node.tree, Leaf):
         return dict(node.tree.args)
-    model = spec.model
+    model = spec.data
     typedef = model.types.get(node.spec.type)
     values: dict[str, Any] = dict(typedef.params) if typedef is not None else {}
     merged = {**model.defaults.get(node.spec.type, {}), **node.spec.args}

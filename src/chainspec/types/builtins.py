@@ -11,9 +11,8 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import Field
-
 from .._limits import FLOAT32_MAX, MAX_DIM
+from .bounds import Bounds
 from .registry import builtin
 
 if TYPE_CHECKING:
@@ -22,17 +21,17 @@ if TYPE_CHECKING:
 #: A size (channels, features, kernel size, stride, groups): at least 1. The
 #: upper bound is the format's limit on any dimension, so that ``10**30``
 #: channels is a validation error, not an OverflowError or an allocation.
-Size = Annotated[int, Field(ge=1, le=MAX_DIM)]
+Size = Annotated[int, Bounds(ge=1, le=MAX_DIM)]
 #: An amount of padding: at least 0.
-Pad = Annotated[int, Field(ge=0, le=MAX_DIM)]
+Pad = Annotated[int, Bounds(ge=0, le=MAX_DIM)]
 Size2 = Size | tuple[Size, Size]
 Pad2 = Pad | tuple[Pad, Pad]
 #: A probability, as dropout takes it.
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Probability = Annotated[float, Bounds(ge=0.0, le=1.0)]
 #: A finite number a float32 tensor can hold.
-Real = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)]
+Real = Annotated[float, Bounds(ge=-FLOAT32_MAX, le=FLOAT32_MAX, finite=True)]
 #: A norm's epsilon: a non-negative :data:`Real`.
-Eps = Annotated[float, Field(ge=0.0, le=FLOAT32_MAX, allow_inf_nan=False)]
+Eps = Annotated[float, Bounds(ge=0.0, le=FLOAT32_MAX, finite=True)]
 #: PG-GAN's default gain for equalized learning rate: He initialisation for leaky ReLU-ish activations.
 SQRT2 = math.sqrt(2.0)
 
@@ -217,7 +216,7 @@ def flatten(start_dim: int = 1, end_dim: int = -1) -> nn.Module:
 
 
 @builtin("reshape")
-def reshape(shape: tuple[Annotated[int, Field(ge=-1, le=MAX_DIM)], ...]) -> nn.Module:
+def reshape(shape: tuple[Annotated[int, Bounds(ge=-1, le=MAX_DIM)], ...]) -> nn.Module:
     """Reshape each sample to ``shape`` (without the batch dimension; one entry may be -1).
 
     Args:
@@ -229,7 +228,7 @@ def reshape(shape: tuple[Annotated[int, Field(ge=-1, le=MAX_DIM)], ...]) -> nn.M
 
 
 @builtin("upsample")
-def upsample(scale_factor: Annotated[float, Field(gt=0.0, le=MAX_DIM)] = 2.0,
+def upsample(scale_factor: Annotated[float, Bounds(gt=0.0, le=MAX_DIM)] = 2.0,
              mode: Literal["nearest", "bilinear"] = "nearest") -> nn.Module:
     """Upsample by ``scale_factor`` with nearest or bilinear interpolation (``torch.nn.Upsample``)."""
     from torch import nn

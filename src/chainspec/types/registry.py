@@ -4,7 +4,9 @@ A node type is a callable that returns an ``nn.Module``: a function or an
 ``nn.Module`` subclass. Its keyword arguments, with their annotations and
 defaults, *are* its argument schema: they drive validation of ``args`` in
 specs, the error messages, ``chainspec types`` and the published JSON Schema.
-This module never imports torch, so validating a spec stays fast.
+This module never imports torch, so validating a spec stays fast; nor does it
+build pydantic models for the built-in types, whose argument validators come
+ready-made from :mod:`.argschemas` (other types' models are built on first use).
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+import pydantic_core
+from pydantic_core import SchemaValidator, ValidationError
 
 from .._errors import ChainspecError
 from .._limits import FLOAT32_MAX, MAX_DIM
+from . import argschemas
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 #: Entry-point group through which plugin packages contribute node types.
 ENTRY_POINT_GROUP = "chainspec.types"
@@ -71,11 +78,14 @@ class NodeType:
     description: str = ""
     origin: str = "python"
     accepts_extra: bool = False
-    _models: dict[str, type[BaseModel]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def args_model(self) -> type[BaseModel]:
         """A pydantic model of the arguments (strict: ``"3"`` is not an int)."""
+        # pydantic's model layer is imported here, when a model is first built: validating the built-in
+        # types' arguments uses their generated validators (``_validator``) and never needs it.
+        from pydantic import ConfigDict, Field, create_model
+
         fields: dict[str, Any] = {}
         for arg in self.args:
             default = ... if arg.required else arg.default
@@ -85,6 +95,15 @@ class NodeType:
         config = ConfigDict(strict=True, extra="allow" if self.accepts_extra else "forbid",
                             arbitrary_types_allowed=True, title=f"{self.name} args")
         return create_model(f"{self.name}_args", __config__=config, **fields)
+
+    @cached_property
+    def _validator(self) -> SchemaValidator:
+        """The arguments' validator: a built-in type's generated one (:mod:`.argschemas`), else the model's."""
+        if self.origin == "builtin" and pydantic_core.__version__ == argschemas.PYDANTIC_CORE_VERSION:
+            schema = argschemas.ARG_SCHEMAS.get(self.name)
+            if schema is not None:
+                return SchemaValidator(schema)
+        return self.args_model.__pydantic_validator__
 
     def validate(self, args: dict[str, Any], *, hints: bool = True
                  ) -> tuple[dict[str, Any], list[tuple[str | None, str, str | None]]]:
@@ -109,12 +128,12 @@ class NodeType:
         known = {k: _tuples(v) if isinstance(v, list) else v for k, v in args.items()
                  if self.accepts_extra or k in names}
         try:
-            args_model = self.args_model
+            validator = self._validator
         except Exception as exc:  # an annotation pydantic cannot model (a registered type's, or an allowed import's)
             return {}, [(None, f"the arguments of node type {self.name!r} cannot be checked: {_first_error_line(exc)}",
                          "give the factory's parameters plain annotations (int, float, bool, str, tuples)")]
         try:
-            model = args_model.model_validate(known)
+            model = validator.validate_python(known)
         except ValidationError as exc:
             # A union (int | tuple[int, int]) fails once per branch: report one error per argument, the
             # one that got deepest into the value (the branch whose shape the value has).
@@ -176,6 +195,8 @@ def yaml_lists(annotation: Any, depth: int = 0) -> Any:
         return annotation
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is list or origin is list:
+        from pydantic import BeforeValidator  # only while a model is built (see NodeType.args_model)
+
         inner = list[yaml_lists(args[0], depth + 1)] if args else list  # type: ignore[misc]
         return typing.Annotated[inner, BeforeValidator(_as_list)]
     try:
