@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .._errors import ChainspecError
+from .._gc import spare_exit_collection
 from . import build, diff, graph, schema, types, validate
 from ._io import begin, escaped_output
 
@@ -66,6 +67,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout closed or gone: nothing more to say there
             pass
         return code
+
+
+def console_main() -> int:
+    """The installed ``chainspec`` command (and ``python -m chainspec``): :func:`main` on ``sys.argv``.
+
+    The process exits right after, so the objects left are spared the exit's last garbage
+    collection (see :func:`chainspec._gc.spare_exit_collection`): it would cost more than a
+    ``chainspec validate`` of a spec does. Call :func:`main` to run the command line in a process
+    that goes on.
+
+    Example:
+        >>> import subprocess, sys
+        >>> spec = "chainspec: 1\\nchains: {n: {input_shape: [2], nodes: [{id: a, type: relu}]}}"
+        >>> subprocess.run([sys.executable, "-m", "chainspec", "validate", "-q", "-"], input=spec, text=True).returncode
+        0
+    """
+    code = main()
+    spare_exit_collection()
+    return code
 
 
 def _main(argv: Sequence[str] | None) -> int:

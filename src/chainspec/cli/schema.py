@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..read.document import read_head
-from ..read.schema import SCHEMA_PATH, build_schema, render_schema
+from ..read.format import SCHEMA_PATH
 from . import _io
 
 
@@ -37,6 +37,10 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print, write or check the schema."""
+    # Generating the schema builds the format's pydantic models: imported here, so that the other
+    # subcommands (validate above all) start without them.
+    from ..read.schema import build_schema, render_schema
+
     _io.import_flagged(args)
     if args.installed:
         _io.use_project_here(args)
