@@ -1,6 +1,6 @@
 """The package's layout is its pipeline: imports point one way, down it, and never in a cycle.
 
-Layers, lowest first: the shared floor (``_errors``, ``_limits``, ``_gc``), ``types`` (the node types),
+Layers, lowest first: the shared floor (``_errors``, ``_limits``, ``_gc``, ``_quickcheck``), ``types`` (the node types),
 ``read`` (spec text to a validated, expanded spec; no torch), ``build`` (modules, the shape engine,
 chains), ``revise`` (plans, the transaction that applies them, watchers, checkpoints), ``grow``,
 ``distributed``, and the command line. A module may import from its own layer and the layers below.
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chainspec"
-LAYERS = {"_errors": 0, "_limits": 0, "_gc": 0, "types": 1, "read": 2, "build": 3, "revise": 4, "grow": 5, "draw": 5,
-          "distributed": 6, "cli": 7, "__init__": 8, "__main__": 8}
+LAYERS = {"_errors": 0, "_limits": 0, "_gc": 0, "_quickcheck": 0, "types": 1, "read": 2, "build": 3, "revise": 4,
+          "grow": 5, "draw": 5, "distributed": 6, "cli": 7, "__init__": 8, "__main__": 8}
 #: The facade's calls into building, by (importing module, imported module).
 FACADE = {("read.spec", "build.compile"), ("read.spec", "build.shapes"), ("read.spec", "build.memory"),
           ("read.spec", "build.summary"), ("read.spec", "build.chain")}

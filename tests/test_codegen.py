@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic_core import SchemaValidator, ValidationError
 
 import chainspec
+from chainspec._quickcheck import Unsure, validate_quickly
 from chainspec.read import codegen, records
 from chainspec.read.model import SpecModel
 from chainspec.read.spec import structure_validator
@@ -48,6 +51,8 @@ def _plain(value: Any) -> Any:
     """A record, a model or a container of them as plain dicts and lists, by attribute name."""
     if isinstance(value, records.Record):
         return {key: _plain(item) for key, item in vars(value).items()}
+    if isinstance(value, argschemas.Args):
+        return {"fields": _plain(vars(value)), "extra": _plain(value.__pydantic_extra__)}
     if hasattr(value, "model_dump"):
         return {key: _plain(getattr(value, key)) for key in type(value).model_fields}
     if isinstance(value, dict):
@@ -167,6 +172,105 @@ def test_a_builtin_type_validates_with_its_generated_validator() -> None:
         "in_features", "input should be greater than or equal to 1, got 0")
 
 
+# -- the fast path: what it accepts, pydantic-core accepts the same way ---------------
+
+
+def _quick(schema: dict[str, Any], data: Any) -> Any:
+    try:
+        return validate_quickly(schema, data)
+    except Unsure:
+        return Unsure
+
+
+def _agrees(schema: dict[str, Any], data: Any) -> bool:
+    """The fast path accepted ``data`` (True) or left it to pydantic-core (False); either way it did not differ."""
+    quick = _quick(schema, data)
+    if quick is Unsure:
+        return False
+    exact = SchemaValidator(schema).validate_python(data)  # raises if the fast path accepted an invalid document
+    assert _plain(quick) == _plain(exact) and type(quick) is type(exact)
+    assert [type(v) for v in _leaves(quick)] == [type(v) for v in _leaves(exact)]  # 3.0 where pydantic gives 3.0
+    return True
+
+
+def _leaves(value: Any) -> list[Any]:
+    plain = _plain(value)
+    if isinstance(plain, dict):
+        return [leaf for item in plain.values() for leaf in _leaves(item)]
+    if isinstance(plain, (list, tuple)):
+        return [leaf for item in plain for leaf in _leaves(item)]
+    return [plain]
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_fast_path_takes_every_valid_document_and_no_invalid_one(path: Path) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    valid = _errors(SpecModel.model_validate, data) is None
+    assert _agrees(records.SPEC_SCHEMA, data) is valid
+
+
+#: Values a YAML document can hold, the awkward ones included.
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.integers(), st.floats(), st.just(1.0),
+                    st.text(max_size=6), st.sampled_from(["relu", "fresh", "prev", "${stage}", " ${a} ", "a\n",
+                                                          "${a}\x1c", "copy", "h1", "float32", "images", "a.b"]))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["id", "type", "copy", "x", "from", "stage", "a"]),
+                                                 inner, max_size=3)), max_leaves=6)
+BASES = [yaml.safe_load(path.read_text(encoding="utf-8")) for path in DOCUMENTS
+         if path.parent.name != "invalid" and path.name in ("pggan_tiny.yaml", "gpt_tiny.yaml", "composites.yaml",
+                                                             "expressions.yaml", "two_chains.yaml")]
+
+
+def _places(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a document: where a mutation can land."""
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _places(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _places(item, (*path, i))
+    return found
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(range(len(BASES))), st.data(), VALUES)
+def test_the_fast_path_never_accepts_what_pydantic_core_refuses(base: int, data: st.DataObject, value: Any) -> None:
+    document = copy.deepcopy(BASES[base])
+    path = data.draw(st.sampled_from(_places(document)[1:]))
+    parent = document
+    for part in path[:-1]:
+        parent = parent[part]
+    if isinstance(parent, dict) and data.draw(st.booleans()):
+        parent[data.draw(st.sampled_from(["stage", "from", "init", "tie", "until", "merge", "zz", "copy"]))] = value
+    else:
+        parent[path[-1]] = value
+    _agrees(records.SPEC_SCHEMA, document)
+
+
+@pytest.mark.parametrize("name", builtin_type_names())
+def test_the_fast_path_checks_builtin_args_as_pydantic_core_does(name: str) -> None:
+    node_type = get_type(name)
+    taken = 0
+    for args in [*ARGS, {"in_features": 3, "out_features": 1, "bias": False}, {"p": 0}, {"negative_slope": 1},
+                 {"shape": (2, -1, 3)}, {"kernel_size": 3, "in_channels": 2, "out_channels": 4, "padding": (1, 1)}]:
+        sizes = {arg.name: 4 for arg in node_type.args if arg.required}  # every required argument is a size
+        known = {key: value for key, value in {**sizes, **args}.items()
+                 if key in node_type._names or node_type.accepts_extra}
+        taken += _agrees(argschemas.ARG_SCHEMAS[name], known)
+    assert taken, f"no argument set of {name} took the fast path"
+
+
+def test_a_union_takes_the_exact_match() -> None:
+    schema = {"type": "union", "choices": [{"type": "float"}, {"type": "int"}]}
+    assert type(validate_quickly(schema, 3)) is int and type(SchemaValidator(schema).validate_python(3)) is int
+    assert validate_quickly({"type": "float"}, 3) == 3.0 and type(validate_quickly({"type": "float"}, 3)) is float
+    with pytest.raises(Unsure):  # past a float's range: pydantic-core decides
+        validate_quickly({"type": "float"}, 10**400)
+    with pytest.raises(Unsure):  # two exact matches: pydantic-core decides
+        validate_quickly({"type": "union", "choices": [{"type": "int"}, {"type": "int", "ge": 0}]}, 1)
+
+
 # -- under another pydantic-core, from the models -----------------------------------
 
 
@@ -191,11 +295,16 @@ def test_another_pydantic_core_makes_the_validators_from_the_models(monkeypatch:
 # -- what reading a spec imports ---------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["specs/pggan.yaml", "tests/fixtures/invalid/node_unknown_key.yaml"])
-def test_validate_builds_no_pydantic_model(spec: str) -> None:
-    """Neither a valid spec nor an invalid one makes ``chainspec validate`` import pydantic's model layer."""
+@pytest.mark.parametrize(("spec", "imported"), [
+    ("specs/pggan.yaml", []),
+    ("tests/fixtures/invalid/node_unknown_key.yaml", ["pydantic_core"]),
+])
+def test_validate_imports_what_the_verdict_needs(spec: str, imported: list[str]) -> None:
+    """A valid spec is validated without pydantic-core; an invalid one takes pydantic-core for its errors. Neither
+    builds a pydantic model (nor imports torch)."""
+    watched = ("pydantic_core", "pydantic.main", "pydantic.fields", "torch")
     code = ("import sys\nfrom chainspec.cli import main\n"
             f"main(['validate', '-q', {spec!r}])\n"
-            "print(sorted(m for m in sys.modules if m in ('pydantic.main', 'pydantic.fields', 'torch')))")
+            f"print(sorted(m for m in sys.modules if m in {watched!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == repr(imported), out.stdout + out.stderr

@@ -50,10 +50,11 @@ def spare_exit_collection() -> None:
     """Keep every object alive now out of the full collection CPython runs when the process exits.
 
     Only for a process that is about to exit, as the ``chainspec`` command is when it calls this.
-    That last collection scans every object still tracked, and pydantic-core's import alone
-    leaves enough of them for it to cost about 30 ms: ``python -c "import pydantic_core"`` takes
-    119 ms, 91 ms with ``gc.freeze()`` at its end (median of 15 runs on the machine of
-    ``benchmarks/results-startup.md``). That is more than ``chainspec validate`` spends on the spec.
+    That last collection scans every object still tracked, which costs about what validating a
+    spec does: ``chainspec validate specs/pggan.yaml`` run as ``python -c "import sys; sys.argv = [...];
+    from chainspec.cli import main; main()"`` takes 132 ms, and 113 ms with ``console_main`` in
+    place of ``main``; for an invalid spec, whose errors import pydantic-core, 183 ms and 151 ms
+    (medians of 15 runs on the machine of ``benchmarks/results-startup.md``).
     What exit frees it still frees; what is spared is objects in reference cycles, which exit
     would have collected one by one and the operating system reclaims at once. Files are closed
     by chainspec where they are written, and the standard streams are flushed at exit as before.

@@ -10,8 +10,9 @@ once, at development time, and writes its result into two generated modules:
   and, for each of its models, a plain read-only record class the validator fills in;
 - ``types/argschemas.py``: the core schema of each built-in node type's arguments.
 
-At run time chainspec hands those to pydantic-core directly, and imports no more
-of pydantic than its core. The models stay the single source of truth; the
+At run time a valid document goes through them on :mod:`chainspec._quickcheck`'s
+plain-Python fast path, and anything else to pydantic-core, which gives the errors;
+neither builds a pydantic model. The models stay the single source of truth; the
 generated files are checked against them by the tests (``--check``), and used
 only with the pydantic-core version that wrote them (other versions take the
 schemas from the models at run time, as :func:`spec_core_schema` does).

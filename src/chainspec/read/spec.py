@@ -16,12 +16,10 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import pydantic_core
-from pydantic_core import SchemaValidator, ValidationError
-
 from .._errors import Problem, SpecError, require_torch
 from .._gc import gc_paused
 from .._limits import Limits, is_too_many_problems, limits_or_default, too_many_problems
+from .._quickcheck import Unsure, validate_quickly
 from . import records
 from .document import Document, Path, format_path, parse_yaml, read_head, too_big
 from .migrate import migrate
@@ -31,6 +29,7 @@ from .resolve import ResolvedChain, resolve
 
 if TYPE_CHECKING:
     import torch
+    from pydantic_core import SchemaValidator, ValidationError
 
     from ..build.chain import Chain
     from ..build.summary import ChainSummary
@@ -408,16 +407,22 @@ def structure_validator() -> SchemaValidator:
         >>> structure_validator().validate_python(doc).chains["n"].nodes[0].stage
         0
     """
+    import pydantic_core  # not at import: a valid spec is read without it (see _quickcheck)
+
     if pydantic_core.__version__ == records.PYDANTIC_CORE_VERSION:
-        return SchemaValidator(records.SPEC_SCHEMA)
+        return pydantic_core.SchemaValidator(records.SPEC_SCHEMA)
     from .codegen import spec_core_schema  # builds the models: only under another pydantic-core
 
-    return SchemaValidator(spec_core_schema())
+    return pydantic_core.SchemaValidator(spec_core_schema())
 
 
 def validate_structure(text: str | bytes, source: str,
                        limits: Limits | None = None) -> tuple[SpecData | None, Document, list[Problem]]:
-    """Parse and check the structure only (YAML and the format's validator); never imports torch."""
+    """Parse and check the structure only (YAML and the format's validator); never imports torch.
+
+    A valid document takes :mod:`chainspec._quickcheck`'s fast path through ``records.SPEC_SCHEMA``;
+    anything it cannot vouch for goes to pydantic-core, which gives the verdict and the errors.
+    """
     doc = parse_yaml(text, source, limits)
     if doc.problems:
         return None, doc, doc.problems
@@ -427,6 +432,12 @@ def validate_structure(text: str | bytes, source: str,
     data, error = migrate(doc.data)
     if error:
         return None, doc, [doc.problem(("chainspec",), error)]
+    try:
+        return validate_quickly(records.SPEC_SCHEMA, data), doc, []
+    except Unsure:
+        pass
+    from pydantic_core import ValidationError
+
     try:
         return structure_validator().validate_python(data), doc, []
     except ValidationError as exc:
@@ -441,6 +452,8 @@ _ESSENTIAL = {"chainspec", "chains", "id", "type", "input_shape", "nodes"}
 def _without_bad_keys(doc: Document, problems: list[Problem]) -> SpecData | None:
     """The model of the document with each offending optional key dropped, or None if that is not enough."""
     import copy
+
+    from pydantic_core import ValidationError
 
     if not isinstance(doc.data, dict):
         return None

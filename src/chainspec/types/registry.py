@@ -26,15 +26,14 @@ from functools import cached_property
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import pydantic_core
-from pydantic_core import SchemaValidator, ValidationError
-
 from .._errors import ChainspecError
 from .._limits import FLOAT32_MAX, MAX_DIM
+from .._quickcheck import Unsure, validate_quickly
 from . import argschemas
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from pydantic_core import SchemaValidator
 
 #: Entry-point group through which plugin packages contribute node types.
 ENTRY_POINT_GROUP = "chainspec.types"
@@ -99,10 +98,12 @@ class NodeType:
     @cached_property
     def _validator(self) -> SchemaValidator:
         """The arguments' validator: a built-in type's generated one (:mod:`.argschemas`), else the model's."""
+        import pydantic_core  # not at import: valid arguments of a built-in type are checked without it
+
         if self.origin == "builtin" and pydantic_core.__version__ == argschemas.PYDANTIC_CORE_VERSION:
             schema = argschemas.ARG_SCHEMAS.get(self.name)
             if schema is not None:
-                return SchemaValidator(schema)
+                return pydantic_core.SchemaValidator(schema)
         return self.args_model.__pydantic_validator__
 
     def validate(self, args: dict[str, Any], *, hints: bool = True
@@ -127,6 +128,14 @@ class NodeType:
                     problems.append((key, f"unknown argument {key!r}", hint))
         known = {k: _tuples(v) if isinstance(v, list) else v for k, v in args.items()
                  if self.accepts_extra or k in names}
+        generated = argschemas.ARG_SCHEMAS.get(self.name) if self.origin == "builtin" else None
+        if generated is not None and not problems:
+            try:  # the fast path for valid arguments (chainspec._quickcheck); the rest goes to pydantic-core
+                return _values(validate_quickly(generated, known)), []
+            except Unsure:
+                pass
+        from pydantic_core import ValidationError
+
         try:
             validator = self._validator
         except Exception as exc:  # an annotation pydantic cannot model (a registered type's, or an allowed import's)
@@ -152,14 +161,19 @@ class NodeType:
             return {}, problems
         if problems:
             return {}, problems
-        values = dict(model.__dict__)  # the fields, as dict(model) gives them, without pydantic's per-call overhead
-        if model.__pydantic_extra__:
-            values.update(model.__pydantic_extra__)
-        return values, []
+        return _values(model), []
 
     @cached_property
     def _names(self) -> list[str]:
         return [a.name for a in self.args]
+
+
+def _values(model: Any) -> dict[str, Any]:
+    """The arguments a validated model holds, as ``dict(model)`` gives them, without pydantic's per-call overhead."""
+    values = dict(model.__dict__)
+    if model.__pydantic_extra__:
+        values.update(model.__pydantic_extra__)
+    return values
 
 
 def _tuples(value: Any) -> Any:
