@@ -594,7 +594,9 @@ MAX_HINT_SCAN = 1000
 #: Most candidates of a fitting length whose similarity is estimated for one hint (those sharing the
 #: most characters with the name).
 MAX_HINT_POOL = 32
-#: Most candidates compared in full (difflib's ratio) for one hint.
+#: Most candidates compared in full (difflib's ratio) for one hint when the names are the longest: the
+#: work of a full comparison is the product of the two lengths, and one hint does at most this many
+#: comparisons' worth of it (so all of a few dozen short names, as difflib would).
 MAX_HINT_RATIOS = 8
 
 
@@ -606,7 +608,7 @@ def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> st
     length allows a ratio of ``cutoff`` (at most :data:`MAX_HINT_POOL`, those sharing the most
     characters with ``word``); they are ranked by difflib's cheap
     upper bound (``quick_ratio``) and compared in full from the best down, at most
-    :data:`MAX_HINT_RATIOS` of them, stopping as soon as no other can do better.
+    :data:`MAX_HINT_RATIOS` of the longest names' worth of work, stopping as soon as no other can do better.
 
     Example:
         >>> close_match("chanels", ["channels", "kernel_size", "stride"])
@@ -618,8 +620,9 @@ def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> st
         return None
     size = len(word)
     # ratio = 2 * matches / (len(a) + len(b)) <= 2 * min(len(a), len(b)) / (len(a) + len(b))
-    pool = [c for c in itertools.islice(candidates, MAX_HINT_SCAN)
-            if isinstance(c, str) and 2 * min(len(c), size) >= cutoff * (len(c) + size)]
+    # Each name once: copies of one name would take the places of others among the few compared in full.
+    names = dict.fromkeys(c for c in itertools.islice(candidates, MAX_HINT_SCAN) if isinstance(c, str))
+    pool = [c for c in names if 2 * min(len(c), size) >= cutoff * (len(c) + size)]
     if not pool:
         return None
     if len(pool) > MAX_HINT_POOL:  # keep those sharing the most characters with the word (a C-speed estimate)
@@ -636,9 +639,13 @@ def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> st
                 bounds.append((quick, candidate))
     bounds.sort(reverse=True)
     best: tuple[float, str] | None = None
-    for quick, candidate in bounds[:MAX_HINT_RATIOS]:
+    work = MAX_HINT_RATIOS * MAX_HINT_NAME * MAX_HINT_NAME
+    for quick, candidate in bounds:
         if best is not None and quick < best[0]:
             break  # the ratio is at most the quick ratio: nothing further down can win
+        work -= len(candidate) * size
+        if work < 0:
+            break
         matcher.set_seq1(candidate)
         score = matcher.ratio()
         if score >= cutoff and (best is None or (score, candidate) > best):
