@@ -122,11 +122,13 @@ def test_validate_area_sets_validate_against_check_jsonschema_and_torch() -> Non
 
     raw = [{"name": n, "median_s": s, "ratio": s / 0.4, "files": 1, "repeats": 7}
            for n, s in [("chainspec validate", 0.2), ("check-jsonschema", 0.4), ("chainspec validate --deep", 3.0),
-                        (bench_validate.TORCH, 1.6), (bench_validate.PYTHON, 0.04), (bench_validate.PYDANTIC, 0.1)]]
+                        (bench_validate.INVALID, 0.14), (bench_validate.TORCH, 1.6), (bench_validate.PYTHON, 0.04),
+                        (bench_validate.PYDANTIC, 0.1)]]
 
     class Fake:
         BASELINE, TORCH, DEFAULT_FILES = bench_validate.BASELINE, bench_validate.TORCH, bench_validate.DEFAULT_FILES
         PYTHON, PYDANTIC = bench_validate.PYTHON, bench_validate.PYDANTIC
+        INVALID, INVALID_FILE = bench_validate.INVALID, bench_validate.INVALID_FILE
         against_torch = staticmethod(bench_validate.against_torch)
 
         @staticmethod
@@ -138,7 +140,10 @@ def test_validate_area_sets_validate_against_check_jsonschema_and_torch() -> Non
     assert [(r["baseline"], r["ratio"]) for r in plain] == [("check-jsonschema", 0.5), (bench_validate.TORCH, 0.125)]
     assert plain[0]["target"] == "≤ 0.3" and plain[0]["ok"] is False  # the target: 0.5 misses it
     floor = {r["case"]: round(r["ratio"], 6) for r in rows if "floor" in r["note"]}
-    assert floor == {bench_validate.PYTHON: 0.1, bench_validate.PYDANTIC: 0.25}
+    assert floor == {bench_validate.PYTHON: 0.1}
+    notes = {r["case"]: (round(r["ratio"], 6), r["note"]) for r in rows}
+    assert notes[bench_validate.PYDANTIC] == (0.25, "not imported to validate a valid spec, median of 7")
+    assert notes[bench_validate.INVALID][0] == 0.35 and "exit 1" in notes[bench_validate.INVALID][1]
     assert bench_validate.DEFAULT_FILES == ["specs/pggan.yaml"]
 
 

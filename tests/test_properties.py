@@ -104,7 +104,11 @@ def loads_builds_and_runs(text: str | bytes) -> chainspec.Spec | None:
                 continue  # feasible but large: not built in a unit test
             net = spec.build(chain, stage=stage)  # what shape-checks must build
             assert [n.id for n in net] == [n.id for n in summary.nodes]
-            x = torch.randn(PROBE_BATCH, *summary.input_shape)
+            dtype = spec.data.chains[chain].input_dtype
+            if dtype in ("int64", "int32"):  # token ids: 0 is one for every vocabulary
+                x = torch.zeros(PROBE_BATCH, *summary.input_shape, dtype=getattr(torch, dtype))
+            else:
+                x = torch.randn(PROBE_BATCH, *summary.input_shape)
             with torch.no_grad():
                 y = net(x)
             assert tuple(y.shape) == (PROBE_BATCH, *summary.output_shape)
