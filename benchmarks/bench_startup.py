@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ IMPORT_CASE = "import chainspec, after import torch"
 
 
 def _chainspec() -> list[str]:
-    found = shutil.which("chainspec")
+    found = benchutil.installed_script("chainspec")
     return [found] if found else [sys.executable, "-m", "chainspec"]
 
 

@@ -29,14 +29,14 @@ from __future__ import annotations
 import argparse
 import compileall
 import importlib.util
-import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
+
+from benchutil import installed_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "schemas" / "chainspec.schema.json"
@@ -69,12 +69,6 @@ def commands(files: list[str]) -> dict[str, list[str]]:
         PYTHON: [sys.executable, "-c", "pass"],
         PYDANTIC: [sys.executable, "-c", "import pydantic"],
     }
-
-
-def installed_script(name: str) -> str | None:
-    """The command ``name`` as pip installed it for this interpreter, else as found on ``PATH``."""
-    here = Path(sysconfig.get_path("scripts")) / name
-    return str(here) if here.is_file() else shutil.which(name)
 
 
 def _compile_chainspec() -> None:

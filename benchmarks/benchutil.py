@@ -17,10 +17,13 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import shutil
 import statistics
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 #: Set by ``run.py --quick`` (and the smoke test): tiny sizes and repetition counts.
@@ -230,3 +233,10 @@ def fmt_ratio(ratio: float) -> str:
     if ratio >= 0.1:
         return f"{ratio:.2f}"
     return f"{ratio:.2g}"
+
+
+def installed_script(name: str) -> str | None:
+    """The command ``name`` as pip installed it for this interpreter (a virtualenv's ``bin/``), else as found on
+    ``PATH``. Not a version manager's shim: pyenv's start a shell and pyenv first, 60 to 80 ms a command."""
+    here = Path(sysconfig.get_path("scripts")) / name
+    return str(here) if here.is_file() else shutil.which(name)
