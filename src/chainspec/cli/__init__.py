@@ -73,7 +73,7 @@ def console_main() -> int:
     """The installed ``chainspec`` command (and ``python -m chainspec``): :func:`main` on ``sys.argv``.
 
     The process exits right after, so the objects left are spared the exit's last garbage
-    collection (see :func:`chainspec._gc.spare_exit_collection`): it would cost more than a
+    collection (see :func:`chainspec._gc.spare_exit_collection`): it would cost about what a
     ``chainspec validate`` of a spec does. Call :func:`main` to run the command line in a process
     that goes on.
 
