@@ -13,9 +13,11 @@ once, at development time, and writes its result into two generated modules:
 At run time a valid document goes through them on :mod:`chainspec._quickcheck`'s
 plain-Python fast path, and anything else to pydantic-core, which gives the errors;
 neither builds a pydantic model. The models stay the single source of truth; the
-generated files are checked against them by the tests (``--check``), and used
-only with the pydantic-core version that wrote them (other versions take the
-schemas from the models at run time, as :func:`spec_core_schema` does).
+generated files are checked against them by the tests (``--check``). They hold no
+version: the pydantic versions chainspec accepts write the same schemas (each
+``config`` with its keys sorted, since their order changes between versions and
+means nothing). Should the installed pydantic-core refuse one, chainspec makes it
+from the models at run time instead, as :func:`spec_core_schema` does.
 
 Run ``python -m chainspec.read.codegen`` after changing the models or a built-in
 type's arguments, and ``python -m chainspec.read.codegen --check`` to see whether
@@ -38,7 +40,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pydantic_core
 from pydantic import BaseModel
 
 from ..types.registry import builtin_type_names, get_type
@@ -77,6 +78,8 @@ def _plain(schema: Any, classes: Callable[[type], Any], refs: dict[str, str]) ->
                 continue
             if key == "cls":
                 out[key] = classes(value)
+            elif key == "config":
+                out[key] = dict(sorted(value.items()))
             elif key in ("ref", "schema_ref"):
                 out[key] = refs.setdefault(value, value.split(":")[0].rsplit(".", 1)[-1])
             elif key == "default_factory":
@@ -266,11 +269,9 @@ def records_source() -> str:
         parts.append("\n\n" + _record_source(cls, name) + "\n")
     classes = {cls: name for cls, name in MODELS.items()} | {dict: "dict", list: "list"}
     schema = _plain(model.SpecModel.__pydantic_core_schema__, _names_for(classes), {})
-    parts.append("\n\n#: The pydantic-core version whose schema format ``SPEC_SCHEMA`` is written in.\n")
-    parts.append(f"PYDANTIC_CORE_VERSION = {pydantic_core.__version__!r}\n")
     models: dict[str, Any] = {}
     top = _hoisted(schema, models)
-    parts.append("\n#: pydantic-core's schema of each record's model.\n")
+    parts.append("\n\n#: pydantic-core's schema of each record's model.\n")
     parts.extend(_literal(f"{name}: dict[str, Any]", value) for name, value in models.items())
     parts.append("#: pydantic-core's schema of the spec format.\n")
     parts.append(_literal("SPEC_SCHEMA: dict[str, Any]", top))
@@ -286,9 +287,7 @@ def argschemas_source() -> str:
                                {})
     return "".join([
         _ARGS_HEAD,
-        "\n\n#: The pydantic-core version whose schema format ``ARG_SCHEMAS`` is written in.\n",
-        f"PYDANTIC_CORE_VERSION = {pydantic_core.__version__!r}\n",
-        "#: pydantic-core's schema of each built-in type's arguments, by type name.\n",
+        "\n\n#: pydantic-core's schema of each built-in type's arguments, by type name.\n",
         _literal("ARG_SCHEMAS: dict[str, dict[str, Any]]", schemas),
     ])
 

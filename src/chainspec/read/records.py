@@ -141,9 +141,6 @@ class StagePhasesData(Record):
     KEYS = ('stage', 'stabilize', 'fade', 'minibatch')
 
 
-#: The pydantic-core version whose schema format ``SPEC_SCHEMA`` is written in.
-PYDANTIC_CORE_VERSION = '2.46.4'
-
 #: pydantic-core's schema of each record's model.
 _TYPE_DATA_SCHEMA: dict[str, Any] = {
     'type': 'model',
@@ -202,7 +199,7 @@ _TYPE_DATA_SCHEMA: dict[str, Any] = {
         'model_name': 'TypeDef',
         'computed_fields': []
     },
-    'config': {'title': 'TypeDef', 'extra_fields_behavior': 'forbid', 'strict': True},
+    'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'TypeDef'},
     'ref': 'TypeDef'
 }
 _COPY_DATA_SCHEMA: dict[str, Any] = {
@@ -230,9 +227,9 @@ _COPY_DATA_SCHEMA: dict[str, Any] = {
         'computed_fields': []
     },
     'config': {
-        'title': 'CopyInit',
         'extra_fields_behavior': 'forbid',
         'strict': True,
+        'title': 'CopyInit',
         'validate_by_alias': True,
         'validate_by_name': True
     },
@@ -355,9 +352,9 @@ _NODE_DATA_SCHEMA: dict[str, Any] = {
         'computed_fields': []
     },
     'config': {
-        'title': 'NodeSpec',
         'extra_fields_behavior': 'forbid',
         'strict': True,
+        'title': 'NodeSpec',
         'validate_by_alias': True,
         'validate_by_name': True
     },
@@ -409,7 +406,7 @@ _CHAIN_DATA_SCHEMA: dict[str, Any] = {
         'model_name': 'ChainSpec',
         'computed_fields': []
     },
-    'config': {'title': 'ChainSpec', 'extra_fields_behavior': 'forbid', 'strict': True},
+    'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'ChainSpec'},
     'ref': 'ChainSpec'
 }
 _STAGE_PHASES_DATA_SCHEMA: dict[str, Any] = {
@@ -447,7 +444,7 @@ _STAGE_PHASES_DATA_SCHEMA: dict[str, Any] = {
         'model_name': 'StagePhases',
         'computed_fields': []
     },
-    'config': {'title': 'StagePhases', 'extra_fields_behavior': 'forbid', 'strict': True},
+    'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'StagePhases'},
     'ref': 'StagePhases'
 }
 _GROWTH_DATA_SCHEMA: dict[str, Any] = {
@@ -501,7 +498,7 @@ _GROWTH_DATA_SCHEMA: dict[str, Any] = {
         'model_name': 'GrowthSpec',
         'computed_fields': []
     },
-    'config': {'title': 'GrowthSpec', 'extra_fields_behavior': 'forbid', 'strict': True},
+    'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'GrowthSpec'},
     'ref': 'GrowthSpec'
 }
 _SPEC_DATA_SCHEMA: dict[str, Any] = {
@@ -590,7 +587,7 @@ _SPEC_DATA_SCHEMA: dict[str, Any] = {
         'model_name': 'SpecModel',
         'computed_fields': []
     },
-    'config': {'title': 'chainspec spec', 'extra_fields_behavior': 'forbid', 'strict': True},
+    'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'chainspec spec'},
     'ref': 'SpecModel'
 }
 _PART_DATA_SCHEMA: dict[str, Any] = {
@@ -617,7 +614,7 @@ _PART_DATA_SCHEMA: dict[str, Any] = {
         'model_name': 'PartSpec',
         'computed_fields': []
     },
-    'config': {'title': 'PartSpec', 'extra_fields_behavior': 'forbid', 'strict': True},
+    'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'PartSpec'},
     'ref': 'PartSpec'
 }
 #: pydantic-core's schema of the spec format.

@@ -398,8 +398,8 @@ def structure_validator() -> SchemaValidator:
     """The validator of the format's structure, filling in :mod:`.records`.
 
     It is the one pydantic makes of :class:`~chainspec.read.model.SpecModel`, as
-    :mod:`.codegen` wrote it into ``records.SPEC_SCHEMA``. Under a pydantic-core
-    other than the one that wrote it, it is made from the models now instead (the
+    :mod:`.codegen` wrote it into ``records.SPEC_SCHEMA``. Should the installed
+    pydantic-core refuse that schema, it is made from the models now instead (the
     same checks, a slower start).
 
     Example:
@@ -409,11 +409,12 @@ def structure_validator() -> SchemaValidator:
     """
     import pydantic_core  # not at import: a valid spec is read without it (see _quickcheck)
 
-    if pydantic_core.__version__ == records.PYDANTIC_CORE_VERSION:
+    try:
         return pydantic_core.SchemaValidator(records.SPEC_SCHEMA)
-    from .codegen import spec_core_schema  # builds the models: only under another pydantic-core
+    except pydantic_core.SchemaError:
+        from .codegen import spec_core_schema  # builds the models: only where the written schema is refused
 
-    return pydantic_core.SchemaValidator(spec_core_schema())
+        return pydantic_core.SchemaValidator(spec_core_schema())
 
 
 def validate_structure(text: str | bytes, source: str,

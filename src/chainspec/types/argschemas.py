@@ -23,8 +23,6 @@ class Args:
     __slots__ = ("__dict__", "__pydantic_extra__", "__pydantic_fields_set__", "__pydantic_private__")
 
 
-#: The pydantic-core version whose schema format ``ARG_SCHEMAS`` is written in.
-PYDANTIC_CORE_VERSION = '2.46.4'
 #: pydantic-core's schema of each built-in type's arguments, by type name.
 ARG_SCHEMAS: dict[str, dict[str, Any]] = {
     'adaptive_avgpool2d': {
@@ -57,7 +55,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'adaptive_avgpool2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'adaptive_avgpool2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'adaptive_avgpool2d args'},
         'ref': 'adaptive_avgpool2d_args'
     },
     'avgpool2d': {
@@ -133,7 +131,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'avgpool2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'avgpool2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'avgpool2d args'},
         'ref': 'avgpool2d_args'
     },
     'batchnorm1d': {
@@ -176,7 +174,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'batchnorm1d_args',
             'computed_fields': []
         },
-        'config': {'title': 'batchnorm1d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'batchnorm1d args'},
         'ref': 'batchnorm1d_args'
     },
     'batchnorm2d': {
@@ -219,7 +217,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'batchnorm2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'batchnorm2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'batchnorm2d args'},
         'ref': 'batchnorm2d_args'
     },
     'causal_self_attention': {
@@ -250,7 +248,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'causal_self_attention_args',
             'computed_fields': []
         },
-        'config': {'title': 'causal_self_attention args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'causal_self_attention args'},
         'ref': 'causal_self_attention_args'
     },
     'channel_bias': {
@@ -264,7 +262,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'channel_bias_args',
             'computed_fields': []
         },
-        'config': {'title': 'channel_bias args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'channel_bias args'},
         'ref': 'channel_bias_args'
     },
     'conv1d': {
@@ -330,7 +328,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'conv1d_args',
             'computed_fields': []
         },
-        'config': {'title': 'conv1d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'conv1d args'},
         'ref': 'conv1d_args'
     },
     'conv2d': {
@@ -442,7 +440,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'conv2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'conv2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'conv2d args'},
         'ref': 'conv2d_args'
     },
     'conv_transpose2d': {
@@ -569,7 +567,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'conv_transpose2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'conv_transpose2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'conv_transpose2d args'},
         'ref': 'conv_transpose2d_args'
     },
     'dropout': {
@@ -586,7 +584,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'dropout_args',
             'computed_fields': []
         },
-        'config': {'title': 'dropout args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'dropout args'},
         'ref': 'dropout_args'
     },
     'eq_conv2d': {
@@ -642,7 +640,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'eq_conv2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'eq_conv2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'eq_conv2d args'},
         'ref': 'eq_conv2d_args'
     },
     'eq_linear': {
@@ -674,7 +672,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'eq_linear_args',
             'computed_fields': []
         },
-        'config': {'title': 'eq_linear args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'eq_linear args'},
         'ref': 'eq_linear_args'
     },
     'flatten': {
@@ -695,7 +693,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'flatten_args',
             'computed_fields': []
         },
-        'config': {'title': 'flatten args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'flatten args'},
         'ref': 'flatten_args'
     },
     'gelu': {
@@ -716,7 +714,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'gelu_args',
             'computed_fields': []
         },
-        'config': {'title': 'gelu args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'gelu args'},
         'ref': 'gelu_args'
     },
     'groupnorm': {
@@ -743,14 +741,14 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'groupnorm_args',
             'computed_fields': []
         },
-        'config': {'title': 'groupnorm args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'groupnorm args'},
         'ref': 'groupnorm_args'
     },
     'identity': {
         'type': 'model',
         'cls': Args,
         'schema': {'type': 'model-fields', 'fields': {}, 'model_name': 'identity_args', 'computed_fields': []},
-        'config': {'title': 'identity args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'identity args'},
         'ref': 'identity_args'
     },
     'instancenorm2d': {
@@ -793,7 +791,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'instancenorm2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'instancenorm2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'instancenorm2d args'},
         'ref': 'instancenorm2d_args'
     },
     'layernorm': {
@@ -836,7 +834,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'layernorm_args',
             'computed_fields': []
         },
-        'config': {'title': 'layernorm args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'layernorm args'},
         'ref': 'layernorm_args'
     },
     'leaky_relu': {
@@ -862,7 +860,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'leaky_relu_args',
             'computed_fields': []
         },
-        'config': {'title': 'leaky_relu args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'leaky_relu args'},
         'ref': 'leaky_relu_args'
     },
     'linear': {
@@ -881,7 +879,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'linear_args',
             'computed_fields': []
         },
-        'config': {'title': 'linear args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'linear args'},
         'ref': 'linear_args'
     },
     'maxpool2d': {
@@ -957,7 +955,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'maxpool2d_args',
             'computed_fields': []
         },
-        'config': {'title': 'maxpool2d args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'maxpool2d args'},
         'ref': 'maxpool2d_args'
     },
     'minibatch_stddev': {
@@ -978,7 +976,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'minibatch_stddev_args',
             'computed_fields': []
         },
-        'config': {'title': 'minibatch_stddev args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'minibatch_stddev args'},
         'ref': 'minibatch_stddev_args'
     },
     'pixel_norm': {
@@ -999,7 +997,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'pixel_norm_args',
             'computed_fields': []
         },
-        'config': {'title': 'pixel_norm args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'pixel_norm args'},
         'ref': 'pixel_norm_args'
     },
     'position_embedding': {
@@ -1014,14 +1012,14 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'position_embedding_args',
             'computed_fields': []
         },
-        'config': {'title': 'position_embedding args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'position_embedding args'},
         'ref': 'position_embedding_args'
     },
     'relu': {
         'type': 'model',
         'cls': Args,
         'schema': {'type': 'model-fields', 'fields': {}, 'model_name': 'relu_args', 'computed_fields': []},
-        'config': {'title': 'relu args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'relu args'},
         'ref': 'relu_args'
     },
     'reshape': {
@@ -1042,7 +1040,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'reshape_args',
             'computed_fields': []
         },
-        'config': {'title': 'reshape args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'reshape args'},
         'ref': 'reshape_args'
     },
     'rmsnorm': {
@@ -1064,21 +1062,21 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'rmsnorm_args',
             'computed_fields': []
         },
-        'config': {'title': 'rmsnorm args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'rmsnorm args'},
         'ref': 'rmsnorm_args'
     },
     'sigmoid': {
         'type': 'model',
         'cls': Args,
         'schema': {'type': 'model-fields', 'fields': {}, 'model_name': 'sigmoid_args', 'computed_fields': []},
-        'config': {'title': 'sigmoid args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'sigmoid args'},
         'ref': 'sigmoid_args'
     },
     'silu': {
         'type': 'model',
         'cls': Args,
         'schema': {'type': 'model-fields', 'fields': {}, 'model_name': 'silu_args', 'computed_fields': []},
-        'config': {'title': 'silu args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'silu args'},
         'ref': 'silu_args'
     },
     'subsample_pad': {
@@ -1101,14 +1099,14 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'subsample_pad_args',
             'computed_fields': []
         },
-        'config': {'title': 'subsample_pad args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'subsample_pad args'},
         'ref': 'subsample_pad_args'
     },
     'tanh': {
         'type': 'model',
         'cls': Args,
         'schema': {'type': 'model-fields', 'fields': {}, 'model_name': 'tanh_args', 'computed_fields': []},
-        'config': {'title': 'tanh args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'tanh args'},
         'ref': 'tanh_args'
     },
     'token_embedding': {
@@ -1123,7 +1121,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'token_embedding_args',
             'computed_fields': []
         },
-        'config': {'title': 'token_embedding args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'token_embedding args'},
         'ref': 'token_embedding_args'
     },
     'upsample': {
@@ -1152,7 +1150,7 @@ ARG_SCHEMAS: dict[str, dict[str, Any]] = {
             'model_name': 'upsample_args',
             'computed_fields': []
         },
-        'config': {'title': 'upsample args', 'extra_fields_behavior': 'forbid', 'strict': True},
+        'config': {'extra_fields_behavior': 'forbid', 'strict': True, 'title': 'upsample args'},
         'ref': 'upsample_args'
     }
 }

@@ -100,10 +100,12 @@ class NodeType:
         """The arguments' validator: a built-in type's generated one (:mod:`.argschemas`), else the model's."""
         import pydantic_core  # not at import: valid arguments of a built-in type are checked without it
 
-        if self.origin == "builtin" and pydantic_core.__version__ == argschemas.PYDANTIC_CORE_VERSION:
-            schema = argschemas.ARG_SCHEMAS.get(self.name)
-            if schema is not None:
+        schema = argschemas.ARG_SCHEMAS.get(self.name) if self.origin == "builtin" else None
+        if schema is not None:
+            try:
                 return pydantic_core.SchemaValidator(schema)
+            except pydantic_core.SchemaError:  # a pydantic-core that refuses the written schema: the model's
+                pass
         return self.args_model.__pydantic_validator__
 
     def validate(self, args: dict[str, Any], *, hints: bool = True
