@@ -1,4 +1,4 @@
-"""Grow a character-level GPT (specs/gpt_tiny.yaml) in depth mid-training, and measure what it saves.
+"""Grow a character-level GPT (specs/gpt_tiny.yaml) mid-training, and measure what it saves.
 
 The text is one every machine with Python has: the standard library's own ``.py`` sources, found
 through ``sysconfig``, read in sorted order up to ``--text-bytes``. Every tenth file (by sorted
@@ -18,17 +18,24 @@ tokens):
   units by ``init: preserve`` (new heads and units copy old ones; the Adam moments follow them).
   ``--operator widen-model`` also starts at half the model width (64) and widens the residual
   stream to 128: the embeddings tile their columns, each norm splits its output among the copies,
-  and the LM head stays tied to the token embedding.
+  and the LM head stays tied to the token embedding. ``--operator widen-deep`` starts at half the
+  width and half the depth (two blocks, 64 wide), and grows both in one revision: the old blocks
+  widened, the two new ones identities.
+
+Both runs train with AdamW at the same learning rate, step for step: ``--lr`` (5e-3, the largest
+rate in a sweep at which every operator's small model trains; docs/growing.md has the sweep), after
+an optional linear warm-up (``--warmup``), held (``--schedule constant``) or decayed (``cosine``).
 
 Training FLOPs are counted as ``6 N + 12 T sum(a)`` per token (N non-embedding parameters, T
 context, ``a`` each block's attention width, heads x head width: the forward and backward of the
 weights and of attention, as in Kaplan et al. 2020). The validation loss is measured every
 ``--eval-every`` steps on fixed batches. It prints the headline figure: the FLOPs the grown run
-needed to reach the scratch run's final validation loss, as a fraction of the scratch run's FLOPs;
-and writes ``loss_vs_flops.png`` (matplotlib:
+needed to reach the scratch run's final validation loss, as a fraction of the scratch run's FLOPs
+(and the other way round: the grown run's FLOPs, as a fraction of what the scratch run needed to reach
+the grown run's final loss); and writes ``loss_vs_flops.png`` (matplotlib:
 ``pip install -e ".[examples]"``), with the growth step marked.
 
-    python examples/grow_gpt.py                           # both runs, about 10 minutes on 2 cores
+    python examples/grow_gpt.py                           # both runs, about 4 minutes on 2 cores
     python examples/grow_gpt.py --stop-at 300             # stop (a checkpoint is written) ...
     python examples/grow_gpt.py --resume                  # ... and carry on from it
 
@@ -150,6 +157,8 @@ def growth(operator: str) -> tuple[chainspec.Spec, int | str, chainspec.Spec, in
         return width_spec(2, 256), "final", width_spec(4, 512, "init: preserve"), "final"
     if operator == "widen-model":
         return width_spec(2, 256, dim=64), "final", width_spec(4, 512, "init: preserve"), "final"
+    if operator == "widen-deep":
+        return width_spec(2, 256, dim=64), 0, width_spec(4, 512, "init: preserve"), 1
     spec = grown_spec(operator)
     return spec, 0, spec, 1
 
@@ -160,6 +169,8 @@ def describe(operator: str) -> str:
         return "widened 2 -> 4 heads, 256 -> 512 MLP"
     if operator == "widen-model":
         return "widened 64 -> 128 wide, 2 -> 4 heads, 256 -> 512 MLP"
+    if operator == "widen-deep":
+        return "widened 64 -> 128 wide, 2 -> 4 heads, 256 -> 512 MLP, and 2 -> 4 blocks"
     return f"grown 2 -> 4 blocks ({operator})"
 
 
@@ -202,6 +213,8 @@ def train(run: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str,
             history["loss_change"] = found.loss_change
             per_token = flops_per_token(chain, context)
         x, y = batch(data["train"], args.batch, context, gen)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args, grow_step)
         optimizer.zero_grad(set_to_none=True)
         loss_of(chain, x, y).backward()
         optimizer.step()
@@ -224,6 +237,23 @@ def train(run: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str,
     progress.close()
     history["done"] = step >= args.steps
     return history
+
+
+def learning_rate(step: int, args: argparse.Namespace, grow_step: int | None = None) -> float:
+    """The learning rate of ``step`` (from 0): a linear warm-up to ``--lr`` over ``--warmup`` steps, then
+    ``--lr`` (``--schedule constant``) or a cosine decay to ``--min-lr`` at the last step (``cosine``).
+    Both runs follow it step for step. With ``--rewarm`` N, a run grown at ``grow_step`` warms up again
+    from there: its rate is scaled by ``(k + 1) / N`` for the N steps ``k`` after the growth."""
+    if step < args.warmup:
+        rate = float(args.lr) * (step + 1) / args.warmup
+    elif args.schedule == "constant":
+        rate = float(args.lr)
+    else:
+        progress = (step - args.warmup) / max(1, args.steps - 1 - args.warmup)
+        rate = float(args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    if grow_step is not None and args.rewarm and 0 <= step - grow_step < args.rewarm:
+        rate *= (step - grow_step + 1) / args.rewarm
+    return rate
 
 
 def _progress(total: int, done: int, run: str) -> Any:
@@ -263,13 +293,17 @@ def loss_at(history: dict[str, Any], flops: float) -> float | None:
 
 
 def summary(scratch: dict[str, Any], grown: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures: FLOPs fraction to reach scratch's final loss, and the losses at grown's FLOPs."""
+    """The headline figures: FLOPs fraction to reach scratch's final loss, the losses at grown's FLOPs, and the
+    FLOPs fraction the other way round (scratch's FLOPs to reach the grown run's final loss)."""
     target, total = scratch["val"][-1], scratch["flops"][-1]
     needed = reached(grown, target)
+    matched = reached(scratch, grown["val"][-1])  # the other way round: scratch's FLOPs to the grown run's loss
     return {"scratch_final_val": target, "scratch_flops": total, "grown_final_val": grown["val"][-1],
             "grown_flops": grown["flops"][-1], "grown_flops_to_scratch_loss": needed,
             "fraction": needed / total if needed is not None else None,
             "scratch_val_at_grown_flops": loss_at(scratch, grown["flops"][-1]),
+            "scratch_flops_to_grown_loss": matched,
+            "fraction_at_grown_loss": grown["flops"][-1] / matched if matched is not None else None,
             "certificate": grown["certificate"]}
 
 
@@ -302,18 +336,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1200, help="training steps of each run (default 1200)")
     parser.add_argument("--batch", type=int, default=16, help="sequences per step (default 16)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of AdamW (default 5e-3)")
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                        help="learning rate schedule of both runs (default constant)")
+    parser.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default 0)")
+    parser.add_argument("--rewarm", type=int, default=0, help="the grown run warms up again over this many steps")
+    parser.add_argument("--min-lr", type=float, default=1e-4, help="where --schedule cosine ends")
     parser.add_argument("--grow-at", type=float, default=0.4, help="fraction of the steps before growing")
-    parser.add_argument("--operator", choices=["copy", "preserve", "fresh", "widen", "widen-model"], default="copy")
+    parser.add_argument("--operator", default="copy",
+                        choices=["copy", "preserve", "fresh", "widen", "widen-model", "widen-deep"])
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--text-bytes", type=int, default=4_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default 0: torch's default; losses differ slightly with the count)")
     parser.add_argument("--out", default="runs/grow_gpt")
     parser.add_argument("--stop-at", type=int, default=None, help="stop each run at this step, checkpointed")
     parser.add_argument("--resume", action="store_true", help="carry on from the runs' checkpoints")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_text, valid_text = stdlib_text(args.text_bytes)
     table = tokenizer(train_text)
     valid = encode(valid_text, table)
@@ -333,6 +376,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{s['grown_flops']:.3g} FLOPs; the growth step moved the logits by up to {s['certificate']:.2g} "
               f"and the probe loss by {histories['grown']['loss_change']:+.3g}")
         print(f"FLOPs the grown run needed to reach scratch's final loss, as a fraction of scratch's: {fraction}")
+        if s["fraction_at_grown_loss"] is not None:
+            print(f"the other way round: the grown run spent {s['fraction_at_grown_loss']:.2f} of the FLOPs scratch "
+                  f"needed to reach the grown run's final loss ({s['scratch_flops_to_grown_loss']:.3g})")
     out.mkdir(parents=True, exist_ok=True)
     (out / "history.json").write_text(json.dumps({k: v for k, v in result.items() if k != "plot"}, indent=1))
     return result
