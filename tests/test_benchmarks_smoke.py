@@ -242,3 +242,19 @@ def test_build_area_builds_the_same_modules_by_hand() -> None:
         built, written = spec.build(chain, stage=stage), bench_build.by_hand(spec, chain, stage)()
         assert bench_build._leaf_types(built) == bench_build._leaf_types(written)
         assert sum(p.numel() for p in built.parameters()) == sum(p.numel() for p in written.parameters())
+
+
+def test_grow_gpt_area_trains_scratch_once_and_reports_three_rows_per_operator(quick: None) -> None:
+    """Every operator's rows compare against the same scratch run, handed on through the example's resume."""
+    import bench_grow_gpt
+
+    rows = bench_grow_gpt.run(("copy", "widen-deep"))
+    assert len(rows) == 6
+    headline = [r for r in rows if r["case"].startswith("FLOPs to reach scratch's")]
+    assert len(headline) == 2 and headline[0]["base"] == headline[1]["base"] > 0  # one scratch run's FLOPs
+    assert all(r["target"] == 0.70 and r["ok"] == (r["ratio"] is not None and r["ratio"] <= 0.70) for r in headline)
+    mirrored = [r for r in rows if r["case"].startswith("FLOPs spent, against")]
+    for r in mirrored:
+        assert (r["ratio"] is None) == (r["base"] is None)
+        if r["ratio"] is not None:
+            assert r["ratio"] == pytest.approx(r["value"] / r["base"])
