@@ -43,12 +43,13 @@ def _example() -> Any:
     return module
 
 
-#: The operators measured: depth by copies (G_stack), width by heads and MLP units, the whole model width.
+#: The operators measured: depth by copies (G_stack), width by heads and MLP units, the whole model width,
+#: and width and depth together.
 OPERATORS = ("copy", "widen", "widen-model", "widen-deep")
 
 
 def run(operators: tuple[str, ...] = OPERATORS) -> list[Row]:
-    """Both runs of the example per operator (its default budget; a few steps when quick); two rows each.
+    """Both runs of the example per operator (its default budget; a few steps when quick); three rows each.
     The scratch run does not depend on the operator: it is trained once and its finished checkpoint is
     handed to the next operator's run, which resumes it (at its last step: nothing left to train)."""
     rows: list[Row] = []
