@@ -284,8 +284,14 @@ def test_applying_a_revision_builds_each_distinct_definition_once(monkeypatch: p
     built: list[object] = []
     real = chainspec.build.modules.build_module
     monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
+    plan._shapes = None  # diff's rehearsal left its check on the plan: measure a fresh one
     shape_check(plan, None)
     assert len(built) == 2  # the 3,000 identical layers once, the new one once
+    built.clear()
+    shape_check(plan, torch.get_default_dtype())  # what apply asks for a float32 chain: the check above
+    assert built == []
+    shape_check(plan, torch.float64)  # a chain of another dtype is checked afresh
+    assert len(built) == 2
     bad = chainspec.loads(_identical(3000, last=5), source="new.yaml")
     with pytest.raises(SpecError, match=r"^new.yaml:3006:\d+: chains.net.nodes\[3000\] \(out\): expects 5 input "
                                         r"features, but n2999 produces 8"):

@@ -423,7 +423,7 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
     nodes = nodes if nodes is not None else chain.at(stage)
     kept = {source for node in nodes for source in node.sources}  # outputs a later node takes by id
     by_id = {node.id: node for node in nodes}
-    metas: dict[str, nn.Module] = {}  # meta-device builds of tied nodes and their owners
+    metas: dict[int, nn.Module] = {}  # meta-device builds of tied nodes and their owners, by definition
     outputs: dict[str, State] = {"input": state}
     rows: list[NodeSummary] = []
     previous: str | None = None
@@ -442,7 +442,7 @@ def infer(chain: ResolvedChain, stage: int, doc: Document, *, dtype: torch.dtype
         params, param_bytes, buffer_bytes = probes.measure(index)
         if node.ties:
             probes.budget.check_time()
-            tied = _tied(doc, node, by_id, dtype, metas)
+            tied = _tied(doc, node, by_id, dtype, metas, probes)
             if isinstance(tied, Problem):
                 return None, [tied]
             params, param_bytes = params - tied[0], param_bytes - tied[1]
@@ -489,24 +489,29 @@ def _merged(doc: Document, node: ResolvedNode, inputs: list[tuple[str, State]], 
 
 
 def _tied(doc: Document, node: ResolvedNode, by_id: dict[str, ResolvedNode], dtype: torch.dtype | None,
-          built: dict[str, nn.Module]) -> tuple[int, int] | Problem:
-    """Check ``node``'s ties on meta-device builds (kept in ``built``, by id); return the elements and bytes
-    its tied parameters share."""
-    from .ties import TieError, tie
+          built: dict[int, nn.Module], probes: Probes) -> tuple[int, int] | Problem:
+    """Check ``node``'s ties on meta-device builds; return the elements and bytes its tied parameters share.
+
+    A tie is checked, not made (:func:`~chainspec.build.ties.planned_tie`), so one build serves every
+    node of a definition (kept in ``built``, by ``probes``' definition index): thousands of nodes tied
+    to one cost one build of each definition, not one per node."""
+    from .ties import TieError, planned_tie
 
     def module_of(node_id: str) -> nn.Module:
-        if node_id not in built:
+        index = probes.define(by_id[node_id].tree)
+        if index not in built:
             with on_meta():
                 module = build_module(by_id[node_id].tree)
-            built[node_id] = module.to(dtype) if dtype is not None else module
-        return built[node_id]
+            built[index] = module.to(dtype) if dtype is not None else module
+        return built[index]
 
     mine = module_of(node.id)
-    try:
-        paths = tie(mine, node.ties, module_of, node.id)
-    except TieError as exc:
-        return doc.problem((*node.path, "tie", exc.param), exc.message, None, label=f" ({node.id})")
-    shared = [mine.get_parameter(path) for path in paths]
+    shared = []
+    for path, ref in node.ties.items():
+        try:
+            shared.append(planned_tie(mine, path, ref, module_of, node.id)[2])
+        except TieError as exc:
+            return doc.problem((*node.path, "tie", exc.param), exc.message, None, label=f" ({node.id})")
     return sum(p.numel() for p in shared), sum(p.numel() * p.element_size() for p in shared)
 
 
