@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -52,7 +53,7 @@ def placement_of(module: nn.Module, default: Any = (None, None)) -> Any:
         >>> placement_of(nn.ReLU())
         (None, None)
     """
-    for tensor in (*module.parameters(), *module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):  # lazily: a chain has thousands
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return default

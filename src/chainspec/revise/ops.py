@@ -155,6 +155,7 @@ class Revising(Protocol):
     new_ids: tuple[str, ...]
     same_input: bool
     same_output: bool
+    _shapes: tuple[Any, Any] | None
 
     @property
     def is_empty(self) -> bool: ...

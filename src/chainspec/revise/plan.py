@@ -73,6 +73,9 @@ class Plan:
         self.new_ids = tuple(n.id for n in self.new_nodes)
         #: False when the chain's input shape differs between the revisions.
         self.same_input = same_input
+        #: The shape check of the new chain, ``(what was checked, its summary)``: diff's rehearsal
+        #: leaves it here and ``apply`` reuses it when the dtype is the same (``apply.shape_check``).
+        self._shapes: tuple[Any, Any] | None = None
         #: False when ``diff`` found that the chain's output units change (a preserve widening at the end).
         self.same_output = True
 
