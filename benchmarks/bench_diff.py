@@ -32,10 +32,13 @@ from chainspec.read.resolve import resolve
 from chainspec.read.spec import Spec
 
 AREA = "diff"
+#: 10,000 nodes of one module each (and the edits) are past the default ``Limits.max_nodes``
+#: (10,000 modules over all chains); the limit is raised for these generated, trusted specs.
+LIMITS = chainspec.Limits(max_nodes=50_000)
 
 
 def big_spec(ids: list[str], edits: dict[str, str] | None = None) -> Spec:
-    """A spec with one small linear block per id (``u`` blocks have no bias), built without size limits."""
+    """A spec with one small linear block per id (``u`` blocks have no bias), under :data:`LIMITS`."""
     edits = edits or {}
     nodes = ",".join(f"{{id: {i},type: {edits.get(i, 't')}}}" for i in ids)
     text = ("chainspec: 1\ntypes:\n  t: {nodes: [{id: l, type: linear, args: {in_features: 8, out_features: 8}}]}\n"
@@ -44,10 +47,10 @@ def big_spec(ids: list[str], edits: dict[str, str] | None = None) -> Spec:
     data = yaml.safe_load(text)
     model = SpecModel.model_validate(data)
     doc = Document("big.yaml", data)
-    chains, stages, problems = resolve(model, doc)
+    chains, stages, problems = resolve(model, doc, limits=LIMITS)
     if problems:
         raise RuntimeError(problems)
-    return Spec(model, doc, text, chains, stages, ())
+    return Spec(model, doc, text, chains, stages, (), limits=LIMITS)
 
 
 def edited(ids: list[str]) -> list[str]:
