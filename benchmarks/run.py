@@ -1,7 +1,7 @@
 """Run chainspec's benchmarks, print the table and write ``benchmarks/results.md``.
 
 Usage:
-    python benchmarks/run.py                 # everything: a few minutes on 2 CPU cores
+    python benchmarks/run.py                 # everything: about half an hour on 2 CPU cores
     python benchmarks/run.py --only forward,splice   # re-measure these areas; results.md keeps the others
     python benchmarks/run.py --quick         # tiny sizes and counts, to check the harness (writes nothing)
 

@@ -6,7 +6,7 @@ collector does not know it: every 700 allocations it scans the young objects, an
 often all of them, so that the work grows with the square of what is made. On the hostile
 corpus's spec of 9,800 relus (``deep-growing-input-conv`` in ``tests/hostile_corpus.py``),
 ``chainspec.loads`` took 0.64 s and ``Spec.build`` 0.42 s with the collector running, 0.26 s
-and 0.15 s with it paused (best of two runs each, on the machine of ``benchmarks/results-hostile.md``).
+and 0.15 s with it paused (best of two runs each, on a 2-core AMD EPYC).
 
 The pause is the only effect: whatever becomes garbage in the meantime is collected once
 the outermost pause ends, as it would have been (a collection runs on the next allocations).
@@ -54,7 +54,7 @@ def spare_exit_collection() -> None:
     spec does: ``chainspec validate specs/pggan.yaml`` run as ``python -c "import sys; sys.argv = [...];
     from chainspec.cli import main; main()"`` takes 132 ms, and 113 ms with ``console_main`` in
     place of ``main``; for an invalid spec, whose errors import pydantic-core, 183 ms and 151 ms
-    (medians of 15 runs on the machine of ``benchmarks/results-startup.md``).
+    (medians of 15 runs on a 2-core AMD EPYC).
     What exit frees it still frees; what is spared is objects in reference cycles, which exit
     would have collected one by one and the operating system reclaims at once. Files are closed
     by chainspec where they are written, and the standard streams are flushed at exit as before.
