@@ -285,7 +285,7 @@ def test_applying_a_revision_builds_each_distinct_definition_once(monkeypatch: p
     real = chainspec.build.modules.build_module
     monkeypatch.setattr(_compile, "build_module", lambda tree: built.append(tree) or real(tree))
     plan._shapes = None  # diff's rehearsal left its check on the plan: measure a fresh one
-    shape_check(plan, None)
+    shape_check(plan, None, remember=True)
     assert len(built) == 2  # the 3,000 identical layers once, the new one once
     built.clear()
     shape_check(plan, torch.get_default_dtype())  # what apply asks for a float32 chain: the check above

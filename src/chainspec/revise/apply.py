@@ -379,7 +379,8 @@ class _Job:
         self.plan.ops = self.ops  # the plan now says which inserts were restored
 
 
-def shape_check(plan: Revising, dtype: torch.dtype | None, device: torch.device | str | None = None) -> None:
+def shape_check(plan: Revising, dtype: torch.dtype | None, device: torch.device | str | None = None, *,
+                remember: bool = False) -> None:
     """Shape-check the whole new chain on the meta device, as ``Spec.summary`` does; refuse what cannot fit.
 
     Each distinct (definition, input shape) pair is built and run once (see
@@ -387,7 +388,9 @@ def shape_check(plan: Revising, dtype: torch.dtype | None, device: torch.device 
     kind of block plus a lookup per node, and a failure is reported at its node's
     line in the spec. With ``device``, the modules the plan builds (inserted,
     replaced or rebuilt nodes) must fit in its free memory, their parameters and
-    buffers counted as the meta-device build measured them.
+    buffers counted as the meta-device build measured them. With ``remember`` (diff's
+    rehearsal), the summary stays on the plan, and a later check of the same chain
+    in the same dtype (``apply``'s) reuses it.
 
     Raises:
         SpecError: a node cannot take the output of the node before it, or the new modules cannot fit.
@@ -400,7 +403,7 @@ def shape_check(plan: Revising, dtype: torch.dtype | None, device: torch.device 
     spec = plan.new_spec
     resolved = spec.resolved(plan.chain)
     dtype = dtype or torch.get_default_dtype()
-    # diff's rehearsal checked the same chain: apply reuses its summary rather than walk it again.
+    # diff's rehearsal checks with ``remember``, and apply reuses that summary rather than walk the chain again.
     key = (dtype, id(spec), plan.new_stage, plan.new_ids)
     known = plan._shapes
     if known is not None and known[0] == key:
@@ -409,7 +412,8 @@ def shape_check(plan: Revising, dtype: torch.dtype | None, device: torch.device 
         summary, problems = infer(resolved, plan.new_stage, spec._doc, dtype=dtype, nodes=list(plan.new_nodes))
         if problems or summary is None:
             raise SpecError(problems)
-        plan._shapes = (key, summary)
+        if remember:
+            plan._shapes = (key, summary)
     if device is not None:
         built = {op.node_id for op in plan.ops if op.kind in ("insert", "replace") or (op.kind == "update"
                                                                                         and op.rebuild)}

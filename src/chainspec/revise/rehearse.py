@@ -58,7 +58,7 @@ def rehearse(plan: Revising, optimizer: Optimizer | None = None) -> None:
     """
     if plan.is_empty and plan.same_input:
         return
-    shape_check(plan, None)
+    shape_check(plan, None, remember=True)  # apply reuses it
     if optimizer is not None:
         problems = override_problems(plan, optimizer)
         if problems:
